@@ -1,0 +1,119 @@
+"""One registry type for attacks, defenses and architectures.
+
+Built-in plugins register themselves with a decorator when their package is imported; third-party
+plugins are found through the entry-point groups `bench.attacks`, `bench.defenses` and
+`bench.archs`, so installing another package adds rows to the table with no change here.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping
+
+from bench.config import ConfigError, build_config
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    summary: str  # first line of the docstring
+    paper: str  # citation in words, "" for plain fixtures
+
+
+class Registry:
+    """Name -> plugin. `register` fills it; `create(name, overrides)` builds a configured plugin."""
+
+    def __init__(self, kind: str, group: str, builtin_module: str):
+        self.kind = kind
+        self.group = group
+        self.builtin_module = builtin_module
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, paper: str | None = None) -> Callable[[Any], Any]:
+        def decorate(obj: Any) -> Any:
+            if name in self._entries and self._entries[name].obj is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name].obj} and {obj})")
+            doc = inspect.getdoc(obj) or ""
+            summary = doc.strip().splitlines()[0] if doc.strip() else ""
+            if inspect.isclass(obj):
+                obj.name = name
+            self._entries[name] = Entry(name, obj, summary, paper if paper is not None else getattr(obj, "paper", ""))
+            return obj
+
+        return decorate
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        importlib.import_module(self.builtin_module)
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as err:  # a broken third-party plugin must not take the others down
+                warnings.warn(f"could not load {self.kind} plugin {ep.name!r} ({ep.value}): {err}")
+                continue
+            if not any(entry.obj is obj for entry in self._entries.values()):
+                self.register(ep.name)(obj)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        self._load()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def entry(self, name: str) -> Entry:
+        self._load()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{hint}; known {self.kind}s: {', '.join(sorted(self._entries))}"
+            )
+        return self._entries[name]
+
+    def get(self, name: str) -> Any:
+        return self.entry(name).obj
+
+    def config(self, name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The checked config dataclass of a class plugin (None for function plugins)."""
+        obj = self.get(name)
+        config_cls = getattr(obj, "Config", None)
+        return build_config(config_cls, overrides, f"{self.kind} {name}") if config_cls else None
+
+    def create(self, name: str, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """A plugin built from its name and config overrides.
+
+        Class plugins take their `Config` dataclass; function plugins (architectures) take keyword
+        arguments, checked against their signature.
+        """
+        obj = self.get(name)
+        if getattr(obj, "Config", None) is not None:
+            return obj(self.config(name, overrides), **kwargs)
+        params = {**dict(overrides or {}), **kwargs}
+        signature = inspect.signature(obj)
+        unknown = [k for k in params if k not in signature.parameters]
+        if unknown:
+            raise ConfigError(
+                f"{self.kind} {name}: unknown argument {unknown[0]!r}; valid: {', '.join(signature.parameters)}"
+            )
+        return obj(**params)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._entries
+
+
+ATTACKS = Registry("attack", "bench.attacks", "methods")
+DEFENSES = Registry("defense", "bench.defenses", "defenses")
+ARCHS = Registry("arch", "bench.archs", "bench.archs")
+
+register_attack = ATTACKS.register
+register_defense = DEFENSES.register
+register_arch = ARCHS.register
+REGISTRIES = {"attacks": ATTACKS, "defenses": DEFENSES, "archs": ARCHS}

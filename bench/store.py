@@ -1,0 +1,111 @@
+"""Results on disk: one JSON record per cell, poisons in a content-addressed cache.
+
+Every write goes to a temporary file in the same folder, is flushed to disk, and is renamed over
+the target, so a crash or a kill leaves either the old file or the new one, never half of one.
+Nothing is loaded with pickle: records are JSON, poisons are raw .npy arrays read with
+`allow_pickle=False` and checked against the SHA-256 written beside them.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+log = logging.getLogger("bench")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n").encode())
+
+
+def canonical_hash(obj: Any, length: int = 16) -> str:
+    """Short SHA-256 of the canonical JSON of `obj`: the id of a cell or a poison."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+class Store:
+    """The results folder: `records/<cell_id>.json` and `cache/poisons/<key>.{npy,json}`."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+        self.poisons_dir = self.root / "cache" / "poisons"
+
+    # --- records -------------------------------------------------------------------------
+    def record_path(self, cell_id: str) -> Path:
+        return self.records_dir / f"{cell_id}.json"
+
+    def write_record(self, record: dict) -> None:
+        atomic_write_json(self.record_path(record["cell_id"]), record)
+
+    def read_record(self, cell_id: str) -> dict | None:
+        path = self.record_path(cell_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)
+            return None
+
+    def is_done(self, cell_id: str) -> bool:
+        record = self.read_record(cell_id)
+        return record is not None and record.get("status") == "done"
+
+    def records(self) -> Iterator[dict]:
+        for path in sorted(self.records_dir.glob("*.json")):
+            record = self.read_record(path.stem)
+            if record is not None:
+                yield record
+
+    # --- poison cache --------------------------------------------------------------------
+    def save_poison(self, key: str, images: np.ndarray, meta: dict) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(images), allow_pickle=False)
+        payload = buffer.getvalue()
+        atomic_write_bytes(self.poisons_dir / f"{key}.npy", payload)
+        # The metadata goes last: a poison without its metadata (and hash) is never trusted.
+        atomic_write_json(self.poisons_dir / f"{key}.json", {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
+
+    def load_poison(self, key: str) -> tuple[np.ndarray, dict] | None:
+        """The cached poison and its metadata, or None when absent, altered or truncated."""
+        meta_path, data_path = self.poisons_dir / f"{key}.json", self.poisons_dir / f"{key}.npy"
+        if not (meta_path.exists() and data_path.exists()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            payload = data_path.read_bytes()
+            if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+                log.warning("cached poison %s does not match its hash (altered or truncated); generating it again", key)
+                return None
+            return np.load(io.BytesIO(payload), allow_pickle=False), meta
+        except (OSError, ValueError, json.JSONDecodeError) as err:
+            log.warning("cached poison %s is unreadable (%s); generating it again", key, err)
+            return None

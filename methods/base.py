@@ -1,0 +1,114 @@
+"""The attack interface: `generate(train set, ctx) -> Poison`, with the checks every attack needs."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from bench.config import require
+from bench.context import RunContext
+from bench.data import ImageSet
+
+Norm = Literal["linf", "l2", "l0"]
+NORMS = ("linf", "l2", "l0")
+
+
+class BudgetError(ValueError):
+    """A poison that breaks the budget it claims."""
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Poisoned training images as a data owner would publish them, and the budget they claim.
+
+    `budget` is in [0, 1] pixel units for `linf` and `l2` (per image), and in pixels per image for
+    `l0` (a pixel counts once however many of its channels change).
+    """
+
+    images: torch.Tensor  # uint8 (N, C, H, W), same order as the clean training set
+    norm: Norm
+    budget: float
+
+
+def check_budget(clean: torch.Tensor, poison: Poison) -> float:
+    """The largest per-image perturbation in the poison's norm; BudgetError if it exceeds its budget."""
+    if poison.norm not in NORMS:
+        raise BudgetError(f"poison norm {poison.norm!r} is not one of {', '.join(NORMS)}")
+    if poison.images.dtype != torch.uint8 or poison.images.shape != clean.shape:
+        raise BudgetError(
+            f"poison must be uint8 of shape {tuple(clean.shape)}, got {poison.images.dtype} {tuple(poison.images.shape)}"
+        )
+    worst = max((perturbation_size(clean[i : i + 4096], poison.images[i : i + 4096], poison.norm).max().item()
+                 for i in range(0, len(clean), 4096)), default=0.0)
+    # 1e-6 absorbs float32 summation error only; quantisation must be the attack's own business.
+    if worst > poison.budget + 1e-6:
+        unit = "pixels" if poison.norm == "l0" else "in [0,1] units"
+        raise BudgetError(f"poison breaks its {poison.norm} budget: {worst:.6g} > {poison.budget:.6g} ({unit})")
+    return worst
+
+
+def perturbation_size(clean: torch.Tensor, poisoned: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-image size of poisoned - clean in `norm` ((N,) float)."""
+    delta = (poisoned.to(torch.int16) - clean.to(torch.int16)).flatten(1) if norm != "l0" else None
+    if norm == "linf":
+        return delta.abs().amax(1).float() / 255
+    if norm == "l2":
+        return (delta.float() / 255).norm(dim=1)
+    return (poisoned != clean).any(dim=1).flatten(1).sum(1).float()
+
+
+def apply_delta(clean: torch.Tensor, delta: torch.Tensor, norm: Literal["linf", "l2"], budget: float) -> torch.Tensor:
+    """Add a float perturbation (in [0, 1] units) to uint8 images, clip to [0, 255] and quantise.
+
+    Rounding to the nearest level can push an image just past its budget; such images are
+    quantised toward the clean image instead, so the published uint8 poison always keeps its claim.
+    """
+    target = (clean.float() + delta * 255).clamp(0, 255)
+    if norm == "linf":
+        levels = math.floor(budget * 255 + 1e-6)
+        steps = (target - clean.float()).round().clamp(-levels, levels)
+    else:
+        steps = (target - clean.float()).round()
+        over = (steps.flatten(1) / 255).norm(dim=1) > budget
+        steps[over] = (target[over] - clean[over].float()).trunc()
+    return (clean.to(torch.int16) + steps.to(torch.int16)).clamp(0, 255).to(torch.uint8)
+
+
+class Attack:
+    """Base of every unlearnable-example attack.
+
+    Subclasses set `Config` (a frozen dataclass) and `paper`, and implement `generate`. Calling an
+    attack seeds torch, runs `generate` and checks the result's dtype, shape and budget, so no
+    attack can forget those steps.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config):
+        self.config = config
+
+    def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
+        raise NotImplementedError
+
+    def __call__(self, data: ImageSet, ctx: RunContext) -> Poison:
+        torch.manual_seed(ctx.seed)
+        poison = self.generate(data, ctx)
+        check_budget(data.images, poison)
+        return poison
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+@dataclass(frozen=True)
+class LinfConfig:
+    """Shared by sample-wise L-inf attacks."""
+
+    eps: float = 8 / 255  # L-inf budget in [0, 1] pixel units
+
+    def __post_init__(self):
+        require(0 < self.eps <= 1, "eps", f"must be in (0, 1] (pixel units; 8/255 = {8 / 255:.4f}), got {self.eps}")

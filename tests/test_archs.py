@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from bench.registry import ARCHS
+
+SMALL = {"tiny_cnn"}
+
+
+@pytest.mark.parametrize("name", ARCHS.names())
+def test_logits_and_penultimate_features(name):
+    torch.manual_seed(0)
+    model = ARCHS.create(name, num_classes=7).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.features(x)
+        logits = model(x)
+    assert features.shape == (2, model.feature_dim)
+    assert logits.shape == (2, 7)
+    assert torch.allclose(model.classifier(features), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("vgg11", 512), ("vgg19", 512), ("tiny_cnn", 128)])
+def test_feature_dimensions(name, dim):
+    assert ARCHS.create(name).feature_dim == dim
+
+
+def test_cifar_stem_has_no_maxpool_and_a_3x3_first_conv():
+    model = ARCHS.create("resnet18")
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.kernel_size == (3, 3) and first.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+
+
+def test_depths_differ_in_parameter_count():
+    counts = {n: sum(p.numel() for p in ARCHS.create(n).parameters()) for n in ("resnet18", "resnet34", "vgg11", "vgg16")}
+    assert counts["resnet18"] < counts["resnet34"] and counts["vgg11"] < counts["vgg16"]
+    assert 11.0e6 < counts["resnet18"] < 11.4e6  # the CIFAR ResNet-18 has 11.17M parameters
