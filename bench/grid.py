@@ -148,6 +148,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
     # A plugin without overrides still records its full default config, so ids change with defaults.
     for key, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
         for plugin in lists[key]:
-            config.setdefault(plugin, as_dict(registry.config(plugin)))
+            if plugin not in config:
+                config[plugin] = as_dict(registry.config(plugin))
     return Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"],
                 lists["archs"], tuple(seeds), recipe, recipe_name, config)

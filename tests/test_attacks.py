@@ -1,0 +1,166 @@
+"""Contract tests for every registered attack, and what LSP and OPS must do."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench.context import RunContext
+from bench.data import ImageSet
+from bench.registry import ATTACKS
+from methods.base import check_budget, perturbation_size
+from methods.ops import CORNERS, search_pixels
+
+
+def attack_overrides(name: str, tmp_path, data: ImageSet) -> dict:
+    """Configs the contract needs beyond the defaults (external reads a poison file)."""
+    if name == "external":
+        path = tmp_path / "poison.npz"
+        noisy = (data.images.to(torch.int16) + torch.randint(-8, 9, data.images.shape, generator=torch.Generator().manual_seed(1)))
+        np.savez(path, x_train=noisy.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return {"path": str(path), "norm": "linf", "eps": 8 / 255}
+    return {}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_contract(name, tiny_set, tmp_path):
+    attack = ATTACKS.create(name, attack_overrides(name, tmp_path, tiny_set))
+    poison = attack(tiny_set, RunContext(seed=0))
+    assert poison.images.dtype == torch.uint8
+    assert poison.images.shape == tiny_set.images.shape
+    assert check_budget(tiny_set.images, poison) <= poison.budget + 1e-6
+    again = attack(tiny_set, RunContext(seed=0))
+    assert torch.equal(poison.images, again.images), "same seed must give the same poison"
+    if getattr(attack, "seeded", False):
+        other = attack(tiny_set, RunContext(seed=1))
+        assert not torch.equal(poison.images, other.images), "a different seed must give a different poison"
+    if name != "clean":
+        assert not torch.equal(poison.images, tiny_set.images), "an attack must change the data"
+
+
+def test_check_budget_refuses_each_norm(tiny_set):
+    from methods.base import BudgetError, Poison
+
+    x = tiny_set.images
+    linf = x.clone(); linf[0, 0, 0, 0] = (int(linf[0, 0, 0, 0]) + 9) % 256 if linf[0, 0, 0, 0] < 200 else linf[0, 0, 0, 0] - 9
+    with pytest.raises(BudgetError, match="linf budget"):
+        check_budget(x, Poison(linf, "linf", 8 / 255))
+    assert check_budget(x, Poison(linf, "linf", 9 / 255)) == pytest.approx(9 / 255)
+    two = x.clone(); two[0, :, 0, 0] = 255 - two[0, :, 0, 0]; two[0, :, 5, 5] = 255 - two[0, :, 5, 5]
+    with pytest.raises(BudgetError, match="l0 budget"):
+        check_budget(x, Poison(two, "l0", 1))
+    assert check_budget(x, Poison(two, "l0", 2)) == 2
+    with pytest.raises(BudgetError, match="l2 budget"):
+        check_budget(x, Poison(two, "l2", 0.5))
+    with pytest.raises(BudgetError, match="uint8"):
+        check_budget(x, Poison(x.float(), "linf", 1.0))
+
+
+def test_apply_delta_keeps_the_l2_budget_after_rounding(tiny_set):
+    from methods.base import apply_delta
+
+    delta = torch.randn(tiny_set.images.shape, generator=torch.Generator().manual_seed(0))
+    delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.5
+    poisoned = apply_delta(tiny_set.images, delta, "l2", 0.5)
+    assert perturbation_size(tiny_set.images, poisoned, "l2").max() <= 0.5 + 1e-6
+
+
+def test_lsp_is_patchwise_at_the_budget_and_linearly_separable():
+    n = 200
+    g = torch.Generator().manual_seed(0)
+    # Textured mid-grey images: clipping never bites, so the perturbation is seen whole.
+    images = (128 + torch.randint(-20, 21, (n, 3, 32, 32), generator=g)).to(torch.uint8)
+    data = ImageSet(images, torch.arange(n) % 10, torch.arange(n), 10, n)
+    attack = ATTACKS.create("lsp")
+    assert attack.config.eps == pytest.approx(math.sqrt(3072) * 6 / 255)
+    poison = attack(data, RunContext(seed=0))
+    delta = poison.images.float() - images.float()
+    norms = (delta.flatten(1) / 255).norm(dim=1)
+    # LSP is constant over 8x8 patches, so rounding to uint8 errs the same way on 64 pixels at once
+    # and moves the norm by up to a few hundredths (never above the budget); a wrong scale misses by far more.
+    assert torch.all(norms <= attack.config.eps + 1e-6) and torch.all(norms > attack.config.eps - 0.03)
+    assert norms.mean() > attack.config.eps - 0.01
+    # Constant over each 8x8 patch (up to one quantisation level).
+    blocks = delta.view(n, 3, 4, 8, 4, 8)
+    assert (blocks.amax((3, 5)) - blocks.amin((3, 5))).max() <= 1
+    # Every image gets its own perturbation, yet a linear classifier separates them by class.
+    assert len(torch.unique(delta.flatten(1), dim=0)) == n
+    features = torch.cat([delta.flatten(1), torch.ones(n, 1)], 1)
+    targets = torch.nn.functional.one_hot(data.labels, 10).float()
+    weights = torch.linalg.lstsq(features, targets).solution
+    assert ((features @ weights).argmax(1) == data.labels).float().mean() == 1.0
+
+
+def test_ops_changes_one_pixel_per_image_to_a_corner_colour(tiny_set):
+    poison = ATTACKS.create("ops")(tiny_set, RunContext())
+    changed = (poison.images != tiny_set.images).any(1)  # (N, H, W)
+    assert changed.flatten(1).sum(1).max() <= 1
+    pairs = search_pixels(tiny_set.images, tiny_set.labels, 10)
+    for c, (row, col, colour) in pairs.items():
+        members = tiny_set.labels == c
+        assert torch.all(poison.images[members][:, :, row, col] == colour)
+        assert any(torch.equal(colour, corner) for corner in CORNERS)
+    assert len({(r, c, tuple(col.tolist())) for r, c, col in pairs.values()}) == 10, "pairs must be distinct"
+
+
+def test_ops_search_finds_the_pixel_that_stands_out():
+    # Class 0: all images are dark at (3, 7) with little spread; white there scores highest.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 8, 8), generator=g, dtype=torch.uint8)
+    images[:20, :, 3, 7] = torch.randint(0, 8, (20, 3), generator=g, dtype=torch.uint8)
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    row, col, colour = search_pixels(images, labels, 2)[0]
+    assert (row, col) == (3, 7) and colour.tolist() == [255, 255, 255]
+    # Class 1 may not take the same (position, colour) pair.
+    images[20:, :, 3, 7] = images[:20, :, 3, 7]
+    pairs = search_pixels(images, labels, 2)
+    assert (pairs[1][0], pairs[1][1], pairs[1][2].tolist()) != (3, 7, [255, 255, 255])
+
+
+def test_ops_score_matches_the_official_formula():
+    """mean/std of |colour - pixel| over images x channels, as the official pixel_search."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (30, 3, 4, 4), generator=g, dtype=torch.uint8)
+    labels = torch.zeros(30, dtype=torch.long)
+    row, col, colour = search_pixels(images, labels, 1)[0]
+    x = images.permute(0, 2, 3, 1).numpy() / 255  # NHWC as in the official code
+    best, best_score = None, -1
+    for point in range(16):
+        for value in range(8):
+            c = np.array([value // 4, value // 2 % 2, value % 2])
+            d = np.abs(c - x[:, point // 4, point % 4, :])
+            if d.mean() / d.std() > best_score:
+                best, best_score = (point // 4, point % 4, (c * 255).tolist()), d.mean() / d.std()
+    assert (row, col, colour.tolist()) == best
+
+
+def test_external_checks_count_and_order(tiny_set, tmp_path):
+    from bench.config import ConfigError
+
+    images = tiny_set.images.permute(0, 2, 3, 1).numpy()
+    short = tmp_path / "short.npz"
+    np.savez(short, x_train=images[:10])
+    with pytest.raises(ConfigError, match="10 images, but the clean training set has 64"):
+        ATTACKS.create("external", {"path": str(short)})(tiny_set, RunContext())
+    shuffled = tmp_path / "shuffled.npz"
+    np.savez(shuffled, x_train=images[::-1].copy())
+    with pytest.raises(ConfigError, match="do not follow the dataset's order"):
+        ATTACKS.create("external", {"path": str(shuffled)})(tiny_set, RunContext())
+    with pytest.raises(ConfigError, match="external.path: set the poison's path"):
+        ATTACKS.create("external")
+
+
+def test_external_reads_a_png_folder_and_its_budget_is_checked(tiny_set, tmp_path):
+    from PIL import Image
+
+    from methods.base import BudgetError
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    shifted = (tiny_set.images.to(torch.int16) + 12).clamp(0, 255).to(torch.uint8)
+    for i, img in enumerate(shifted.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    poison = ATTACKS.create("external", {"path": str(folder), "eps": 12 / 255})(tiny_set, RunContext())
+    assert torch.equal(poison.images, shifted)
+    with pytest.raises(BudgetError, match="linf budget"):
+        ATTACKS.create("external", {"path": str(folder), "eps": 8 / 255})(tiny_set, RunContext())

@@ -1,0 +1,161 @@
+"""The `bench` command end to end: listing, plugins from outside, failures, kill and resume."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.context import RunContext
+from bench.data import ImageSet
+from bench.registry import ATTACKS, DEFENSES, ARCHS
+from methods.base import check_budget
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def bench(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [full_env.get("PYTHONPATH"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bench {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def readme_block(marker: str, language: str) -> str:
+    match = re.search(rf"<!-- {marker} -->\s*```{language}\n(.*?)```", README, re.S)
+    assert match, f"README has no {language} block after <!-- {marker} -->"
+    return match.group(1)
+
+
+def write_grid(path: Path, data: Path, attacks, defenses=("none",), epochs: int = 1, extra: str = "") -> Path:
+    path.write_text(
+        f"attacks = {json.dumps(list(attacks))}\ndefenses = {json.dumps(list(defenses))}\narchs = [\"tiny_cnn\"]\n"
+        f"recipe = {{preset = \"cpu_smoke\", epochs = {epochs}}}\n{extra}\n"
+        f"[data]\nname = \"{data}\"\n[config.tiny_cnn]\nwidth = 8\n"
+    )
+    return path
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+
+
+def test_list_shows_every_plugin_with_description_and_paper():
+    out = bench("list").stdout
+    for registry in (ATTACKS, DEFENSES, ARCHS):
+        for name in registry.names():
+            entry = registry.entry(name)
+            line = next((l for l in out.splitlines() if l.strip().startswith(name + " ")), None)
+            assert line and entry.summary in line and entry.paper in line
+    assert re.search(r"^  smoke\s+CPU smoke grid", out, re.M)
+    vggs = [l.split()[0] for l in bench("list", "archs", "--pattern", "vgg*").stdout.splitlines()[1:]]
+    assert vggs == ["vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+def test_readme_plugin_is_short_and_works_from_outside(tmp_path, tiny_npz):
+    code = readme_block("plugin-example", "python")
+    assert len(code.strip().splitlines()) < 40
+    entry_points = tomllib.loads(readme_block("plugin-entry-point", "toml"))["project"]["entry-points"]
+    # An installed distribution, as pip would leave it: a module and its dist-info on sys.path.
+    site = tmp_path / "site"
+    (site / "my_attacks_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "my_attacks.py").write_text(code)
+    (site / "my_attacks_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: my-attacks-plugin\nVersion: 0.1\n")
+    (site / "my_attacks_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in entry_points.items()))
+    env = {"PYTHONPATH": str(site)}
+    listing = bench("list", "attacks", env=env).stdout
+    assert re.search(r"classwise_noise\s+One uniform L-inf noise pattern per class", listing)
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean", "classwise_noise"])
+    bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"), env=env)
+    done = {r["spec"]["attack"]: r for r in records(tmp_path / "out")}
+    assert set(done) == {"clean", "classwise_noise"} and all(r["status"] == "done" for r in done.values())
+    assert done["classwise_noise"]["poison"]["measured"] <= 8 / 255 + 1e-6
+    # The same plugin, imported in-process, satisfies the attack contract.
+    namespace: dict = {}
+    sys.modules.pop("my_attacks", None)
+    exec(compile(code, "my_attacks.py", "exec"), namespace)
+    try:
+        data = ImageSet(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8), torch.arange(20) % 10, torch.arange(20), 10, 20)
+        poison = ATTACKS.create("classwise_noise")(data, RunContext())
+        assert check_budget(data.images, poison) <= 8 / 255 + 1e-6
+        delta = poison.images.float() - data.images.float()
+        assert not torch.equal(delta[0], delta[1])  # classes 0 and 1 get different patterns
+    finally:
+        ATTACKS._entries.pop("classwise_noise", None)
+
+
+def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path, tiny_npz):
+    x = np.load(tiny_npz)["x_train"].astype(np.int16)
+    np.savez(tmp_path / "p.npz", x_train=np.clip(x + 20, 0, 255).astype(np.uint8))  # 20/255 > its 8/255 claim
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["external", "clean"],
+                      extra=f'[config.external]\npath = "{tmp_path / "p.npz"}"\neps = 0.0313725')
+    proc = bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 1 and "1 failed" in proc.stdout
+    by_attack = {r["spec"]["attack"]: r for r in records(tmp_path / "out")}
+    assert by_attack["clean"]["status"] == "done"
+    assert by_attack["external"]["status"] == "failed"
+    assert by_attack["external"]["error"]["type"] == "BudgetError" and "linf budget" in by_attack["external"]["error"]["message"]
+
+
+def test_bad_grid_is_one_line_error_before_work(tmp_path, tiny_npz):
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean", "opz"])
+    proc = bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode != 0 and "unknown attack 'opz'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_grid_resumes_without_losing_finished_cells(tmp_path, tiny_npz):
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean", "random_noise", "lsp", "ops"], ("none", "jpeg"), epochs=6)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--grid", str(grid), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "records").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert 2 <= len(before) < 8, "the kill must land mid-grid"
+    bench("run", "--grid", str(grid), "--out", str(out))
+    after = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert len(after) == 8 and all(json.loads(v)["status"] == "done" for v in after.values())
+    assert all(after[name] == data for name, data in before.items()), "finished records must be untouched"
+    assert not list((out / "records").glob(".*.tmp")), "no temporary file may be left"
+    again = bench("run", "--grid", str(grid), "--out", str(out)).stdout
+    assert "0 cells run, 8 already done" in again
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
+    """The shipped smoke grid, shrunk to 1,000 images and 3 epochs, through run and report."""
+    smoke = tomllib.loads((ROOT / "bench" / "grids" / "smoke.toml").read_text())
+    grid = write_grid(tmp_path / "smoke_small.toml", cifar10_npz, smoke["attacks"], smoke["defenses"], epochs=3)
+    text = grid.read_text().replace("[data]\n", "[data]\ntrain_size = 1000\ntest_size = 500\n")
+    grid.write_text(text)
+    out = tmp_path / "out"
+    bench("run", "--grid", str(grid), "--out", str(out))
+    done = records(out)
+    assert len(done) == 8 and all(r["status"] == "done" for r in done)
+    assert all(0 <= r["metrics"]["test_acc_last"] <= 1 and len(r["history"]) == 3 for r in done)
+    assert {r["poison"]["norm"] for r in done} == {"linf", "l2", "l0"}
+    report = bench("report", "--grid", str(grid), "--out", str(out)).stdout
+    for attack in smoke["attacks"]:
+        assert re.search(rf"^\| {attack}\b", report, re.M), f"no row for {attack}"
+    tex = (out / "reports" / "smoke_small.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "random\\_noise" in tex
+    csv = (out / "reports" / "smoke_small.csv").read_text().splitlines()
+    assert len(csv) == 1 + 8 * 3  # one row per cell and metric
