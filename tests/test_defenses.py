@@ -29,7 +29,7 @@ def test_jpeg_matches_pil_at_the_same_quality(quality):
     for i in range(8):
         buffer = io.BytesIO()
         Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
-        pil = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
+        pil = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
         assert (ours[i].float() - pil.float()).abs().mean() < 1.0  # same codec up to decoder rounding
     assert not torch.equal(ours, images)
 
