@@ -14,6 +14,10 @@ train_size = 5000
 quality = 10
 ```
 
+A defense named `a+b` composes registered defenses (`jpeg+cutout`, `iss_gray+at`); each part is
+checked, and `[config.cutout]` applies to cutout wherever it appears. A composed cell records one
+config table per part; a plain name records its own config, so its cell id does not change.
+
 Everything is checked on load, before any work starts: unknown keys, unknown plugins, unknown
 config fields and out-of-range values are errors that name the key and what is allowed.
 """
@@ -28,7 +32,7 @@ from typing import Any
 
 from bench.config import ConfigError, as_dict, build_config
 from bench.data import DataSpec
-from bench.registry import ARCHS, ATTACKS, DEFENSES
+from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense, defense_parts
 from bench.store import canonical_hash
 from bench.train import Recipe, make_recipe
 
@@ -79,10 +83,17 @@ class Grid:
     recipe_name: str
     config: dict = field(default_factory=dict)  # plugin name -> validated config dict
 
+    def defense_config(self, defense: str) -> dict:
+        """A plain defense's config, or {part: config} for a composed one."""
+        parts = defense_parts(defense)
+        if len(parts) == 1:
+            return self.config.get(defense, {})
+        return {part: self.config.get(part, {}) for part in parts}
+
     def cells(self) -> list[CellSpec]:
         """Every cell, grouped so that cells sharing a poison run one after another."""
         return [
-            CellSpec(self.data, attack, self.config.get(attack, {}), defense, self.config.get(defense, {}),
+            CellSpec(self.data, attack, self.config.get(attack, {}), defense, self.defense_config(defense),
                      arch, self.config.get(arch, {}), self.recipe, self.recipe_name, seed)
             for seed, attack, arch, defense in itertools.product(self.seeds, self.attacks, self.archs, self.defenses)
         ]
@@ -120,8 +131,11 @@ def parse_grid(raw: dict, name: str) -> Grid:
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
         for value in values:
-            registry.entry(value)  # raises with the known names
+            for part in defense_parts(value) if registry is DEFENSES else [value]:
+                registry.entry(part)  # raises with the known names
         lists[key] = tuple(values)
+    # The registered plugins the grid names: a composed defense names each of its parts.
+    named = {**lists, "defenses": tuple(dict.fromkeys(p for d in lists["defenses"] for p in defense_parts(d)))}
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"grid {name}: seeds must be a non-empty list of whole numbers >= 0, got {seeds!r}")
@@ -135,7 +149,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
     config = {}
     for plugin, overrides in raw.get("config", {}).items():
         registry = next((r for key, r in (("attacks", ATTACKS), ("defenses", DEFENSES), ("archs", ARCHS))
-                         if plugin in lists[key]), None)
+                         if plugin in named[key]), None)
         if registry is None:
             raise ConfigError(f"grid {name}: [config.{plugin}] names no attack, defense or arch of this grid")
         if not isinstance(overrides, dict):
@@ -147,8 +161,11 @@ def parse_grid(raw: dict, name: str) -> Grid:
             config[plugin] = as_dict(registry.config(plugin, overrides))
     # A plugin without overrides still records its full default config, so ids change with defaults.
     for key, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
-        for plugin in lists[key]:
+        for plugin in named[key]:
             if plugin not in config:
                 config[plugin] = as_dict(registry.config(plugin))
+    for defense in lists["defenses"]:
+        if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
+            create_defense(defense, {part: config[part] for part in defense_parts(defense)})
     return Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"],
                 lists["archs"], tuple(seeds), recipe, recipe_name, config)

@@ -81,10 +81,24 @@ class Registry:
         return self.entry(name).obj
 
     def config(self, name: str, overrides: Mapping[str, Any] | None = None) -> Any:
-        """The checked config dataclass of a class plugin (None for function plugins)."""
+        """The checked config dataclass of a class plugin (None for function plugins).
+
+        `preset = NAME` among the overrides starts from the plugin's named preset (its `presets`
+        dict, e.g. a small CPU setting); the other overrides apply on top of it.
+        """
         obj = self.get(name)
         config_cls = getattr(obj, "Config", None)
-        return build_config(config_cls, overrides, f"{self.kind} {name}") if config_cls else None
+        if not config_cls:
+            return None
+        overrides = dict(overrides or {})
+        if "preset" in overrides:
+            presets = getattr(obj, "presets", {})
+            preset = overrides.pop("preset")
+            if preset not in presets:
+                raise ConfigError(f"{self.kind} {name}.preset: unknown preset {preset!r}; "
+                                  f"known presets: {', '.join(presets) or '(none)'}")
+            overrides = {**presets[preset], **overrides}
+        return build_config(config_cls, overrides, f"{self.kind} {name}")
 
     def create(self, name: str, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """A plugin built from its name and config overrides.
@@ -117,3 +131,28 @@ register_attack = ATTACKS.register
 register_defense = DEFENSES.register
 register_arch = ARCHS.register
 REGISTRIES = {"attacks": ATTACKS, "defenses": DEFENSES, "archs": ARCHS}
+
+COMPOSE = "+"  # `jpeg+cutout` in a grid names the composition of two registered defenses
+
+
+def defense_parts(name: str) -> list[str]:
+    """The registered names a defense name is made of: `jpeg+cutout` -> ['jpeg', 'cutout']."""
+    return name.split(COMPOSE)
+
+
+def create_defense(name: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A defense from its name; `a+b` builds a ComposedDefense of the registered `a` and `b`.
+
+    `config` holds the overrides of a single defense, or for a composed name one table of
+    overrides per part (`{"cutout": {"size": 8}}`), so plain names keep their config and cell ids.
+    """
+    parts = defense_parts(name)
+    if len(parts) == 1:
+        return DEFENSES.create(name, config, **kwargs)
+    from defenses.base import ComposedDefense  # the defenses package imports this module
+
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(parts))
+    if unknown:
+        raise ConfigError(f"defense {name}: config for {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
+    return ComposedDefense([DEFENSES.create(part, config.get(part), **kwargs) for part in parts])

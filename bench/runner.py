@@ -2,12 +2,15 @@
 
 A cell whose record says `done` is never run again; a cell that fails is recorded with its error
 and traceback, and the grid goes on. Poisons are generated once per (data, attack, config, seed),
-cached on disk under that key, and reused by every defense, architecture and recipe.
+cached on disk under that key, and reused by every defense, architecture and recipe. A set-level
+defense (JPEG, grayscale, ...) runs once per poison the same way: its output is cached under the
+poison key and the configs of the defense stages that act on the set.
 """
 from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,8 +25,9 @@ import bench
 from bench.context import RunContext
 from bench.data import Dataset, load_dataset
 from bench.grid import CellSpec, Grid
-from bench.registry import ARCHS, ATTACKS, DEFENSES
-from bench.store import Store
+from bench.config import as_dict
+from bench.registry import ARCHS, ATTACKS, create_defense
+from bench.store import Store, canonical_hash
 from bench.train import train_model
 from methods.base import Poison, check_budget
 
@@ -94,22 +98,77 @@ class PoisonSource:
         attack = ATTACKS.create(cell.attack, cell.attack_config)
         log.info("generating poison %s: %s (seed %d)", cell.poison_key, cell.attack, cell.seed)
         start = time.perf_counter()
-        poison = attack(data.train, RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache"))
+        work_dir = self.store.root / "cache" / "work" / cell.poison_key
+        ctx = RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache", work_dir=work_dir)
+        poison = attack(data.train, ctx)
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
                 "cached": False}
         if getattr(attack, "cacheable", True):
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), meta)
+        shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed
         return poison, meta
 
 
-def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch.device, on_epoch=None) -> dict:
+class PreparedSets:
+    """Training and test sets after a defense's set-level stages, computed once per poison.
+
+    Keyed by the poison key and the (name, config) of every stage that acts on the set, in order,
+    so `jpeg`, `jpeg+cutout` and `jpeg+at` share one compressed set. Training sets are kept in
+    memory for the current poison and on disk beside the poisons (same hash-checked cache); test
+    sets, which do not depend on the poison, in memory.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._train: dict[str, torch.Tensor] = {}
+        self._test: dict[str, torch.Tensor] = {}
+        self._poison_key: str | None = None
+
+    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset, cacheable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
+            self._train.clear()
+            self._poison_key = cell.poison_key
+        train_stages = defense.stages("prepare")
+        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages)})
+        if not train_stages:
+            train_images = poison.images
+        elif key in self._train:
+            train_images = self._train[key]
+        else:
+            cached = self.store.load_poison(key) if cacheable else None
+            if cached is not None:
+                train_images = torch.from_numpy(cached[0]).to(poison.images.device)
+            else:
+                train_images = defense.prepare(poison.images, data.train.labels)
+                if cacheable:
+                    self.store.save_poison(key, train_images.cpu().numpy(), {
+                        "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages)})
+            self._train[key] = train_images
+        test_stages = defense.stages("prepare_test")
+        test_key = canonical_hash(_signature(test_stages))
+        if not test_stages:
+            test_images = data.test.images
+        elif test_key not in self._test:
+            test_images = self._test[test_key] = defense.prepare_test(data.test.images)
+        else:
+            test_images = self._test[test_key]
+        return train_images, test_images
+
+
+def _signature(stages) -> list:
+    return [[stage.name, as_dict(stage.config)] for stage in stages]
+
+
+def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch.device, on_epoch=None,
+             prepared: PreparedSets | None = None) -> dict:
     """Train and evaluate one cell; returns the metrics part of its record."""
     poison, poison_meta = poisons.get(cell, data)
-    defense = DEFENSES.create(cell.defense, cell.defense_config)
+    defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
+    prepared = prepared or PreparedSets(poisons.store)
     start = time.perf_counter()
-    train_images = defense.prepare(poison.images, data.train.labels)
-    test_images = defense.prepare_test(data.test.images)
+    cacheable = getattr(ATTACKS.get(cell.attack), "cacheable", True)
+    train_images, test_images = prepared.get(cell, defense, poison, data, cacheable)
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
@@ -138,6 +197,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
         return counts
     data = load_dataset(grid.data, device)
     poisons = PoisonSource(store, device)
+    prepared = PreparedSets(store)
     env = provenance(device)
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(pending, desc=f"grid {grid.name}", unit="cell", disable=not show_bar)
@@ -151,7 +211,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
             bar.set_postfix_str(f"{label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
 
         try:
-            outcome = run_cell(cell, data, poisons, device, on_epoch)
+            outcome = run_cell(cell, data, poisons, device, on_epoch, prepared)
         except Exception as err:  # record the failure, go on with the grid
             store.write_record({**base, "status": "failed", "wall_seconds": time.perf_counter() - start,
                                 "error": {"type": type(err).__name__, "message": str(err),

@@ -3,15 +3,20 @@
 - `prepare(images, labels)`: once, on the whole (poisoned) training set, uint8 in and out;
   `prepare_test(images)` where the defense also changes test inputs.
 - `augment(x, y)`: per batch on the device, float images in [0, 1]; may return soft labels.
-- `adversary`: an inner maximisation run each step (adversarial training).
+- `adversary(model, x, y) -> x`: an inner maximisation run each step (adversarial training).
 
 The identity at every point is the default, so a defense overrides only where it acts.
+`ComposedDefense` chains several (`jpeg+cutout` in a grid): see its docstring for the order.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
+
+from bench.config import ConfigError
+
+POINTS = ("prepare", "prepare_test", "augment", "adversary")
 
 
 class Defense:
@@ -19,9 +24,11 @@ class Defense:
     Config: ClassVar[type]
     paper: ClassVar[str] = ""
     adversary: Callable | None = None
+    mixes_labels: ClassVar[bool] = False  # augment returns soft labels mixed from two images (mixup, cutmix)
 
-    def __init__(self, config):
+    def __init__(self, config, num_classes: int = 10):
         self.config = config
+        self.num_classes = num_classes  # for one-hot labels in augment
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return images
@@ -32,5 +39,68 @@ class Defense:
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
+    def stages(self, point: str) -> list[Defense]:
+        """The plugins that act at `point` (one of POINTS), in the order they run."""
+        if point == "adversary":
+            return [self] if self.adversary is not None else []
+        return [self] if getattr(type(self), point) is not getattr(Defense, point) else []
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class ComposedDefense(Defense):
+    """Several defenses as one, named `a+b+...` in a grid.
+
+    Order: `prepare` runs every part's prepare in the order written (`jpeg+bdr` compresses, then
+    reduces bit depth), `prepare_test` likewise, then per batch every part's `augment` in the order
+    written, then the one adversary. At most one part may be an adversary (two inner maximisations
+    have no defined order), at most one may mix labels (mixup and cutmix both expect hard labels),
+    and no part may appear twice or be `none`; each of these is a ConfigError.
+    """
+
+    paper = ""
+
+    def __init__(self, parts: Sequence[Defense]):
+        names = [p.name for p in parts]
+        where = "defense " + "+".join(names)
+        if len(parts) < 2:
+            raise ConfigError(f"{where}: a composition needs at least two defenses")
+        if "none" in names:
+            raise ConfigError(f"{where}: 'none' cannot be composed; leave it out")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: {repeated[0]!r} appears twice; each defense may appear once")
+        adversaries = [p.name for p in parts if p.adversary is not None]
+        if len(adversaries) > 1:
+            raise ConfigError(f"{where}: at most one adversary per composition, got {', '.join(adversaries)}")
+        mixers = [p.name for p in parts if p.mixes_labels]
+        if len(mixers) > 1:
+            raise ConfigError(f"{where}: at most one label-mixing defense per composition, got {', '.join(mixers)}")
+        self.parts = list(parts)
+        self.name = "+".join(names)
+        self.config = {p.name: p.config for p in parts}
+        self.num_classes = parts[0].num_classes
+        self.mixes_labels = bool(mixers)
+        self.adversary = next((p.adversary for p in parts if p.adversary is not None), None)
+
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        for part in self.stages("prepare"):
+            images = part.prepare(images, labels)
+        return images
+
+    def prepare_test(self, images: torch.Tensor) -> torch.Tensor:
+        for part in self.stages("prepare_test"):
+            images = part.prepare_test(images)
+        return images
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for part in self.stages("augment"):
+            x, y = part.augment(x, y)
+        return x, y
+
+    def stages(self, point: str) -> list[Defense]:
+        return [stage for part in self.parts for stage in part.stages(point)]
+
+    def __repr__(self) -> str:
+        return "ComposedDefense(" + ", ".join(map(repr, self.parts)) + ")"

@@ -4,19 +4,42 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
-from bench.registry import DEFENSES
+from bench.config import ConfigError
+from bench.grid import parse_grid
+from bench.registry import DEFENSES, create_defense
+from defenses.base import ComposedDefense, Defense
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                         nn.Flatten(), nn.Linear(128, 10))
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_keeps_dtype_and_shape(name, tiny_set):
+    torch.manual_seed(0)
     defense = DEFENSES.create(name)
     out = defense.prepare(tiny_set.images, tiny_set.labels)
     assert out.dtype == torch.uint8 and out.shape == tiny_set.images.shape
     test = defense.prepare_test(tiny_set.images)
     assert test.dtype == torch.uint8 and test.shape == tiny_set.images.shape
-    x, y = defense.augment(tiny_set.images.float() / 255, tiny_set.labels)
-    assert x.shape == tiny_set.images.shape and len(y) == len(tiny_set.labels)
+    x = tiny_set.images.float() / 255
+    x_aug, y = defense.augment(x, tiny_set.labels)
+    assert x_aug.shape == x.shape and len(y) == len(tiny_set.labels)
+    assert x_aug.min() >= 0 and x_aug.max() <= 1
+    if y.ndim == 2:  # soft labels are distributions over the classes
+        assert y.shape == (len(x), 10) and torch.allclose(y.sum(1), torch.ones(len(x)))
+    if defense.adversary is not None:  # adversary defenses run one step on a real model
+        model = tiny_model().train()
+        x_adv = defense.adversary(model, x, tiny_set.labels)
+        assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+        assert x_adv.min() >= 0 and x_adv.max() <= 1 and not torch.equal(x_adv, x)
+        assert model.training, "the adversary must leave the model in the mode it found it in"
+        assert all(p.grad is None for p in model.parameters()), "the adversary must not leave parameter gradients"
+    assert defense.paper or name == "none", "every defense names its paper"
 
 
 @pytest.mark.parametrize("quality", [10, 50, 90])
@@ -39,3 +62,221 @@ def test_jpeg_quality_is_checked():
 
     with pytest.raises(ConfigError, match=r"defense jpeg\.quality: must be in 1\.\.100, got 101"):
         DEFENSES.create("jpeg", {"quality": 101})
+
+
+def test_iss_grayscale_gives_three_equal_channels_on_train_and_test(tiny_set):
+    defense = DEFENSES.create("iss_gray")
+    for out in (defense.prepare(tiny_set.images, tiny_set.labels), defense.prepare_test(tiny_set.images)):
+        assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+        # ITU-R 601 luma, as PIL's convert("L"), up to rounding.
+        pil = np.array(Image.fromarray(tiny_set.images[0].permute(1, 2, 0).numpy()).convert("L"))
+        assert np.abs(out[0, 0].numpy().astype(int) - pil.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5])
+def test_bit_depth_reduction_leaves_at_most_two_to_the_bits_levels(bits, tiny_set):
+    out = DEFENSES.create("bdr", {"bits": bits}).prepare(tiny_set.images, tiny_set.labels)
+    assert len(out.unique()) <= 2 ** bits
+    assert (out.int() <= tiny_set.images.int()).all() and (tiny_set.images.int() - out.int()).max() < 2 ** (8 - bits)
+
+
+def test_gaussian_smoothing_blurs_and_apbench_default_is_nearly_identity(tiny_set):
+    images = tiny_set.images
+    assert torch.equal(DEFENSES.create("gaussian").prepare(images, tiny_set.labels), images)  # sigma 0.1: exp(-50) weights
+    blurred = DEFENSES.create("gaussian", {"sigma": 1.0}).prepare(images, tiny_set.labels).float()
+    # Random pixels are independent, so smoothing must shrink the pixel variance.
+    assert blurred.std() < 0.8 * images.float().std()
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_cutout_zeroes_one_hole_of_the_configured_size(size):
+    torch.manual_seed(0)
+    x = torch.rand(256, 3, 32, 32) * 0.9 + 0.1  # no zero pixels before cutout
+    out, y = DEFENSES.create("cutout", {"size": size}).augment(x, torch.arange(256) % 10)
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 1], zero[:, 2])  # every channel
+    holes = zero[:, 0]
+    rows, cols = holes.any(2).sum(1), holes.any(1).sum(1)
+    assert ((holes.sum((1, 2)) == rows * cols) & (rows <= size) & (cols <= size) & (rows >= 1)).all()  # one clipped box
+    inside = (rows == size) & (cols == size)
+    assert inside.sum() > 20, "holes whose centre is far enough from the border are exactly size x size"
+    assert torch.equal(out[~zero], x[~zero]) and torch.equal(y, torch.arange(256) % 10)
+
+
+def _mixed_batch():
+    # Image i is constant at value i / 10 with label i, so each output pixel says which images it came from.
+    n = 8
+    x = (torch.arange(n).float() / 10 + 0.05).view(n, 1, 1, 1).expand(n, 3, 32, 32).clone()
+    return x, torch.arange(n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mixup_labels_are_distributions_matching_the_mixing_weight(seed):
+    torch.manual_seed(seed)
+    x, y = _mixed_batch()
+    out, soft = DEFENSES.create("mixup").augment(x, y)
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+    for i in range(8):
+        lam = soft[i, i]
+        j = int((soft[i] * (torch.arange(10) != i)).argmax()) if lam < 1 else i
+        # The image is lam * own + (1 - lam) * partner, partner = the other class in its label.
+        assert torch.allclose(out[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)
+    assert 0 < soft.max(1).values.min() < 1  # Beta(1, 1) almost surely mixes
+
+
+def test_cutmix_labels_are_distributions_matching_the_pasted_area():
+    mixed = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        x, y = _mixed_batch()
+        out, soft = DEFENSES.create("cutmix").augment(x, y)
+        assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+        own = (out == x).all(1).float().mean((1, 2))  # fraction of each image's pixels still its own
+        assert torch.allclose(soft[torch.arange(8), y], own, atol=1e-6)
+        mixed += bool((own < 1).any())
+    assert 3 <= mixed <= 17, "with p = 0.5 about half the batches are mixed"
+
+
+def test_pgd_adversary_stays_within_eps_and_raises_the_loss():
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 3, 32, 32), torch.arange(32) % 10
+    # A linear model, where an L-inf step of eps can move each logit by up to eps * ||w||_1.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).train()
+    eps = 8 / 255
+    at = DEFENSES.create("at", {"eps": eps, "steps": 10})
+    x_adv = at.adversary(model, x, y)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    model.eval()
+    with torch.no_grad():
+        clean = nn.functional.cross_entropy(model(x), y)
+        adv = nn.functional.cross_entropy(model(x_adv), y)
+        noise = nn.functional.cross_entropy(model((x + (torch.rand_like(x) * 2 - 1) * eps).clamp(0, 1)), y)
+    assert adv > clean + 0.5 and adv > noise + 0.5
+
+
+def test_at_config_is_checked_and_has_a_cpu_preset():
+    with pytest.raises(ConfigError, match=r"defense at\.steps: must be at least 1, got 0"):
+        DEFENSES.create("at", {"steps": 0})
+    with pytest.raises(ConfigError, match=r"defense at\.eps: must be in \(0, 1\], got 0"):
+        DEFENSES.create("at", {"eps": 0})
+    assert DEFENSES.create("at", {"preset": "cpu_smoke"}).config.steps == 2
+
+
+def test_ueraser_trains_on_the_max_loss_copy(monkeypatch):
+    torch.manual_seed(0)
+    ueraser = DEFENSES.create("ueraser", {"repeats": 3})
+    x, y = torch.rand(6, 3, 32, 32), torch.arange(6)
+    copies = iter([torch.full_like(x, v) for v in (0.2, 0.5, 0.8)])
+    monkeypatch.setattr(ueraser, "erase", lambda batch: next(copies))
+    # Per image a different copy is the worst: image i's loss is highest on copy i % 3.
+    losses = torch.tensor([[1.0 if i % 3 == k else 0.0 for i in range(6)] for k in range(3)])
+    calls = iter(losses)
+    monkeypatch.setattr(ueraser, "_loss", lambda model, batch, labels: next(calls))
+    out = ueraser.adversary(None, x, y)
+    assert torch.allclose(out[:, 0, 0, 0], torch.tensor([0.2, 0.5, 0.8, 0.2, 0.5, 0.8]))
+
+
+def test_ueraser_augmentation_is_strong_and_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    out = DEFENSES.create("ueraser").erase(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    changed = (out - x).abs().mean((1, 2, 3))
+    assert (changed > 0.02).float().mean() > 0.5 and changed.std() > 0.01  # most images change, by different amounts
+
+
+class _Recorder(Defense):
+    """Appends its name to a shared log at every point, so a composition's order can be read back."""
+
+    log: list = []
+
+    def prepare(self, images, labels):
+        self.log.append(("prepare", self.name))
+        return images + 1
+
+    def prepare_test(self, images):
+        self.log.append(("prepare_test", self.name))
+        return images
+
+    def augment(self, x, y):
+        self.log.append(("augment", self.name))
+        return x * 2, y
+
+
+def _recorder(name, adversary=False):
+    cls = type(name, (_Recorder,), {"name": name})
+    if adversary:
+        cls.adversary = lambda self, model, x, y: x
+    return cls(None)
+
+
+def test_composed_defense_applies_stages_in_the_documented_order():
+    _Recorder.log = []
+    a, b, c = _recorder("a"), _recorder("b"), _recorder("c", adversary=True)
+    composed = ComposedDefense([b, c, a])
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    assert torch.equal(composed.prepare(images, torch.zeros(2)), images + 3)
+    composed.prepare_test(images)
+    x, _ = composed.augment(torch.ones(2), torch.zeros(2))
+    assert torch.equal(x, torch.full((2,), 8.0))
+    assert _Recorder.log == [("prepare", "b"), ("prepare", "c"), ("prepare", "a"),
+                             ("prepare_test", "b"), ("prepare_test", "c"), ("prepare_test", "a"),
+                             ("augment", "b"), ("augment", "c"), ("augment", "a")]
+    assert composed.adversary.__self__ is c and composed.name == "b+c+a"
+
+
+def test_composed_real_defenses_run_prepare_then_augment(tiny_set):
+    torch.manual_seed(0)
+    composed = create_defense("iss_gray+bdr", {"bdr": {"bits": 1}})
+    out = composed.prepare(tiny_set.images, tiny_set.labels)
+    gray = DEFENSES.create("iss_gray").prepare(tiny_set.images, tiny_set.labels)
+    assert torch.equal(out, DEFENSES.create("bdr", {"bits": 1}).prepare(gray, tiny_set.labels))  # gray, then BDR
+    assert [s.name for s in composed.stages("prepare_test")] == ["iss_gray"]
+    jc = create_defense("jpeg+cutout", {"cutout": {"size": 8}})
+    assert [s.name for s in jc.stages("prepare")] == ["jpeg"] and [s.name for s in jc.stages("augment")] == ["cutout"]
+    assert jc.stages("adversary") == [] and jc.adversary is None
+    assert create_defense("iss_gray+at").adversary is not None
+
+
+@pytest.mark.parametrize("name,message", [
+    ("at+ueraser", r"defense at\+ueraser: at most one adversary per composition, got at, ueraser"),
+    ("jpeg+jpeg", r"defense jpeg\+jpeg: 'jpeg' appears twice"),
+    ("mixup+cutmix", r"at most one label-mixing defense per composition, got mixup, cutmix"),
+    ("none+cutout", r"'none' cannot be composed"),
+    ("jpeg+cutuot", r"unknown defense 'cutuot' \(did you mean 'cutout'\?\)"),
+])
+def test_incompatible_compositions_are_config_errors(name, message):
+    with pytest.raises(ConfigError, match=message):
+        create_defense(name)
+    with pytest.raises(ConfigError, match=message):  # and the grid says so before any work
+        parse_grid({"attacks": ["clean"], "defenses": ["none", name], "archs": ["tiny_cnn"]}, "g")
+
+
+def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
+    base = {"attacks": ["clean"], "archs": ["tiny_cnn"], "recipe": "cpu_smoke"}
+    plain = parse_grid({**base, "defenses": ["none", "jpeg", "cutout"]}, "g").cells()
+    grid = parse_grid({**base, "defenses": ["none", "jpeg", "jpeg+cutout", "iss_gray+at"],
+                       "config": {"cutout": {"size": 8}, "at": {"steps": 2}}}, "g")
+    cells = {c.defense: c for c in grid.cells()}
+    assert cells["jpeg+cutout"].defense_config == {"jpeg": {"quality": 10}, "cutout": {"size": 8}}
+    assert cells["iss_gray+at"].defense_config["at"]["steps"] == 2
+    # Adding compositions does not move the ids of the plain cells.
+    assert {c.cell_id for c in plain if c.defense in ("none", "jpeg")} == {cells["none"].cell_id, cells["jpeg"].cell_id}
+    defense = create_defense("jpeg+cutout", cells["jpeg+cutout"].defense_config)
+    assert defense.parts[1].config.size == 8
+    with pytest.raises(ConfigError, match=r"defense cutout\.size: must be at least 1 pixel, got 0"):
+        parse_grid({**base, "defenses": ["jpeg+cutout"], "config": {"cutout": {"size": 0}}}, "g")
+
+
+@pytest.mark.parametrize("name,field,value,message", [
+    ("bdr", "bits", 9, r"defense bdr\.bits: must be in 1\.\.8, got 9"),
+    ("gaussian", "kernel_size", 4, r"defense gaussian\.kernel_size: must be an odd whole number >= 1, got 4"),
+    ("gaussian", "sigma", 0, r"defense gaussian\.sigma: must be positive, got 0"),
+    ("mixup", "alpha", 0, r"defense mixup\.alpha: must be positive, got 0"),
+    ("cutmix", "p", 1.5, r"defense cutmix\.p: must be a probability in \[0, 1\], got 1\.5"),
+    ("ueraser", "repeats", 0, r"defense ueraser\.repeats: must be at least 1, got 0"),
+    ("iss_jpeg", "quality", 0, r"defense iss_jpeg\.quality: must be in 1\.\.100, got 0"),
+])
+def test_defense_configs_are_checked_with_the_field_named(name, field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        DEFENSES.create(name, {field: value})
