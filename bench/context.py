@@ -1,11 +1,13 @@
-"""What a plugin gets from the runner: device, seed, randomness and progress."""
+"""What a plugin gets from the runner: device, seed, randomness, scratch space and progress."""
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger("bench")
 
@@ -14,7 +16,9 @@ log = logging.getLogger("bench")
 class RunContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
-    cache_dir: Path | None = None  # where a plugin may keep files between runs (surrogates, ...)
+    cache_dir: Path | None = None  # shared between runs: trained clean models (TAP), ...
+    work_dir: Path | None = None  # this poison's own scratch space: resumable generation state
+    progress: bool | None = None  # progress bars; None = only on a terminal
 
     def generator(self, device: torch.device | str | None = None) -> torch.Generator:
         """A fresh generator seeded from the cell seed: same seed, same draws."""
@@ -24,3 +28,8 @@ class RunContext:
 
     def log(self, message: str) -> None:
         log.info(message)
+
+    def bar(self, total: int, desc: str, initial: int = 0) -> tqdm:
+        """A progress bar over rounds; quiet off a terminal, where `log` lines stand in for it."""
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        return tqdm(total=total, desc=desc, initial=initial, unit="round", disable=not show, leave=False)

@@ -12,8 +12,22 @@ from methods.base import check_budget, perturbation_size
 from methods.ops import CORNERS, search_pixels
 
 
+# The cheapest settings of the model-based attacks: their CPU preset, cut to a couple of rounds.
+TINY = {
+    "em": {"preset": "cpu", "max_rounds": 2, "train_steps": 2, "steps": 2, "batch_size": 32},
+    "em_classwise": {"preset": "cpu", "max_rounds": 2, "train_steps": 2, "batch_size": 32},
+    "rem": {"preset": "cpu", "train_steps": 2, "steps": 2, "samples": 1, "adv_steps": 1, "batch_size": 32},
+    "tap": {"preset": "cpu", "surrogate_width": 8, "surrogate_epochs": 1, "steps": 2, "restarts": 2, "batch_size": 32},
+    "miue": {"preset": "cpu", "epochs": 2, "steps": 2, "batch_size": 32, "perturb_batch_size": 32},
+}
+
+
 def attack_overrides(name: str, tmp_path, data: ImageSet) -> dict:
     """Configs the contract needs beyond the defaults (external reads a poison file)."""
+    if name in TINY:
+        return TINY[name]
+    if "cpu" in getattr(ATTACKS.get(name), "presets", {}):
+        return {"preset": "cpu"}
     if name == "external":
         path = tmp_path / "poison.npz"
         noisy = (data.images.to(torch.int16) + torch.randint(-8, 9, data.images.shape, generator=torch.Generator().manual_seed(1)))

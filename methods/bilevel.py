@@ -1,0 +1,169 @@
+"""Shared machinery of the model-based attacks (EM, REM, TAP, MI-UE).
+
+- `DeltaStore`: the perturbation of the whole training set as int8 on the device, in units of
+  eps/127 (1/16 of a pixel level at 8/255), so 0.2/255 steps survive storage and 50,000 CIFAR
+  images take 150 MB.
+- `signed_steps`: batched projected signed-gradient steps, descent or ascent, on any loss.
+- `train_steps`: surrogate SGD on the poisoned images, batched on the device.
+- `Checkpoint`: round-by-round state, written atomically, loaded without pickle, so a long
+  generation that is interrupted resumes from its last completed round.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.registry import ARCHS
+from bench.store import atomic_write_bytes
+from bench.train import random_crop_flip
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_surrogate(arch: str, num_classes: int, device: torch.device, seed: int, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return ARCHS.create(arch, kwargs, num_classes=num_classes).to(device)
+
+
+class DeltaStore:
+    """Per-image L-inf perturbations as int8 in units of eps/127."""
+
+    def __init__(self, shape: tuple[int, ...], eps: float, device: torch.device):
+        self.eps = eps
+        self.scale = eps / 127
+        self.q = torch.zeros(shape, dtype=torch.int8, device=device)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.q[idx].float() * self.scale
+
+    def __setitem__(self, idx, delta: torch.Tensor) -> None:
+        self.q[idx] = (delta / self.scale).round().clamp(-127, 127).to(torch.int8)
+
+    def uniform_(self, g: torch.Generator) -> "DeltaStore":
+        """Uniform in [-eps, eps], the usual random start."""
+        self.q = torch.randint(-127, 128, self.q.shape, generator=g, device=self.q.device, dtype=torch.int8)
+        return self
+
+    def all(self) -> torch.Tensor:
+        return self[slice(None)]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255
+
+
+def signed_steps(
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+    steps: int, step_size: float, eps: float, *, descent: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """`steps` projected signed-gradient steps on `delta` (L-inf `eps`, x + delta kept in [0, 1]).
+
+    Descent minimises `loss_fn` (error-minimising noise); ascent maximises it (adversarial
+    examples). `transform` is applied to x + delta before the model (differentiable augmentation).
+    """
+    sign = -1.0 if descent else 1.0
+    delta = delta.detach().clone()
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        inputs = (x + delta).clamp(0, 1)
+        loss = loss_fn(model, transform(inputs) if transform else inputs, y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = (delta + sign * step_size * grad.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+    return delta.detach()
+
+
+def train_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+    deltas: DeltaStore | Callable[[torch.Tensor], torch.Tensor], steps: int, batch_size: int,
+    g: torch.Generator, *, augment: bool = False, grad_clip: float | None = None,
+    loss_fn: LossFn = cross_entropy, scheduler: Callable[[], None] | None = None,
+) -> float:
+    """`steps` SGD steps on random batches of images + delta; returns the mean loss.
+
+    `deltas` maps batch indices to their float perturbation (a DeltaStore, or a class-wise lookup).
+    """
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=g, device=images.device)
+        batch = images[idx]
+        x = (to_unit(batch) + deltas[idx]).clamp(0, 1)
+        if augment:
+            x = random_crop_flip((x * 255).round().to(torch.uint8), 4, True, g).float() / 255
+        loss = loss_fn(model, x, labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler()
+        total += loss.item()
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def poisoned_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      deltas: DeltaStore | Callable, batch_size: int = 1024) -> float:
+    """Accuracy of `model` (eval mode) on images + delta: the stop rule of EM."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(images)), device=images.device)
+        x = (to_unit(images[idx]) + deltas[idx]).clamp(0, 1)
+        correct += (model(x).argmax(1) == labels[idx]).sum().item()
+    return correct / max(len(images), 1)
+
+
+def batches(n: int, batch_size: int, device: torch.device, g: torch.Generator | None = None):
+    """Index tensors covering range(n) in batches, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=g, device=device) if g is not None else torch.arange(n, device=device)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class Checkpoint:
+    """Round-by-round generation state in `work_dir/state.pt`, atomically written.
+
+    Holds tensors, numbers and state dicts only, and is read with `torch.load(weights_only=True)`,
+    which refuses anything that would need pickle to run code.
+    """
+
+    def __init__(self, work_dir: Path | None):
+        self.path = Path(work_dir) / "state.pt" if work_dir is not None else None
+
+    def load(self, device: torch.device) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location=device, weights_only=True)
+        except Exception:  # truncated or altered: start over rather than trust it
+            return None
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+
+def linear(start: float, end: float, i: int, n: int) -> float:
+    """Linear interpolation from `start` (i = 0) to `end` (i = n - 1)."""
+    return start if n <= 1 else start + (end - start) * i / (n - 1)
+
+
+def cosine_lr(base: float, final: float, step: int, total: int) -> float:
+    return final + (base - final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
