@@ -3,6 +3,7 @@
 
     python3 dev.py smoke    # .venv, install, run the smoke grid, write its report
     python3 dev.py test     # .venv, install with dev extras, run the test suite
+    python3 dev.py bench    # timings: pytest-benchmark over tests/benchmarks on this machine's device
     python3 dev.py setup    # only the environment
 
 Needs nothing but Python 3.11+. The environment is (re)installed only when pyproject.toml changed.
@@ -51,6 +52,9 @@ def main() -> None:
         setup()
         sh(BIN / "bench", "run", "--grid", "smoke", *rest)
         sh(BIN / "bench", "report", "--grid", "smoke")
+    elif task == "bench":
+        setup()
+        sh(BIN / "python", "-m", "pytest", "tests/benchmarks", "--benchmark-enable", "-q", *rest)
     elif task == "test":
         setup()
         sh(BIN / "python", "-m", "pytest", *(rest or ["-q"]))

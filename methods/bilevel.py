@@ -160,9 +160,33 @@ class Checkpoint:
         atomic_write_bytes(self.path, buffer.getvalue())
 
 
-def linear(start: float, end: float, i: int, n: int) -> float:
-    """Linear interpolation from `start` (i = 0) to `end` (i = n - 1)."""
-    return start if n <= 1 else start + (end - start) * i / (n - 1)
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator, **progress) -> dict:
+    """What a round leaves behind for `Checkpoint.save`: model, optimizer, random state, progress."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": g.get_state(), **progress}
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    g.set_state(state["rng"].to(g.get_state().device))
+
+
+class frozen:
+    """Eval mode and no parameter gradients while the noise moves; training mode again after."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model.train()
 
 
 def cosine_lr(base: float, final: float, step: int, total: int) -> float:

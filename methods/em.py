@@ -11,7 +11,8 @@ from bench.context import RunContext
 from bench.data import ImageSet, balanced_subset
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta
-from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, make_surrogate, poisoned_accuracy, signed_steps, to_unit
+from methods.bilevel import (Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, poisoned_accuracy,
+                             restore, signed_steps, snapshot, to_unit)
 
 PAPER = "Huang et al., Unlearnable Examples: Making Personal Data Unexploitable, ICLR 2021"
 
@@ -97,27 +98,23 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
         deltas = DeltaStore(images.shape, c.eps, device)
         if c.random_start:
             deltas.uniform_(ctx.generator(device))
+        g = ctx.generator(device)
         checkpoint = Checkpoint(ctx.work_dir)
         state = checkpoint.load(device)
         start, cursor = 0, 0
         if state is not None:
-            model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
-            deltas.q = state["delta"]; start, cursor = int(state["round"]), int(state["cursor"])
+            restore(state, model, opt, g)
+            deltas.q, start, cursor = state["delta"], int(state["round"]), int(state["cursor"])
             ctx.log(f"em: resuming after round {start}")
         bar = ctx.bar(c.max_rounds, "em rounds", initial=start)
         for round_ in range(start, c.max_rounds):
             cursor = self.train_round(model, opt, images, labels, deltas, cursor)
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for idx in batches(len(images), c.batch_size, device):
-                deltas[idx] = signed_steps(model, to_unit(images[idx]), deltas[idx], labels[idx], cross_entropy,
-                                           c.steps, c.step_size, c.eps)
-            for p in model.parameters():
-                p.requires_grad_(True)
-            acc = poisoned_accuracy(model, images, labels, deltas)
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "delta": deltas.q,
-                             "round": round_ + 1, "cursor": cursor})
+            with frozen(model):
+                for idx in batches(len(images), c.batch_size, device):
+                    deltas[idx] = signed_steps(model, to_unit(images[idx]), deltas[idx], labels[idx], cross_entropy,
+                                               c.steps, c.step_size, c.eps)
+                acc = poisoned_accuracy(model, images, labels, deltas)
+            checkpoint.save(snapshot(model, opt, g, delta=deltas.q, round=round_ + 1, cursor=cursor))
             bar.update(1); bar.set_postfix(acc=f"{acc:.3f}")
             ctx.log(f"em round {round_ + 1}: surrogate accuracy on poisoned data {acc:.2%}")
             if acc >= c.stop_accuracy:
@@ -173,30 +170,26 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
             noise.uniform_(-c.eps, c.eps, generator=ctx.generator(device))
         size = max(data.num_classes, round(c.subset_fraction * len(images)))
         subset = torch.from_numpy(balanced_subset(labels.cpu().numpy(), size, data.num_classes, ctx.seed)).to(device)
+        g = ctx.generator(device)
         checkpoint = Checkpoint(ctx.work_dir)
         state = checkpoint.load(device)
         start, cursor = 0, 0
         if state is not None:
-            model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
+            restore(state, model, opt, g)
             noise, start, cursor = state["noise"], int(state["round"]), int(state["cursor"])
-        g = ctx.generator(device)
+            ctx.log(f"em_classwise: resuming after round {start}")
         bar = ctx.bar(c.max_rounds, "em_classwise rounds", initial=start)
         for round_ in range(start, c.max_rounds):
             cursor = self.train_round(model, opt, images, labels, _ClassNoise(noise, labels), cursor)
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for idx in batches(len(subset), c.batch_size, device, g):
-                members = subset[idx]
-                y = labels[members]
-                eta = signed_steps(model, to_unit(images[members]), noise[y], y, cross_entropy, c.steps, c.step_size, c.eps)
-                for k in y.unique():
-                    noise[k] = eta[y == k].mean(0).clamp(-c.eps, c.eps)
-            for p in model.parameters():
-                p.requires_grad_(True)
-            acc = poisoned_accuracy(model, images[subset], labels[subset], _ClassNoise(noise, labels[subset]))
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "noise": noise,
-                             "round": round_ + 1, "cursor": cursor})
+            with frozen(model):
+                for idx in batches(len(subset), c.batch_size, device, g):
+                    members = subset[idx]
+                    y = labels[members]
+                    eta = signed_steps(model, to_unit(images[members]), noise[y], y, cross_entropy, c.steps, c.step_size, c.eps)
+                    for k in y.unique():
+                        noise[k] = eta[y == k].mean(0).clamp(-c.eps, c.eps)
+                acc = poisoned_accuracy(model, images[subset], labels[subset], _ClassNoise(noise, labels[subset]))
+            checkpoint.save(snapshot(model, opt, g, noise=noise, round=round_ + 1, cursor=cursor))
             bar.update(1); bar.set_postfix(acc=f"{acc:.3f}")
             ctx.log(f"em_classwise round {round_ + 1}: surrogate accuracy on the poisoned subset {acc:.2%}")
             if acc >= c.stop_accuracy:

@@ -12,7 +12,8 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta
-from methods.bilevel import Checkpoint, DeltaStore, batches, cosine_lr, make_surrogate, signed_steps, to_unit
+from methods.bilevel import (Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore, signed_steps,
+                             snapshot, to_unit)
 from methods.miue_loss import supcon_loss
 
 
@@ -92,9 +93,8 @@ class MutualInformationUE(Attack):
         state = checkpoint.load(device)
         start = 0
         if state is not None:
-            model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
+            restore(state, model, opt, g)
             deltas.q, start = state["delta"], int(state["epoch"])
-            g.set_state(state["rng"].to(g.get_state().device))
             ctx.log(f"miue: resuming after epoch {start}")
 
         def view(idx: torch.Tensor) -> torch.Tensor:
@@ -116,17 +116,12 @@ class MutualInformationUE(Attack):
                 loss.backward()
                 opt.step()
                 train_loss += loss.item() * len(idx)
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
             e = epoch + 1
             alpha = (c.epochs - e + 1) / c.epochs * (c.step_size_start - c.step_size_end) + c.step_size_end
-            for idx in batches(len(images), c.perturb_batch_size, device, g):
-                deltas[idx] = signed_steps(model, view(idx), deltas[idx], labels[idx], self.objective, c.steps, alpha, c.eps)
-            for p in model.parameters():
-                p.requires_grad_(True)
-            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "delta": deltas.q,
-                             "epoch": e, "rng": g.get_state()})
+            with frozen(model):
+                for idx in batches(len(images), c.perturb_batch_size, device, g):
+                    deltas[idx] = signed_steps(model, view(idx), deltas[idx], labels[idx], self.objective, c.steps, alpha, c.eps)
+            checkpoint.save(snapshot(model, opt, g, delta=deltas.q, epoch=e))
             bar.update(1); bar.set_postfix(ce=f"{train_loss / len(images):.3f}")
             ctx.log(f"miue epoch {e}/{c.epochs}: surrogate CE on poisoned data {train_loss / len(images):.3f}, step {alpha * 255:.3f}/255")
         bar.close()

@@ -12,7 +12,7 @@ from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import random_crop_flip
 from methods.base import Attack, Poison, apply_delta
-from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, make_surrogate, signed_steps, to_unit
+from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, make_surrogate, restore, signed_steps, snapshot, to_unit
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,12 @@ class RobustErrorMinimizing(Attack):
         g = ctx.generator(device)
         checkpoint = Checkpoint(ctx.work_dir)
         state = checkpoint.load(device)
-        start = 0
+        start, order = 0, []
         if state is not None:
-            model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
-            deltas.q, start = state["delta"], int(state["step"])
-            g.set_state(state["rng"].to(g.get_state().device))
+            restore(state, model, opt, g)
+            deltas.q, start, order = state["delta"], int(state["step"]), list(state["order"])
             ctx.log(f"rem: resuming after step {start}")
         bar = ctx.bar(c.train_steps, "rem steps", initial=start)
-        order: list[torch.Tensor] = []
         for step in range(start, c.train_steps):
             if not order:  # a new epoch: shuffled, the last partial batch dropped as the official loader
                 full = max(len(images) // c.batch_size, 1)
@@ -138,8 +136,8 @@ class RobustErrorMinimizing(Attack):
             opt.step()
             bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}")
             if (step + 1) % c.checkpoint_every == 0:
-                checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "delta": deltas.q,
-                                 "step": step + 1, "rng": g.get_state()})
+                rest = torch.stack(order) if order else torch.zeros(0, c.batch_size, dtype=torch.long, device=device)
+                checkpoint.save(snapshot(model, opt, g, delta=deltas.q, step=step + 1, order=rest))
                 ctx.log(f"rem step {step + 1}/{c.train_steps}: adversarial loss on poisoned batch {loss.item():.3f}")
         bar.close()
         for idx in batches(len(images), c.batch_size, device):

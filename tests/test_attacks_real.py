@@ -1,0 +1,85 @@
+"""Model-based attacks on real CIFAR-10 (CPU presets) and their resumable generation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.context import RunContext
+from bench.data import ImageSet
+from bench.grid import parse_grid
+from bench.registry import ATTACKS
+from bench.runner import run_grid
+from bench.store import Store
+from methods import bilevel
+from tests.test_attacks import TINY
+
+MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue"]
+# Per attack: the CPU preset; REM's preset trades inner samples for surrogate steps.
+REAL = ["em", "rem", "miue", "tap"]
+
+
+@pytest.fixture(scope="module")
+def real_results(cifar10_npz, tmp_path_factory) -> dict[str, float]:
+    """Clean test accuracy of tiny_cnn trained on each poison of 2,000 CIFAR-10 images (one grid)."""
+    grid = parse_grid({
+        "attacks": ["clean", *REAL], "defenses": ["none"], "archs": ["tiny_cnn"],
+        "recipe": {"preset": "cpu_smoke", "epochs": 10},
+        "data": {"name": str(cifar10_npz), "train_size": 2000, "test_size": 1000},
+        "config": {"tiny_cnn": {"width": 16}, **{a: {"preset": "cpu"} for a in REAL}},
+    }, "attacks_real")
+    store = Store(tmp_path_factory.mktemp("attacks_real"))
+    counts = run_grid(grid, store, torch.device("cpu"), progress=False)
+    assert counts["failed"] == 0, [r.get("error") for r in store.records() if r["status"] == "failed"]
+    return {r["spec"]["attack"]: r["metrics"]["test_acc_last"] for r in store.records()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", REAL)
+def test_poison_lowers_clean_test_accuracy_by_ten_points(real_results, attack):
+    drop = real_results["clean"] - real_results[attack]
+    print(f"{attack}: clean {real_results['clean']:.1%} -> {real_results[attack]:.1%} ({100 * drop:.1f} points)")
+    assert drop >= 0.10, f"{attack} removes only {100 * drop:.1f} points"
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_interrupted_generation_resumes_to_the_same_poison(name, tiny_set, tmp_path, monkeypatch):
+    """Killed after its second checkpoint, a generation resumes there and ends where an unbroken one does."""
+    overrides = {**TINY[name]}
+    if name == "rem":
+        overrides.update(train_steps=4, checkpoint_every=1)
+    if name in ("em", "em_classwise"):
+        overrides.update(max_rounds=4, stop_accuracy=1.0)
+    if name == "miue":
+        overrides.update(epochs=4)
+    if name == "tap":
+        overrides.update(batch_size=16)  # 4 batches x 2 restarts: checkpoints mid-restart
+    attack = ATTACKS.create(name, overrides)
+    saves = []
+    original = bilevel.Checkpoint.save
+
+    def counting_save(self, state):
+        original(self, state)
+        saves.append(1)
+        if die_after and len(saves) == die_after:
+            raise Interrupted
+
+    monkeypatch.setattr(bilevel.Checkpoint, "save", counting_save)
+    die_after = 0
+    unbroken = attack(tiny_set, RunContext(seed=3, work_dir=tmp_path / "unbroken"))
+    total = len(saves)
+    assert total >= 3, "the generation must checkpoint more than twice for this test to mean anything"
+
+    saves.clear()
+    die_after = 2
+    ctx = RunContext(seed=3, work_dir=tmp_path / "work")
+    with pytest.raises(Interrupted):
+        attack(tiny_set, ctx)
+    saves.clear()
+    die_after = 0
+    resumed = attack(tiny_set, ctx)
+    assert len(saves) == total - 2, "the resumed run must do only the work left after the last checkpoint"
+    assert torch.equal(resumed.images, unbroken.images)
