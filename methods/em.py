@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from bench.config import require
 from bench.context import RunContext
-from bench.data import ImageSet, balanced_subset
+from bench.data import ImageSet
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta
 from methods.bilevel import (Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, poisoned_accuracy,
@@ -144,6 +143,16 @@ class _ClassNoise:
         return self.noise[self.labels[idx]]
 
 
+def stratified_subset(labels: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:
+    """Sorted indices of `fraction` of each class (at least one), as sklearn's stratified split."""
+    chosen = []
+    for c in labels.unique():
+        members = torch.nonzero(labels == c).flatten()
+        k = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=g, device=labels.device)[:k]])
+    return torch.cat(chosen).sort().values
+
+
 @register_attack("em_classwise")
 class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
     """Class-wise error-minimising noise: one L-inf pattern per class, min-min optimised.
@@ -168,8 +177,7 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
         noise = torch.zeros((data.num_classes, *images.shape[1:]), device=device)
         if c.random_start:
             noise.uniform_(-c.eps, c.eps, generator=ctx.generator(device))
-        size = max(data.num_classes, round(c.subset_fraction * len(images)))
-        subset = torch.from_numpy(balanced_subset(labels.cpu().numpy(), size, data.num_classes, ctx.seed)).to(device)
+        subset = stratified_subset(labels, c.subset_fraction, ctx.generator(device))
         g = ctx.generator(device)
         checkpoint = Checkpoint(ctx.work_dir)
         state = checkpoint.load(device)
