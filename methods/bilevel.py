@@ -4,7 +4,6 @@
   eps/127 (1/16 of a pixel level at 8/255), so 0.2/255 steps survive storage and 50,000 CIFAR
   images take 150 MB.
 - `signed_steps`: batched projected signed-gradient steps, descent or ascent, on any loss.
-- `train_steps`: surrogate SGD on the poisoned images, batched on the device.
 - `Checkpoint`: round-by-round state, written atomically, loaded without pickle, so a long
   generation that is interrupted resumes from its last completed round.
 """
@@ -21,7 +20,6 @@ from torch.nn import functional as F
 
 from bench.registry import ARCHS
 from bench.store import atomic_write_bytes
-from bench.train import random_crop_flip
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,9 +28,11 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(model(x), y)
 
 
-def make_surrogate(arch: str, num_classes: int, device: torch.device, seed: int, **kwargs) -> nn.Module:
+def make_surrogate(config, num_classes: int, device: torch.device, seed: int) -> nn.Module:
+    """A fresh surrogate from an attack config's `surrogate` arch (and `surrogate_width`, for tiny_cnn)."""
     torch.manual_seed(seed)
-    return ARCHS.create(arch, kwargs, num_classes=num_classes).to(device)
+    kwargs = {"width": config.surrogate_width} if config.surrogate_width else {}
+    return ARCHS.create(config.surrogate, kwargs, num_classes=num_classes).to(device)
 
 
 class DeltaStore:
@@ -83,36 +83,6 @@ def signed_steps(
             delta = (delta + sign * step_size * grad.sign()).clamp(-eps, eps)
             delta = (x + delta).clamp(0, 1) - x
     return delta.detach()
-
-
-def train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-    deltas: DeltaStore | Callable[[torch.Tensor], torch.Tensor], steps: int, batch_size: int,
-    g: torch.Generator, *, augment: bool = False, grad_clip: float | None = None,
-    loss_fn: LossFn = cross_entropy, scheduler: Callable[[], None] | None = None,
-) -> float:
-    """`steps` SGD steps on random batches of images + delta; returns the mean loss.
-
-    `deltas` maps batch indices to their float perturbation (a DeltaStore, or a class-wise lookup).
-    """
-    model.train()
-    total = 0.0
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=g, device=images.device)
-        batch = images[idx]
-        x = (to_unit(batch) + deltas[idx]).clamp(0, 1)
-        if augment:
-            x = random_crop_flip((x * 255).round().to(torch.uint8), 4, True, g).float() / 255
-        loss = loss_fn(model, x, labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler()
-        total += loss.item()
-    return total / max(steps, 1)
 
 
 @torch.no_grad()

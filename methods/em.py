@@ -50,8 +50,7 @@ class _SurrogateLoop:
 
     def surrogate_and_optimizer(self, data: ImageSet, ctx: RunContext):
         c = self.config
-        kwargs = {"width": c.surrogate_width} if c.surrogate_width else {}
-        model = make_surrogate(c.surrogate, data.num_classes, data.device, ctx.seed, **kwargs)
+        model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         return model, opt
 

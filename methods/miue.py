@@ -80,8 +80,7 @@ class MutualInformationUE(Attack):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config
         images, labels, device = data.images, data.labels, data.device
-        kwargs = {"width": c.surrogate_width} if c.surrogate_width else {}
-        model = make_surrogate(c.surrogate, data.num_classes, device, ctx.seed, **kwargs)
+        model = make_surrogate(c, data.num_classes, device, ctx.seed)
         if c.normalize:
             model.normalize = True
             model.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1))

@@ -107,8 +107,7 @@ class RobustErrorMinimizing(Attack):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config
         images, labels, device = data.images, data.labels, data.device
-        kwargs = {"width": c.surrogate_width} if c.surrogate_width else {}
-        model = make_surrogate(c.surrogate, data.num_classes, device, ctx.seed, **kwargs)
+        model = make_surrogate(c, data.num_classes, device, ctx.seed)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         deltas = DeltaStore(images.shape, c.eps, device)
         g = ctx.generator(device)

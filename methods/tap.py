@@ -84,13 +84,12 @@ class TargetedAdversarialPoisoning(Attack):
     def clean_model(self, data: ImageSet, ctx: RunContext):
         """The clean surrogate: trained once per (data, arch, recipe, seed) and cached, hash-checked."""
         c = self.config
-        kwargs = {"width": c.surrogate_width} if c.surrogate_width else {}
-        model = make_surrogate(c.surrogate, data.num_classes, data.device, ctx.seed, **kwargs)
+        model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
         recipe = Recipe(epochs=c.surrogate_epochs, batch_size=c.surrogate_batch_size, lr=c.surrogate_lr,
                         nesterov=True, weight_decay=5e-4, schedule="multistep",
                         milestones=(14 / 40, 25 / 40, 35 / 40), gamma=0.1)
         data_hash = hashlib.sha256(data.images.cpu().numpy().tobytes() + data.labels.cpu().numpy().tobytes()).hexdigest()
-        key = canonical_hash({"data": data_hash, "arch": c.surrogate, "kwargs": kwargs,
+        key = canonical_hash({"data": data_hash, "arch": c.surrogate, "width": c.surrogate_width,
                               "recipe": recipe.__dict__, "seed": ctx.seed})
         path = ctx.cache_dir / "models" / f"{key}.pt" if ctx.cache_dir else None
         if path is not None and path.exists() and path.with_suffix(".json").exists():

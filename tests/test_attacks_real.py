@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bench.context import RunContext
-from bench.data import ImageSet
 from bench.grid import parse_grid
 from bench.registry import ATTACKS
 from bench.runner import run_grid
