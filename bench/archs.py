@@ -162,3 +162,120 @@ def tiny_cnn(num_classes: int = 10, width: int = 32) -> Classifier:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     )
     return Classifier(body, 4 * width, num_classes)
+
+
+def _cifar_stem(out_channels: int) -> nn.Conv2d:
+    """The 3x3, stride-1 first convolution that replaces ImageNet stems (7x7 stride 2 + max-pool) at 32x32."""
+    conv = nn.Conv2d(3, out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits its convs
+    return conv
+
+
+def _global_pool() -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+
+
+@register_arch("densenet121", paper="Huang et al., Densely Connected Convolutional Networks, CVPR 2017")
+def densenet121(num_classes: int = 10) -> Classifier:
+    """DenseNet-121 (growth 32, blocks 6-12-24-16) with the CIFAR stem; 1024-d features.
+
+    torchvision's DenseNet with its ImageNet stem (7x7 conv, BN, ReLU, max-pool) replaced by one 3x3
+    convolution to 2x the growth rate, as in the paper's CIFAR models: the three transitions take
+    32x32 to 4x4. The layout of the CIFAR DenseNet-121 used by APBench and the ISS evaluation.
+    """
+    from torchvision.models import DenseNet
+
+    net = DenseNet(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64)
+    net.features.conv0 = _cifar_stem(64)
+    net.features.norm0 = net.features.relu0 = net.features.pool0 = nn.Identity()
+    # torchvision's forward applies ReLU after the last batch norm (norm5) before pooling.
+    body = nn.Sequential(net.features, nn.ReLU(inplace=True), *_global_pool())
+    return Classifier(body, net.classifier.in_features, num_classes)
+
+
+# torchvision's (expansion t, channels c, blocks n, stride s) with the CIFAR change: the 24-channel
+# stage keeps stride 1, so with the stride-1 stem the last stage works at 4x4 instead of 1x1.
+MOBILENETV2_CIFAR = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+
+
+@register_arch("mobilenetv2", paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018")
+def mobilenetv2(num_classes: int = 10) -> Classifier:
+    """MobileNetV2 (width 1.0) for 32x32 inputs; 1280-d features.
+
+    torchvision's MobileNetV2 with a stride-1 first convolution and stride 1 in the second stage
+    (the common CIFAR variant, as APBench's `mobilenetv2`); no dropout before the linear head.
+    """
+    from torchvision.models import MobileNetV2
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    net = MobileNetV2(inverted_residual_setting=MOBILENETV2_CIFAR)
+    stem = Conv2dNormActivation(3, 32, stride=1, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+    nn.init.kaiming_normal_(stem[0].weight, mode="fan_out")
+    net.features[0] = stem
+    return Classifier(nn.Sequential(net.features, *_global_pool()), net.last_channel, num_classes)
+
+
+class WideBasic(nn.Module):
+    """Pre-activation block of a wide ResNet: BN-ReLU-conv3x3, BN-ReLU-conv3x3, plus the shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.projection = None
+        if stride != 1 or in_planes != planes:
+            self.projection = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x):
+        activated = F.relu(self.bn1(x))
+        # As the TRADES/Madry code: a projection shortcut sees the activated input, an identity one the raw input.
+        shortcut = x if self.projection is None else self.projection(activated)
+        out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
+        return out + shortcut
+
+
+def _wide_resnet(depth: int, widen: int, num_classes: int) -> Classifier:
+    blocks = (depth - 4) // 6
+    widths = (16 * widen, 32 * widen, 64 * widen)
+    modules: list[nn.Module] = [_cifar_stem(16)]
+    in_planes = 16
+    for i, planes in enumerate(widths):
+        for j in range(blocks):
+            modules.append(WideBasic(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
+            in_planes = planes
+    modules += [nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True), *_global_pool()]
+    body = nn.Sequential(*modules)
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):  # He-normal over fan-out, as the reference implementation
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return Classifier(body, in_planes, num_classes)
+
+
+@register_arch("wrn34_10", paper="Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016")
+def wrn34_10(num_classes: int = 10) -> Classifier:
+    """WRN-34-10: the wide ResNet of adversarial-training papers (Madry et al., TRADES); 640-d features.
+
+    Depth 34 = 6 x 5 pre-activation blocks + 4, widths 160-320-640, no dropout (46.2M parameters).
+    A CIFAR network by design: 3x3 stem, no max-pool, strides take 32x32 to 8x8.
+    """
+    return _wide_resnet(34, 10, num_classes)
+
+
+@register_arch("vit_small", paper="Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
+                                  "Recognition at Scale, ICLR 2021")
+def vit_small(num_classes: int = 10) -> Classifier:
+    """A small ViT for 32x32 inputs: 4x4 patches, 6 layers, width 512, 8 heads, MLP 512; 512-d features.
+
+    torchvision's `VisionTransformer` (class token, learned position embeddings, pre-norm encoder)
+    with the sizes and dropout 0.1 of APBench's `vit_small`, which also adds shifted-patch
+    tokenisation and locality self-attention (Lee et al., 2021); this is the plain ViT. The features
+    are the class token after the encoder's final layer norm.
+    """
+    from torchvision.models import VisionTransformer
+
+    net = VisionTransformer(image_size=32, patch_size=4, num_layers=6, num_heads=8, hidden_dim=512, mlp_dim=512,
+                            dropout=0.1)
+    net.heads = nn.Identity()  # the forward pass then ends at the class token's features
+    return Classifier(net, net.hidden_dim, num_classes)

@@ -19,16 +19,32 @@ def test_logits_and_penultimate_features(name):
     assert torch.allclose(model.classifier(features), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("vgg11", 512), ("vgg19", 512), ("tiny_cnn", 128)])
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("vgg11", 512), ("vgg19", 512),
+                                      ("tiny_cnn", 128), ("densenet121", 1024), ("mobilenetv2", 1280), ("wrn34_10", 640),
+                                      ("vit_small", 512)])
 def test_feature_dimensions(name, dim):
     assert ARCHS.create(name).feature_dim == dim
 
 
-def test_cifar_stem_has_no_maxpool_and_a_3x3_first_conv():
-    model = ARCHS.create("resnet18")
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenetv2", "wrn34_10"])
+def test_cifar_stem_has_no_maxpool_and_a_3x3_first_conv(name):
+    model = ARCHS.create(name)
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert first.kernel_size == (3, 3) and first.stride == (1, 1)
+    assert first.kernel_size == (3, 3) and first.stride == (1, 1) and first.in_channels == 3
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+
+
+# Parameter counts of the reference CIFAR implementations with 10 classes: the DenseNet-121 and
+# MobileNetV2 of APBench (after kuangliu/pytorch-cifar) and the WRN-34-10 of TRADES (46.16M).
+@pytest.mark.parametrize("name,count", [("densenet121", 6_956_298), ("mobilenetv2", 2_236_682), ("wrn34_10", 46_160_474)])
+def test_cifar_variants_match_the_reference_implementations(name, count):
+    assert sum(p.numel() for p in ARCHS.create(name).parameters()) == count
+
+
+def test_vit_small_cuts_32x32_images_into_64_patches_of_4x4():
+    vit = ARCHS.create("vit_small").body
+    assert vit.patch_size == 4 and vit.seq_length == 64 + 1  # patches and the class token
+    assert len(vit.encoder.layers) == 6 and vit.hidden_dim == 512
 
 
 def test_depths_differ_in_parameter_count():
