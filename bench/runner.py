@@ -1,13 +1,17 @@
-"""Run the cells of a grid on the local device, one record per finished cell.
+"""Run the cells of a grid, one record per finished cell, whichever executor runs them.
 
-A cell whose record says `done` is never run again; a cell that fails is recorded with its error
-and traceback, and the grid goes on. Poisons are generated once per (data, attack, config, seed),
-cached on disk under that key, and reused by every defense, architecture and recipe. A set-level
-defense (JPEG, grayscale, ...) runs once per poison the same way: its output is cached under the
-poison key and the configs of the defense stages that act on the set.
+The semantics live here, once, and every executor (`bench.executors`) gets them by calling
+`CellWorker.run`: a cell whose record says `done` is never run again; a failing cell is tried again
+up to `retries` times and then recorded as failed with its error and traceback, and the grid goes
+on; CUDA running out of memory halves the batch (and the learning rate with it) instead of failing.
+Poisons are generated once per (data, attack, config, seed), cached on disk under that key, and
+reused by every defense, architecture and recipe. A set-level defense (JPEG, grayscale, ...) runs
+once per poison the same way: its output is cached under the poison key and the configs of the
+defense stages that act on the set.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import platform
 import shutil
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,13 +28,13 @@ from tqdm import tqdm
 
 import bench
 from bench.context import RunContext
-from bench.data import Dataset, load_dataset
+from bench.data import DataSpec, Dataset, load_dataset
 from bench.grid import CellSpec, Grid
-from bench.config import as_dict
+from bench.config import ConfigError, as_dict, require
 from bench.registry import ARCHS, ATTACKS, create_defense
 from bench.store import Store, canonical_hash
-from bench.train import train_model
-from methods.base import Poison, check_budget
+from bench.train import Recipe, TrainingDiverged, train_model
+from methods.base import BudgetError, Poison, check_budget
 
 log = logging.getLogger("bench")
 
@@ -93,6 +98,10 @@ class PoisonSource:
         meta["measured"] = check_budget(data.train.images, poison)
         self._last = (key, poison, meta)
         return poison, meta
+
+    def forget_failure(self, key: str) -> None:
+        """Let the next `get` try this poison again (a retry), instead of repeating the last error."""
+        self._failed.pop(key, None)
 
     def _generate(self, cell: CellSpec, data: Dataset) -> tuple[Poison, dict]:
         attack = ATTACKS.create(cell.attack, cell.attack_config)
@@ -161,9 +170,13 @@ def _signature(stages) -> list:
 
 
 def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch.device, on_epoch=None,
-             prepared: PreparedSets | None = None) -> dict:
-    """Train and evaluate one cell; returns the metrics part of its record."""
-    poison, poison_meta = poisons.get(cell, data)
+             prepared: PreparedSets | None = None, compile: bool = False,
+             poison: tuple[Poison, dict] | None = None) -> dict:
+    """Train and evaluate one cell; returns the metrics part of its record.
+
+    `poison` is the cell's (poison, metadata) when the caller already has it from `poisons`.
+    """
+    poison, poison_meta = poison or poisons.get(cell, data)
     defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
     prepared = prepared or PreparedSets(poisons.store)
     start = time.perf_counter()
@@ -175,53 +188,200 @@ def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch
     result = train_model(
         model, data.train.with_images(train_images), data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch,
+        **({"compile": True} if compile else {}),
     )
-    return {
+    outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
                     "best_epoch": result.best_epoch, "train_acc": result.train_acc},
         "history": result.history,
         "poison": poison_meta,
+        # generate_s is this cell's share (0 when the poison came from a cache); poison_generate_s is
+        # what the poison cost wherever it was made, for cost estimates.
         "timings": {"generate_s": 0.0 if poison_meta.get("cached") else poison_meta["generate_seconds"],
+                    "poison_generate_s": poison_meta.get("generate_seconds"),
                     "defense_prepare_s": defense_seconds, "train_s": result.seconds,
+                    "compile_s": getattr(result, "compile_seconds", 0.0),
                     "images_per_second": result.images_per_second},
     }
+    if "mi" in getattr(cell, "analysis", ()):
+        from bench.mi import analyze  # scipy's KD-tree and PCA only load when a grid asks for them
+
+        start = time.perf_counter()
+        outcome["analysis"] = analyze(model, data.train.images, poison.images, data.train.labels, device=device)
+        outcome["timings"]["analysis_s"] = time.perf_counter() - start
+    return outcome
 
 
-def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None) -> dict[str, int]:
-    """Run every cell of `grid` that has no `done` record. Returns counts of done/failed/skipped."""
+# Failures that a second try with the same seed would only repeat: recorded at once, not retried.
+DETERMINISTIC_FAILURES = (ConfigError, BudgetError, TrainingDiverged)
+MIN_OOM_BATCH = 16  # below this, running out of memory is the model's or the device's problem, not the batch's
+
+
+class CellFailed(RuntimeError):
+    """A cell could not finish; the message says why in one line."""
+
+
+def cell_label(cell: CellSpec) -> str:
+    return f"{cell.attack} / {cell.defense} / {cell.arch} / seed {cell.seed}"
+
+
+def error_info(err: BaseException, tb: str | None = None) -> dict:
+    return {"type": type(err).__name__, "message": str(err), "traceback": tb or traceback.format_exc()}
+
+
+def smaller_batch(recipe: Recipe) -> Recipe:
+    """Half the batch with half the learning rate (the linear scaling rule, Goyal et al. 2017)."""
+    return replace(recipe, batch_size=recipe.batch_size // 2, lr=recipe.lr / 2,
+                   eval_batch_size=max(recipe.eval_batch_size // 2, 1))
+
+
+def free_cuda_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class CellWorker:
+    """Runs cells in this process and writes their records; every executor's workers are one of these.
+
+    The data set, the last poison and the prepared training sets stay loaded between cells, so cells
+    that share a poison (the runner groups them) pay for it once.
+    """
+
+    def __init__(self, store: Store, device: torch.device, retries: int = 1, compile: bool = False):
+        require(retries >= 0, "retries", f"must be >= 0, got {retries}")
+        self.store = store
+        self.device = device
+        self.retries = retries
+        self.compile = compile
+        self.poisons = PoisonSource(store, device)
+        self.prepared = PreparedSets(store)
+        self.env = provenance(device)
+        self._data: tuple[DataSpec, Dataset] | None = None
+
+    def data(self, spec: DataSpec) -> Dataset:
+        if self._data is None or self._data[0] != spec:
+            self._data = None  # drop the old set before loading the next one
+            self._data = (spec, load_dataset(spec, self.device))
+        return self._data[1]
+
+    def make_poison(self, cell: CellSpec) -> dict:
+        """Generate (or find) the poison of `cell` and leave it in the store's cache; for the poison phase."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                _, meta = self.poisons.get(cell, self.data(cell.data))
+                return {"status": "done", "attempts": attempts, "cached": bool(meta.get("cached"))}
+            except Exception as err:
+                info = error_info(err)
+                if isinstance(err, DETERMINISTIC_FAILURES) or attempts > self.retries:
+                    return {"status": "failed", "attempts": attempts, "error": info}
+                log.warning("poison %s (%s): attempt %d failed (%s: %s); trying again", cell.poison_key,
+                            cell.attack, attempts, type(err).__name__, err)
+                self.poisons.forget_failure(cell.poison_key)
+                free_cuda_memory()
+
+    def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> dict:
+        """Run `cell` unless its record says done; write and return its record."""
+        existing = self.store.read_record(cell.cell_id)
+        if existing is not None and existing.get("status") == "done":
+            return {**existing, "skipped": True}
+        base = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "provenance": self.env}
+        errors: list[dict] = []
+        start = time.perf_counter()
+        while True:
+            try:
+                outcome = self._train(cell, on_epoch)
+                break
+            except Exception as err:
+                errors.append(error_info(err))
+                if isinstance(err, DETERMINISTIC_FAILURES) or len(errors) > self.retries:
+                    record = {**base, "status": "failed", "attempts": len(errors), "error": errors[-1],
+                              "earlier_errors": errors[:-1], "wall_seconds": time.perf_counter() - start}
+                    self.store.write_record(record)
+                    log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell_label(cell),
+                              len(errors), type(err).__name__, err)
+                    return record
+                log.warning("cell %s (%s): attempt %d failed (%s: %s); trying again", cell.cell_id,
+                            cell_label(cell), len(errors), type(err).__name__, err)
+                self.poisons.forget_failure(cell.poison_key)
+                free_cuda_memory()
+        record = {**base, "status": "done", "attempts": len(errors) + 1, "earlier_errors": errors,
+                  "wall_seconds": time.perf_counter() - start, **outcome}
+        self.store.write_record(record)
+        log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell_label(cell),
+                 100 * outcome["metrics"]["test_acc_last"], 100 * outcome["metrics"]["test_acc_best"],
+                 record["wall_seconds"])
+        return record
+
+    def _train(self, cell: CellSpec, on_epoch) -> dict:
+        """One attempt; on CUDA out-of-memory, again with half the batch until MIN_OOM_BATCH."""
+        data = self.data(cell.data)
+        poison = self.poisons.get(cell, data)  # not the batch size's fault if this fails: raise as it is
+        recipe, shrunk = cell.recipe, []
+        while True:
+            try:
+                outcome = run_cell(replace(cell, recipe=recipe), data, self.poisons, self.device, on_epoch,
+                                   self.prepared, self.compile, poison)
+                break
+            except torch.cuda.OutOfMemoryError as err:
+                free_cuda_memory()
+                if recipe.batch_size // 2 < MIN_OOM_BATCH:
+                    raise CellFailed(f"out of GPU memory on {self.env['device']} even at batch size "
+                                     f"{recipe.batch_size}: use a smaller architecture or free the GPU") from err
+                shrunk.append({"batch_size": recipe.batch_size, "error": str(err).splitlines()[0][:300]})
+                recipe = smaller_batch(recipe)
+                log.warning("cell %s (%s): out of GPU memory; trying batch %d with lr %g", cell.cell_id,
+                            cell_label(cell), recipe.batch_size, recipe.lr)
+        if shrunk:
+            outcome["out_of_memory"] = {"tried": shrunk, "batch_size": recipe.batch_size, "lr": recipe.lr}
+        return outcome
+
+
+class GridProgress:
+    """A bar over cells (done/total, rate, time left) with a live line for the running cell; log lines off a terminal."""
+
+    def __init__(self, grid_name: str, total: int, show: bool):
+        self.bar = tqdm(total=total, desc=f"grid {grid_name}", unit="cell", disable=not show, dynamic_ncols=True)
+        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+
+    def started(self, cell: CellSpec) -> None:
+        self.bar.set_postfix_str(cell_label(cell))
+
+    def epoch(self, cell: CellSpec, rec: dict) -> None:
+        self.bar.set_postfix_str(f"{cell_label(cell)}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
+
+    def finished(self, record: dict) -> None:
+        status = "skipped" if record.get("skipped") else record["status"]
+        self.counts[status] += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
+             executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
+    """Run every cell of `grid` that has no `done` record. Returns counts of done/failed/skipped.
+
+    `executor` is one of `bench.executors` (default: in this process on `device`).
+    """
+    from bench.executors import InProcess, WorkerSettings
+
     cells = grid.cells()
     pending = [c for c in cells if not store.is_done(c.cell_id)]
-    counts = {"skipped": len(cells) - len(pending), "done": 0, "failed": 0}
-    log.info("grid %s: %d cells, %d already done, %d to run on %s", grid.name, len(cells), counts["skipped"], len(pending), device)
+    skipped = len(cells) - len(pending)
+    executor = executor or InProcess()
+    log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),
+             executor.describe(device))
     if not pending:
-        return counts
-    data = load_dataset(grid.data, device)
-    poisons = PoisonSource(store, device)
-    prepared = PreparedSets(store)
-    env = provenance(device)
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(pending, desc=f"grid {grid.name}", unit="cell", disable=not show_bar)
-    for cell in bar:
-        label = f"{cell.attack} / {cell.defense} / {cell.arch} / seed {cell.seed}"
-        bar.set_postfix_str(label)
-        start = time.perf_counter()
-        base = {"cell_id": cell.cell_id, "grid": grid.name, "spec": cell.to_dict(), "provenance": env}
-
-        def on_epoch(rec: dict, label=label) -> None:
-            bar.set_postfix_str(f"{label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
-
-        try:
-            outcome = run_cell(cell, data, poisons, device, on_epoch, prepared)
-        except Exception as err:  # record the failure, go on with the grid
-            store.write_record({**base, "status": "failed", "wall_seconds": time.perf_counter() - start,
-                                "error": {"type": type(err).__name__, "message": str(err),
-                                          "traceback": traceback.format_exc()}})
-            counts["failed"] += 1
-            log.error("cell %s (%s) failed: %s: %s", cell.cell_id, label, type(err).__name__, err)
-            continue
-        store.write_record({**base, "status": "done", "wall_seconds": time.perf_counter() - start, **outcome})
-        counts["done"] += 1
-        log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, label,
-                 100 * outcome["metrics"]["test_acc_last"], 100 * outcome["metrics"]["test_acc_best"],
-                 time.perf_counter() - start)
-    return counts
+        return {"skipped": skipped, "done": 0, "failed": 0}
+    settings = WorkerSettings(str(store.root), str(device), retries, compile)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = GridProgress(grid.name, len(pending), show)
+    try:
+        executor.run(grid.name, pending, settings, bar)
+    finally:
+        bar.close()
+    return {**bar.counts, "skipped": bar.counts["skipped"] + skipped}

@@ -94,6 +94,10 @@ class Store:
         # The metadata goes last: a poison without its metadata (and hash) is never trusted.
         atomic_write_json(self.poisons_dir / f"{key}.json", {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
 
+    def has_poison(self, key: str) -> bool:
+        """Whether the cache holds `key` (without reading or checking it; `load_poison` does that)."""
+        return (self.poisons_dir / f"{key}.json").exists() and (self.poisons_dir / f"{key}.npy").exists()
+
     def load_poison(self, key: str) -> tuple[np.ndarray, dict] | None:
         """The cached poison and its metadata, or None when absent, altered or truncated."""
         meta_path, data_path = self.poisons_dir / f"{key}.json", self.poisons_dir / f"{key}.npy"

@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -20,6 +22,8 @@ from torch.nn import functional as F
 
 from bench.registry import ARCHS
 from bench.store import atomic_write_bytes
+
+log = logging.getLogger("bench")
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -107,8 +111,11 @@ def batches(n: int, batch_size: int, device: torch.device, g: torch.Generator | 
 class Checkpoint:
     """Round-by-round generation state in `work_dir/state.pt`, atomically written.
 
-    Holds tensors, numbers and state dicts only, and is read with `torch.load(weights_only=True)`,
-    which refuses anything that would need pickle to run code.
+    The file is the SHA-256 of the state (64 hex digits and a newline) followed by the state, in one
+    atomic write, so a crash can never leave a state and a hash that disagree. The state holds
+    tensors, numbers and state dicts only and is read with `torch.load(weights_only=True)`, which
+    refuses anything that would need pickle to run code. A state that fails either check is
+    reported and generation starts over.
     """
 
     def __init__(self, work_dir: Path | None):
@@ -118,8 +125,13 @@ class Checkpoint:
         if self.path is None or not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location=device, weights_only=True)
-        except Exception:  # truncated or altered: start over rather than trust it
+            stored = self.path.read_bytes()
+            expected, payload = stored[:64].decode("ascii", "replace"), stored[65:]
+            if hashlib.sha256(payload).hexdigest() != expected:
+                raise ValueError("it does not match its SHA-256 (altered or truncated)")
+            return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+        except Exception as err:  # altered, truncated, or not weights-only: start over
+            log.warning("checkpoint %s is not usable (%s); generating from the start", self.path, err)
             return None
 
     def save(self, state: dict) -> None:
@@ -127,7 +139,8 @@ class Checkpoint:
             return
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        payload = buffer.getvalue()
+        atomic_write_bytes(self.path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator, **progress) -> dict:

@@ -1,0 +1,292 @@
+"""Where cells run: in this process, in worker processes (one per GPU), on Ray, or on SLURM.
+
+Every executor hands cells to `bench.runner.CellWorker`, so they share one set of rules, read from
+the store: a finished cell is never run again, a failing cell is retried `retries` times and then
+recorded as failed with its error, and the same command run again does exactly what is missing.
+
+Executors that run cells in other processes first generate every missing poison once, as tasks of
+their own, into the store's content-addressed cache; the cells then read them from there, so the
+results folder must be on a file system that every worker sees (a cluster's shared disk). Cells
+whose poison could not be made are recorded as failed with the poison's error.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from bench.config import ConfigError, require
+from bench.grid import CellSpec
+from bench.store import Store
+
+log = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to rebuild a `CellWorker`: plain values, cheap to send."""
+
+    store_root: str
+    device: str  # "auto", "cpu", "cuda", "cuda:N"; a pool worker is given its own GPU instead
+    retries: int = 1
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "poison": make the cell's poison; "cell": train and record the cell
+    cell: CellSpec
+    grid_name: str
+
+
+_WORKERS: dict = {}  # one CellWorker per process and settings: data and poisons stay loaded between jobs
+_POOL_DEVICE: str | None = None  # the device a pool worker was given when it started
+
+
+def execute(job: Job, settings: WorkerSettings) -> dict:
+    """Run one job in this process; returns the cell's record (or the poison's summary)."""
+    from bench.runner import CellWorker, pick_device
+
+    key = (settings, _POOL_DEVICE)
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        device = pick_device(_POOL_DEVICE or settings.device)
+        _WORKERS[key] = CellWorker(Store(settings.store_root), device, settings.retries, settings.compile)
+    worker = _WORKERS[key]
+    if job.kind == "poison":
+        return {"poison_key": job.cell.poison_key, **worker.make_poison(job.cell)}
+    return worker.run(job.cell, job.grid_name)
+
+
+def poison_jobs(grid_name: str, cells: Iterable[CellSpec], store: Store) -> list[Job]:
+    """One job per poison that pending cells need and the cache lacks (cacheable attacks only)."""
+    from bench.registry import ATTACKS
+
+    jobs: dict[str, Job] = {}
+    for cell in cells:
+        if cell.poison_key in jobs or not getattr(ATTACKS.get(cell.attack), "cacheable", True):
+            continue
+        if not store.has_poison(cell.poison_key):
+            jobs[cell.poison_key] = Job("poison", cell, grid_name)
+    return list(jobs.values())
+
+
+def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, progress) -> None:
+    """Record a cell that no worker could run (its poison failed, its worker died), unless it finished."""
+    from bench.runner import provenance
+
+    record = store.read_record(cell.cell_id)
+    if record is None or record.get("status") != "done":
+        record = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "status": "failed",
+                  "attempts": 0, "error": error, "provenance": provenance(torch.device("cpu"))}
+        store.write_record(record)
+    log.error("cell %s (%s %s) failed: %s: %s", cell.cell_id, cell.attack, cell.defense, error["type"], error["message"])
+    progress.finished(record)
+
+
+class RemoteExecutor:
+    """Two phases over a `submit(jobs) -> iterator of (job, result or exception)`: poisons, then cells."""
+
+    def submit(self, jobs: list[Job], settings: WorkerSettings):
+        raise NotImplementedError
+
+    def opened(self) -> contextlib.AbstractContextManager:
+        """Resources kept for both phases (a process pool); nothing by default."""
+        return contextlib.nullcontext()
+
+    def run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
+        with self.opened():
+            self._run(grid_name, cells, settings, progress)
+
+    def _run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
+        store = Store(settings.store_root)
+        poisons = poison_jobs(grid_name, cells, store)
+        broken: dict[str, dict] = {}
+        if poisons:
+            log.info("generating %d poison(s) first, once each", len(poisons))
+        for job, result in self.submit(poisons, settings):
+            if isinstance(result, BaseException) or result["status"] != "done":
+                broken[job.cell.poison_key] = (_remote_error(result) if isinstance(result, BaseException)
+                                               else result["error"])
+        runnable = []
+        for cell in cells:
+            if cell.poison_key in broken:
+                error = broken[cell.poison_key]
+                fail_unrunnable(cell, grid_name, store, {**error, "message": f"poison generation failed: {error['message']}"},
+                                progress)
+            else:
+                runnable.append(cell)
+        for job, result in self.submit([Job("cell", c, grid_name) for c in runnable], settings):
+            if isinstance(result, BaseException):
+                fail_unrunnable(job.cell, grid_name, store, _remote_error(result), progress)
+            else:
+                progress.finished(result)
+
+
+def _remote_error(err: BaseException) -> dict:
+    return {"type": type(err).__name__, "message": f"worker lost: {err}",
+            "traceback": "".join(traceback.format_exception(err))}
+
+
+class InProcess:
+    """Cells one after another in this process, with a live line per epoch. The default."""
+
+    def describe(self, device: torch.device) -> str:
+        return f"in this process on {device}"
+
+    def run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
+        from bench.runner import CellWorker, pick_device
+
+        worker = CellWorker(Store(settings.store_root), pick_device(settings.device), settings.retries, settings.compile)
+        for cell in cells:
+            progress.started(cell)
+            progress.finished(worker.run(cell, grid_name, on_epoch=lambda rec, cell=cell: progress.epoch(cell, rec)))
+
+
+def _start_pool_worker(devices, workers: int) -> None:
+    global _POOL_DEVICE
+    _POOL_DEVICE = devices.get()
+    if _POOL_DEVICE == "cpu":  # CPU workers split the cores instead of each taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+class LocalPool(RemoteExecutor):
+    """Worker processes on this machine: one per visible GPU, `cells_per_gpu` of them per GPU.
+
+    Several cells on one GPU help when one cell alone leaves it idle (small models, small batches).
+    On a CPU-only machine, `cpu_workers` processes split the cores.
+    """
+
+    def __init__(self, cells_per_gpu: int = 1, cpu_workers: int = 2):
+        require(cells_per_gpu >= 1, "cells_per_gpu", f"must be >= 1, got {cells_per_gpu}")
+        require(cpu_workers >= 1, "workers", f"must be >= 1, got {cpu_workers}")
+        gpus = torch.cuda.device_count()
+        self.devices = [f"cuda:{i}" for i in range(gpus)] * cells_per_gpu if gpus else ["cpu"] * cpu_workers
+
+    def describe(self, device: torch.device) -> str:
+        return f"{len(self.devices)} worker process(es) on {', '.join(sorted(set(self.devices)))}"
+
+    @contextlib.contextmanager
+    def opened(self):
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+        devices = context.Queue(maxsize=len(self.devices))
+        for device in self.devices:
+            devices.put(device)
+        with ProcessPoolExecutor(len(self.devices), mp_context=context, initializer=_start_pool_worker,
+                                 initargs=(devices, len(self.devices))) as self._pool:
+            yield
+
+    def submit(self, jobs: list[Job], settings: WorkerSettings):
+        futures = {self._pool.submit(execute, job, settings): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                err = future.exception()
+                yield futures[future], err if err is not None else future.result()
+
+
+class RayExecutor(RemoteExecutor):
+    """Each poison and each cell a Ray task with one GPU (a CPU on a CPU-only cluster).
+
+    `address=None` joins the cluster of `RAY_ADDRESS` or starts a local one. Nodes need this package
+    installed and the results folder on a shared disk. Ray retries a task whose worker died
+    `retries` times; errors inside a cell are retried by the cell worker itself.
+    """
+
+    def __init__(self, address: str | None = None, cells_per_gpu: int = 1, cpus_per_task: int = 1):
+        require(cells_per_gpu >= 1, "cells_per_gpu", f"must be >= 1, got {cells_per_gpu}")
+        self.address = address
+        self.cells_per_gpu = cells_per_gpu
+        self.cpus_per_task = cpus_per_task
+
+    def describe(self, device: torch.device) -> str:
+        return f"Ray at {self.address or os.environ.get('RAY_ADDRESS') or 'a local instance'}"
+
+    def submit(self, jobs: list[Job], settings: WorkerSettings):
+        if not jobs:
+            return
+        ray = _optional("ray", "ray")
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        resources = ({"num_gpus": 1 / self.cells_per_gpu} if gpus else {"num_cpus": self.cpus_per_task})
+        task = ray.remote(max_retries=settings.retries, **resources)(execute)
+        device_settings = WorkerSettings(settings.store_root, "cuda" if gpus else "cpu", settings.retries, settings.compile)
+        refs = {task.remote(job, device_settings): job for job in jobs}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield refs[done[0]], ray.get(done[0])
+            except Exception as err:  # the worker died or Ray gave up on the task
+                yield refs[done[0]], err
+
+
+class SlurmExecutor(RemoteExecutor):
+    """submitit job arrays: one task per poison, then one per cell, each with one GPU.
+
+    `cluster="local"` runs the same jobs as local processes (submitit's LocalExecutor), which is
+    how the tests run it. submitit keeps its own pickled job files under `<out>/slurm`; the results
+    themselves are the store's JSON records.
+    """
+
+    def __init__(self, partition: str | None = None, timeout_min: int = 240, max_parallel: int = 64,
+                 gpus_per_task: int = 1, cpus_per_task: int = 8, cluster: str | None = None):
+        require(timeout_min >= 1, "timeout_min", f"must be >= 1 minute, got {timeout_min}")
+        self.partition, self.timeout_min, self.max_parallel = partition, timeout_min, max_parallel
+        self.gpus_per_task, self.cpus_per_task, self.cluster = gpus_per_task, cpus_per_task, cluster
+
+    def describe(self, device: torch.device) -> str:
+        return f"SLURM job arrays ({self.cluster or 'auto'} cluster, partition {self.partition or 'default'})"
+
+    def submit(self, jobs: list[Job], settings: WorkerSettings):
+        if not jobs:
+            return
+        submitit = _optional("submitit", "slurm")
+        executor = submitit.AutoExecutor(folder=os.path.join(settings.store_root, "slurm", "%j"), cluster=self.cluster)
+        params = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task, "tasks_per_node": 1,
+                  "slurm_array_parallelism": self.max_parallel}
+        if self.gpus_per_task:
+            params["gpus_per_node"] = self.gpus_per_task
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        executor.update_parameters(**params)
+        submitted = executor.map_array(execute, jobs, [settings] * len(jobs))
+        by_job = dict(zip(submitted, jobs))
+        for job in submitit.helpers.as_completed(submitted):
+            try:
+                yield by_job[job], job.result()
+            except Exception as err:  # the task died, timed out or was cancelled
+                yield by_job[job], err
+
+
+def _optional(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"executor needs {module}: pip install 'unlearnable-bench[{extra}]'") from None
+
+
+def local_executor(workers: int | None = None, cells_per_gpu: int = 1) -> InProcess | LocalPool:
+    """In this process on one device; worker processes for several GPUs, several cells per GPU or `workers` CPUs."""
+    if torch.cuda.device_count() > 1 or cells_per_gpu > 1 or (workers or 1) > 1:
+        return LocalPool(cells_per_gpu, workers or 1)
+    return InProcess()
+
+
+# name -> factory taking the executor's own options; `bench run --executor NAME` picks one.
+EXECUTORS: dict[str, Callable[..., object]] = {"local": local_executor, "ray": RayExecutor, "slurm": SlurmExecutor}
+
+
+def make_executor(name: str, **options):
+    if name not in EXECUTORS:
+        raise ConfigError(f"executor: unknown {name!r}; allowed: {', '.join(EXECUTORS)}")
+    return EXECUTORS[name](**options)
