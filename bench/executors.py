@@ -155,6 +155,8 @@ def _start_pool_worker(devices, workers: int) -> None:
     _POOL_DEVICE = devices.get()
     if _POOL_DEVICE == "cpu":  # CPU workers split the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    else:  # so that anything asking CUDA for "the current device" gets this worker's GPU
+        torch.cuda.set_device(torch.device(_POOL_DEVICE))
 
 
 class LocalPool(RemoteExecutor):

@@ -198,6 +198,22 @@ def test_quiet_off_a_terminal_with_a_log_line_per_cell(tmp_path, tiny_npz, caplo
     assert caplog.text.count("test acc") == 2
 
 
+def test_an_altered_cached_poison_is_regenerated_and_the_log_says_so(tmp_path, tiny_npz, caplog):
+    store = Store(tmp_path / "out")
+    run_grid(tiny_grid(tiny_npz, attacks=("random_noise",), defenses=("none",)), store, torch.device("cpu"), progress=False)
+    (path,) = [p for p in store.poisons_dir.glob("*.npy") if not p.name.startswith("prepared-")]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, "bench"):
+        run_grid(tiny_grid(tiny_npz, attacks=("random_noise",), defenses=("cutout",)), store, torch.device("cpu"),
+                 progress=False)
+    assert "does not match its hash" in caplog.text and "generating it again" in caplog.text
+    fresh = next(r for r in store.records() if r["spec"]["defense"] == "cutout")
+    assert fresh["status"] == "done" and fresh["timings"]["generate_s"] > 0
+    assert store.load_poison(path.stem) is not None, "the regenerated poison replaces the damaged one"
+
+
 def test_altered_or_truncated_checkpoint_is_detected_and_generation_starts_over(tmp_path, caplog):
     ckpt = bilevel.Checkpoint(tmp_path)
     ckpt.save({"round": torch.tensor(3), "noise": torch.arange(10, dtype=torch.int8)})
