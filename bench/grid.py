@@ -12,6 +12,7 @@ name = "cifar10"                # or a path to an .npz
 train_size = 5000
 [config.jpeg]                   # overrides for any attack, defense or arch of the grid
 quality = 10
+analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi)
 ```
 
 A defense named `a+b` composes registered defenses (`jpeg+cutout`, `iss_gray+at`); each part is
@@ -20,23 +21,34 @@ config table per part; a plain name records its own config, so its cell id does 
 
 Everything is checked on load, before any work starts: unknown keys, unknown plugins, unknown
 config fields and out-of-range values are errors that name the key and what is allowed.
+`GridOverrides` applies command-line changes (`--set em.steps=10`, `--attacks em,ops`, ...) to the
+raw TOML first, so they go through the same checks.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, as_dict, build_config
+from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
 from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense, defense_parts
 from bench.store import canonical_hash
 from bench.train import Recipe, make_recipe
 
-GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config")
+GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
+ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
+PLUGIN_LISTS = ("attacks", "defenses", "archs")
+
+
+def cell_label(attack: str, defense: str, arch: str, seed: int) -> str:
+    """How people name a cell: `em / jpeg / resnet18 / seed 0`."""
+    return f"{attack} / {defense} / {arch} / seed {seed}"
 
 
 @dataclass(frozen=True)
@@ -53,15 +65,25 @@ class CellSpec:
     recipe: Recipe
     recipe_name: str
     seed: int
+    analysis: tuple[str, ...] = ()  # measurements beyond accuracy, from ANALYSES
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["recipe"] = as_dict(self.recipe)
+        # Without an analysis the key is left out, so cells (and records) from before it keep their ids.
+        if not self.analysis:
+            del d["analysis"]
+        else:
+            d["analysis"] = list(self.analysis)
         return d
 
     @property
     def cell_id(self) -> str:
         return canonical_hash(self.to_dict())
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.attack, self.defense, self.arch, self.seed)
 
     @property
     def poison_key(self) -> str:
@@ -82,6 +104,7 @@ class Grid:
     recipe: Recipe
     recipe_name: str
     config: dict = field(default_factory=dict)  # plugin name -> validated config dict
+    analysis: tuple[str, ...] = ()
 
     def defense_config(self, defense: str) -> dict:
         """A plain defense's config, or {part: config} for a composed one."""
@@ -94,7 +117,7 @@ class Grid:
         """Every cell, grouped so that cells sharing a poison run one after another."""
         return [
             CellSpec(self.data, attack, self.config.get(attack, {}), defense, self.defense_config(defense),
-                     arch, self.config.get(arch, {}), self.recipe, self.recipe_name, seed)
+                     arch, self.config.get(arch, {}), self.recipe, self.recipe_name, seed, self.analysis)
             for seed, attack, arch, defense in itertools.product(self.seeds, self.attacks, self.archs, self.defenses)
         ]
 
@@ -105,8 +128,8 @@ def shipped_grids() -> dict[str, Any]:
     return {p.name[: -len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
-def load_grid(name_or_path: str) -> Grid:
-    """A shipped grid by name, or a user's grid file by path."""
+def load_grid(name_or_path: str, overrides: GridOverrides | None = None) -> Grid:
+    """A shipped grid by name, or a user's grid file by path, with command-line `overrides` applied."""
     shipped = shipped_grids()
     if name_or_path in shipped:
         text, name = shipped[name_or_path].read_text(), name_or_path
@@ -118,7 +141,7 @@ def load_grid(name_or_path: str) -> Grid:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"grid {name}: not valid TOML: {err}") from None
-    return parse_grid(raw, name)
+    return parse_grid(overrides.apply(raw, name) if overrides else raw, name)
 
 
 def parse_grid(raw: dict, name: str) -> Grid:
@@ -126,7 +149,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
     if unknown:
         raise ConfigError(f"grid {name}: unknown key {unknown[0]!r}; allowed keys: {', '.join(GRID_KEYS)}")
     lists = {}
-    for key, registry in (("attacks", ATTACKS), ("defenses", DEFENSES), ("archs", ARCHS)):
+    for key, registry in zip(PLUGIN_LISTS, (ATTACKS, DEFENSES, ARCHS)):
         values = raw.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
@@ -155,8 +178,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
         if not isinstance(overrides, dict):
             raise ConfigError(f"grid {name}: config.{plugin} must be a table of field = value")
         if registry is ARCHS:
-            registry.create(plugin, overrides)  # checks the arguments against the signature
-            config[plugin] = dict(overrides)
+            config[plugin] = _arch_arguments(plugin, overrides)
         else:
             config[plugin] = as_dict(registry.config(plugin, overrides))
     # A plugin without overrides still records its full default config, so ids change with defaults.
@@ -168,4 +190,101 @@ def parse_grid(raw: dict, name: str) -> Grid:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
             create_defense(defense, {part: config[part] for part in defense_parts(defense)})
     return Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"],
-                lists["archs"], tuple(seeds), recipe, recipe_name, config)
+                lists["archs"], tuple(seeds), recipe, recipe_name, config, _analysis(raw.get("analysis", []), name))
+
+
+def _analysis(value: Any, grid: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"grid {grid}: analysis must be a list of names; allowed: {', '.join(ANALYSES)}")
+    for item in value:
+        if item not in ANALYSES:
+            raise ConfigError(f"grid {grid}: unknown analysis {item!r}; allowed: {', '.join(ANALYSES)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _arch_arguments(arch: str, overrides: dict) -> dict:
+    """An architecture's keyword arguments, coerced to its annotations (the CLI gives strings)."""
+    hints = typing.get_type_hints(ARCHS.get(arch))
+    arguments = {k: coerce(v, hints.get(k, Any), f"arch {arch}.{k}") for k, v in overrides.items()}
+    ARCHS.create(arch, arguments)  # checks the names against the signature, and that the model builds
+    return arguments
+
+
+@dataclass(frozen=True)
+class GridOverrides:
+    """Changes to a grid from the command line, applied to its raw TOML before `parse_grid` checks it.
+
+    `sets` are `PLUGIN.FIELD=VALUE` (a config field of an attack, defense or arch of the grid),
+    `recipe.FIELD=VALUE` or `data.FIELD=VALUE`; values are strings, coerced by the config's types.
+    `attacks`, `defenses`, `archs` and `seeds` replace the grid's lists: any registered name is
+    allowed (to run a new plugin under a shipped grid's settings), and a cell the grid already had
+    keeps its id. Any other change makes a different experiment, with other cell ids.
+    """
+
+    sets: tuple[str, ...] = ()
+    attacks: tuple[str, ...] | None = None
+    defenses: tuple[str, ...] | None = None
+    archs: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_cli(cls, sets=(), attacks: str | None = None, defenses: str | None = None, archs: str | None = None,
+                 seeds: str | None = None) -> GridOverrides:
+        """From the options as typed: comma-separated names and seeds."""
+        return cls(tuple(sets), *(_names(v) for v in (attacks, defenses, archs)), _seeds(seeds))
+
+    def apply(self, raw: dict, grid: str) -> dict:
+        """A changed copy of the grid's TOML; `raw` is left as it is."""
+        raw = copy.deepcopy(raw)
+        replaced = [key for key in PLUGIN_LISTS if getattr(self, key) is not None]
+        for key in replaced:
+            raw[key] = list(getattr(self, key))
+        if self.seeds is not None:
+            raw["seeds"] = list(self.seeds)
+        named = _named_plugins(raw)
+        if replaced and isinstance(raw.get("config"), dict):  # a plugin's table leaves with the plugin
+            raw["config"] = {plugin: table for plugin, table in raw["config"].items() if plugin in named}
+        for assignment in self.sets:
+            target, key, value = _assignment(assignment)
+            if target == "recipe":
+                recipe = raw.get("recipe", "em60")
+                raw["recipe"] = {**({"preset": recipe} if isinstance(recipe, str) else recipe), key: value}
+            elif target == "data":
+                raw["data"] = {**raw.get("data", {}), key: value}
+            elif target in named:
+                raw.setdefault("config", {}).setdefault(target, {})[key] = value
+            else:
+                raise ConfigError(f"--set {assignment}: {target!r} is not an attack, defense or arch of grid {grid}; "
+                                  f"allowed: recipe, data, {', '.join(named)}")
+        return raw
+
+
+def _named_plugins(raw: dict) -> list[str]:
+    """The plugin names a raw grid lists (each part of a composed defense), for `--set` targets."""
+    names = []
+    for key in PLUGIN_LISTS:
+        values = raw.get(key)
+        for value in values if isinstance(values, list) else []:
+            names += defense_parts(value) if key == "defenses" and isinstance(value, str) else [value]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
+
+
+def _assignment(text: str) -> tuple[str, str, str]:
+    target, dot, rest = text.partition(".")
+    key, equals, value = rest.partition("=")
+    if not (dot and equals and target and key.strip()):
+        raise ConfigError(f"--set {text}: expected PLUGIN.FIELD=VALUE, recipe.FIELD=VALUE or data.FIELD=VALUE")
+    return target.strip(), key.strip(), value.strip()
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds: expected whole numbers separated by commas, got {text!r}") from None

@@ -1,7 +1,14 @@
+import copy
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
-from bench.config import ConfigError
-from bench.grid import load_grid, parse_grid, shipped_grids
+from bench.config import ConfigError, as_dict
+from bench.data import DataSpec
+from bench.grid import GridOverrides, load_grid, parse_grid, shipped_grids
+from bench.registry import ATTACKS, DEFENSES
+from bench.train import RECIPES
 
 BASE = {"attacks": ["clean", "ops"], "defenses": ["none", "jpeg"], "archs": ["tiny_cnn"], "recipe": "cpu_smoke"}
 
@@ -53,3 +60,114 @@ def test_shipped_grids_load(tmp_path):
     user.write_text("attacks = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_grid(str(user))
+
+
+def test_cells_without_analysis_keep_the_ids_of_stored_records():
+    grid = parse_grid({**BASE, "attacks": ["clean"], "defenses": ["none"], "data": {"name": "cifar10", "train_size": 100}}, "g")
+    cell = grid.cells()[0]
+    assert "analysis" not in cell.to_dict()
+    # The id this cell had before `analysis` existed: if it changes, every stored record is orphaned.
+    assert cell.cell_id == "637666965ad6b256"
+    mi = parse_grid({**BASE, "attacks": ["clean"], "defenses": ["none"], "data": {"name": "cifar10", "train_size": 100},
+                     "analysis": ["mi"]}, "g").cells()[0]
+    assert mi.analysis == ("mi",) and mi.to_dict()["analysis"] == ["mi"]
+    assert mi.cell_id != cell.cell_id and mi.poison_key == cell.poison_key
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"analysis": ["kl"]}, r"grid g: unknown analysis 'kl'; allowed: mi"),
+    ({"analysis": "mi"}, r"grid g: analysis must be a list of names; allowed: mi"),
+    ({"config": {"ops": {}}, "attacks": ["random_noise"]}, r"\[config\.ops\] names no attack"),
+    ({"attacks": ["random_noise"], "config": {"random_noise": {"eps": -0.03}}}, r"attack random_noise\.eps: must be in \(0, 1\]"),
+    ({"attacks": ["em"], "config": {"em": {"surrogate": "resnet19"}}}, r"attack em\.surrogate: unknown arch 'resnet19'; known archs: "),
+    ({"attacks": ["rem"], "config": {"rem": {"lr_decay": 0}}}, r"attack rem\.lr_decay: must be a decay factor in \(0, 1\]"),
+    ({"attacks": ["tap"], "config": {"tap": {"surrogate_lr": -1}}}, r"attack tap\.surrogate_lr: must be positive"),
+    ({"attacks": ["miue"], "config": {"miue": {"momentum": 1.0}}}, r"attack miue\.momentum: must be in \[0, 1\)"),
+    ({"recipe": {"preset": "em60", "lr": -0.1}}, r"recipe\.lr: must be positive, got -0\.1"),
+    ({"recipe": {"preset": "em60", "gamma": 0}}, r"recipe\.gamma: must be a decay factor in \(0, 1\]"),
+    ({"recipe": {"preset": "em60", "eval_batch_size": 0}}, r"recipe\.eval_batch_size: must be at least 1"),
+    ({"config": {"tiny_cnn": {"width": "wide"}}}, r"arch tiny_cnn\.width: expected a number, got 'wide'"),
+])
+def test_out_of_range_values_name_the_key_and_what_is_allowed(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid({**BASE, **change}, "g")
+
+
+def test_arch_arguments_are_coerced_to_their_annotations():
+    grid = parse_grid({**BASE, "config": {"tiny_cnn": {"width": "8"}}}, "g")
+    assert grid.config["tiny_cnn"] == {"width": 8}
+    assert grid.cells()[0].arch_config == {"width": 8}
+
+
+def test_overrides_set_plugin_recipe_and_data_fields_and_replace_lists():
+    raw = {**BASE, "data": {"name": "cifar10", "train_size": 500}}
+    before = copy.deepcopy(raw)
+    overrides = GridOverrides.from_cli(["jpeg.quality=50", "recipe.epochs=3", "data.train_size=100", "tiny_cnn.width=8"],
+                                       attacks="clean,random_noise", seeds="0,1")
+    grid = parse_grid(overrides.apply(raw, "g"), "g")
+    assert raw == before, "the grid's own TOML must not change"
+    assert grid.config["jpeg"] == {"quality": 50} and grid.config["tiny_cnn"] == {"width": 8}
+    assert grid.recipe == replace(RECIPES["cpu_smoke"], epochs=3) and grid.recipe_name == "cpu_smoke*"
+    assert grid.data.train_size == 100 and grid.seeds == (0, 1)
+    assert grid.attacks == ("clean", "random_noise")  # a registered attack the grid did not have is allowed
+    eps = parse_grid(GridOverrides(sets=("random_noise.eps=4/255",), attacks=("random_noise",)).apply(raw, "g"), "g")
+    assert eps.config["random_noise"] == {"eps": 4 / 255}
+
+
+def test_selecting_a_subset_keeps_the_cell_ids_and_drops_the_other_plugins_config():
+    raw = {**BASE, "attacks": ["clean", "lsp", "ops"], "config": {"lsp": {"eps": 1.0}, "jpeg": {"quality": 20}}}
+    full = {c.cell_id for c in parse_grid(raw, "g").cells()}
+    subset = parse_grid(GridOverrides(attacks=("clean", "ops"), defenses=("jpeg",)).apply(raw, "g"), "g")
+    assert "lsp" not in subset.config and subset.config["jpeg"] == {"quality": 20}
+    assert len(subset.cells()) == 2 and {c.cell_id for c in subset.cells()} <= full
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (GridOverrides(sets=("em.steps=1",)), r"--set em\.steps=1: 'em' is not an attack, defense or arch of grid g; "
+                                          r"allowed: recipe, data, clean, ops, none, jpeg, tiny_cnn"),
+    (GridOverrides(sets=("jpeg.qualty=5",)), r"defense jpeg: unknown config field 'qualty'; valid fields: quality"),
+    (GridOverrides(sets=("jpeg=5",)), r"--set jpeg=5: expected PLUGIN\.FIELD=VALUE"),
+    (GridOverrides(sets=("recipe.epochs=0",)), r"recipe\.epochs: must be at least 1, got 0"),
+    (GridOverrides(sets=("data.size=10",)), r"data: unknown config field 'size'"),
+    (GridOverrides(attacks=("opz",)), r"unknown attack 'opz' \(did you mean 'ops'\?\)"),
+    (GridOverrides(archs=()), r"archs must be a non-empty list"),
+    (GridOverrides(seeds=(-1,)), r"seeds must be a non-empty list of whole numbers >= 0"),
+])
+def test_bad_overrides_fail_like_bad_grid_files(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(overrides.apply(BASE, "g"), "g")
+
+
+def test_seeds_option_must_be_whole_numbers():
+    assert GridOverrides.from_cli(seeds="0, 2").seeds == (0, 2)
+    with pytest.raises(ConfigError, match=r"--seeds: expected whole numbers separated by commas, got '0,x'"):
+        GridOverrides.from_cli(seeds="0,x")
+
+
+def _builtin(registry) -> set[str]:
+    return {n for n in registry.names() if registry.get(n).__module__.split(".")[0] in ("methods", "defenses")}
+
+
+def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
+    grids = {name: load_grid(name) for name in ("paper", "full", "depth")}
+    attacks = _builtin(ATTACKS) - {"external"}  # external needs a poison file
+    for grid in grids.values():
+        assert set(grid.attacks) == attacks
+        assert grid.recipe == RECIPES["em60"] and grid.recipe_name == "em60"
+        assert grid.data == DataSpec("cifar10")  # all of CIFAR-10, no subset
+        assert all(c.attack_config == as_dict(ATTACKS.config(c.attack)) for c in grid.cells())  # official defaults
+    # iss_jpeg is jpeg under ISS's name; gaussian at APBench's sigma leaves uint8 images unchanged.
+    assert set(grids["paper"].defenses) == set(grids["full"].defenses) == _builtin(DEFENSES) - {"iss_jpeg", "gaussian"}
+    assert grids["paper"].archs == ("resnet18",) and grids["paper"].seeds == (0, 1, 2)
+    assert set(grids["full"].archs) == {"resnet18", "resnet50", "vgg16", "densenet121", "mobilenetv2", "wrn34_10", "vit_small"}
+    depth = grids["depth"]
+    assert depth.defenses == ("none",) and depth.analysis == ("mi",)
+    assert depth.archs == ("resnet18", "resnet34", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
+    assert all(c.analysis == ("mi",) for c in depth.cells())
+    assert all(not c.analysis for c in grids["paper"].cells())
+
+
+def test_docs_state_each_shipped_grids_cell_count():
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "grids.md").read_text()
+    for name in shipped_grids():
+        assert f"| `{name}` | {len(load_grid(name).cells())} |" in docs, f"docs/grids.md: wrong or missing count for {name}"
