@@ -1,0 +1,252 @@
+"""Mutual information between a trained model's features of clean and poisoned images.
+
+Zhu, Miao, Dong & Gao, "Why Do Unlearnable Examples Work: A Novel Perspective of Mutual
+Information" (ICLR 2026) argue that effective unlearnable examples lower I(Z_clean; Z_poisoned),
+the mutual information between the features a model trained on the poisoned set gives to the clean
+and to the poisoned version of the same training images, more so in deeper networks; that a small
+conditional covariance of intra-class poisoned features lowers that MI; and that a high intra-class
+cosine similarity lowers the covariance. `analyze` measures each link of that chain for one trained
+model. The official MI-UE code ships no MI estimator, so the estimators here are ours:
+
+- `GaussianMI`: each side reduced to its top principal components and whitened, the joint
+  covariance shrunk with Ledoit-Wolf, then the Gaussian log-det formula. Exact for jointly
+  Gaussian features (up to sampling error), a Gaussian approximation otherwise.
+- `KSGMI`: the k-nearest-neighbour estimator of Kraskov, Stoegbauer & Grassberger (Phys. Rev. E
+  69, 066138, 2004, algorithm 1) on fewer principal components, with scipy's KD-tree. No
+  Gaussian assumption, but biased low when the MI is large or the dimension high.
+
+`calibration` measures both against correlated Gaussians whose MI is known in closed form; the
+report prints that table beside the measured MI. All MI values are in nats.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+from sklearn.covariance import ledoit_wolf
+
+from bench.config import require
+
+MAX_IMAGES = 5000  # images per cell; at 5,000 samples GaussianMI is within 2% of the closed form at 8 dims (docs/reports.md)
+RELATIVE_RANK_TOL = 1e-6  # principal components below this fraction of the largest singular value are numerical zeros
+
+
+def principal_components(x: np.ndarray, dims: int) -> np.ndarray:
+    """The top `dims` principal components of `x` (N, D), each scaled to unit variance.
+
+    MI is invariant to invertible maps of each variable, so whitening changes nothing but puts all
+    coordinates on one scale, which the max-norm of KSG and the identity target of Ledoit-Wolf
+    shrinkage both assume. Components of (numerically) zero variance are dropped.
+    """
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    keep = min(dims, int((s > s[0] * RELATIVE_RANK_TOL).sum())) if s.size and s[0] > 0 else 0
+    return u[:, :keep] * math.sqrt(len(x) - 1)
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = (x[:, None] if x.ndim == 1 else x), (y[:, None] if y.ndim == 1 else y)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"x and y must be (N, D) arrays with the same N, got shapes {x.shape} and {y.shape}")
+    if len(x) < 3:
+        raise ValueError(f"mutual information needs at least 3 samples, got {len(x)}")
+    return x, y
+
+
+@dataclass(frozen=True)
+class GaussianMI:
+    """I(X; Y) = 1/2 log(det S_xx det S_yy / det S) on `dims` principal components per side, in nats.
+
+    S is the Ledoit-Wolf shrunk covariance (Ledoit & Wolf, J. Multivariate Anal. 2004) of the
+    whitened components of both sides; without shrinkage the plug-in log-det is biased upward by
+    about dims_x * dims_y / (2N) nats and infinite where the two sides coincide.
+    """
+
+    dims: int = 8  # principal components kept per side
+
+    def __post_init__(self):
+        require(self.dims >= 1, "gaussian_dims", f"must be at least 1, got {self.dims}")
+
+    def estimate(self, x: np.ndarray, y: np.ndarray) -> float:
+        return self.estimate_with_shrinkage(x, y)[0]
+
+    def estimate_with_shrinkage(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(MI in nats, the Ledoit-Wolf shrinkage intensity used, in [0, 1])."""
+        x, y = _check_pair(x, y)
+        zx, zy = principal_components(x, self.dims), principal_components(y, self.dims)
+        if zx.shape[1] == 0 or zy.shape[1] == 0:
+            return 0.0, 0.0  # a constant side carries no information
+        cov, shrinkage = ledoit_wolf(np.hstack([zx, zy]))
+        dx = zx.shape[1]
+        logdet = lambda m: np.linalg.slogdet(m)[1]  # noqa: E731 - positive definite after shrinkage
+        mi = 0.5 * (logdet(cov[:dx, :dx]) + logdet(cov[dx:, dx:]) - logdet(cov))
+        return float(max(mi, 0.0)), float(shrinkage)
+
+
+@dataclass(frozen=True)
+class KSGMI:
+    """Kraskov-Stoegbauer-Grassberger estimator (algorithm 1) on `dims` principal components per side.
+
+    I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >, where eps_i is the max-norm distance from
+    point i to its k-th neighbour in the joint space and n_x counts the other points strictly closer
+    than eps_i in the x space alone. Ties (identical features) are broken with noise 1e-10 times the
+    unit scale, drawn from `seed`, as Kraskov et al. recommend.
+    """
+
+    dims: int = 4  # principal components kept per side: KSG's bias grows quickly with dimension
+    k: int = 3  # neighbours; Kraskov et al. recommend 2 to 4
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.dims >= 1, "ksg_dims", f"must be at least 1, got {self.dims}")
+        require(self.k >= 1, "ksg_k", f"must be at least 1, got {self.k}")
+
+    def estimate(self, x: np.ndarray, y: np.ndarray) -> float:
+        x, y = _check_pair(x, y)
+        require(self.k < len(x), "ksg_k", f"must be below the number of samples ({len(x)}), got {self.k}")
+        zx, zy = principal_components(x, self.dims), principal_components(y, self.dims)
+        if zx.shape[1] == 0 or zy.shape[1] == 0:
+            return 0.0
+        rng = np.random.default_rng(self.seed)
+        zx = zx + 1e-10 * rng.standard_normal(zx.shape)
+        zy = zy + 1e-10 * rng.standard_normal(zy.shape)
+        joint = np.hstack([zx, zy])
+        # k + 1 because the nearest point of each query is the point itself.
+        eps = cKDTree(joint).query(joint, k=self.k + 1, p=np.inf)[0][:, -1]
+        radius = np.nextafter(eps, 0)  # strictly closer than eps; the counts include the point itself
+        n_x = cKDTree(zx).query_ball_point(zx, radius, p=np.inf, return_length=True)
+        n_y = cKDTree(zy).query_ball_point(zy, radius, p=np.inf, return_length=True)
+        n = len(joint)
+        mi = digamma(self.k) + digamma(n) - np.mean(digamma(n_x) + digamma(n_y))
+        return float(max(mi, 0.0))
+
+
+def gaussian_mi_closed_form(dims: int, rho: float) -> float:
+    """I(X; Y) in nats for X ~ N(0, I_d) and Y = rho X + sqrt(1 - rho^2) E, E ~ N(0, I_d) independent."""
+    return -0.5 * dims * math.log(1 - rho**2)
+
+
+def correlated_gaussians(n: int, dims: int, rho: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n samples of the pair in `gaussian_mi_closed_form`."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dims))
+    return x, rho * x + math.sqrt(1 - rho**2) * rng.standard_normal((n, dims))
+
+
+def calibration(estimators: dict, n: int, dims=(1, 4, 8), rhos=(0.3, 0.6, 0.9), seed: int = 0) -> pd.DataFrame:
+    """Each estimator against the closed form on correlated Gaussians of `n` samples.
+
+    `estimators` maps a name to an object with `estimate(x, y)`; a case is skipped for an estimator
+    whose `dims` is below the case's dimension (its PCA would discard information by design).
+    Columns: estimator, dims, rho, true, estimate, error (estimate - true, nats).
+    """
+    rows = []
+    for d in dims:
+        for rho in rhos:
+            x, y = correlated_gaussians(n, d, rho, seed)
+            truth = gaussian_mi_closed_form(d, rho)
+            for name, estimator in estimators.items():
+                if getattr(estimator, "dims", d) < d:
+                    continue
+                value = estimator.estimate(x, y)
+                rows.append({"estimator": name, "dims": d, "rho": rho, "true": truth, "estimate": value,
+                             "error": value - truth})
+    return pd.DataFrame(rows, columns=["estimator", "dims", "rho", "true", "estimate", "error"])
+
+
+@dataclass(frozen=True)
+class MISettings:
+    """How `analyze` estimates; every field is written into the record beside the results."""
+
+    gaussian_dims: int = 8  # principal components per side for GaussianMI
+    ksg_dims: int = 4  # principal components per side for KSGMI
+    ksg_k: int = 3  # neighbours for KSGMI
+    batch_size: int = 256  # images per forward pass
+    seed: int = 0  # the subsample of images and KSG's tie-breaking noise
+
+    def __post_init__(self):
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        GaussianMI(self.gaussian_dims), KSGMI(self.ksg_dims, self.ksg_k)  # check their fields
+
+    def estimators(self) -> dict:
+        return {"gaussian": GaussianMI(self.gaussian_dims), "ksg": KSGMI(self.ksg_dims, self.ksg_k, self.seed)}
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, images: torch.Tensor, device: torch.device | str,
+                     batch_size: int = 256) -> np.ndarray:
+    """`model.features` of uint8 NCHW `images` in eval mode, as float64 (N, D); the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.features(batch.to(device).float().div_(255)).float().cpu() for batch in images.split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).double().numpy()
+
+
+def class_statistics(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The covariance and cosine links of the MI-UE argument, on one set of features.
+
+    cond_cov_trace: mean over classes of tr Cov(Z | y = c) (feature units squared).
+    cond_cov_ratio: that mean divided by tr Cov(Z), so architectures with other feature scales compare.
+    intra_class_cosine: mean over classes of the mean cosine similarity of distinct same-class pairs.
+    """
+    traces, cosines = [], []
+    for c in np.unique(labels):
+        members = features[labels == c]
+        if len(members) < 2:
+            continue
+        traces.append(members.var(axis=0, ddof=1).sum())
+        unit = members / np.maximum(np.linalg.norm(members, axis=1, keepdims=True), 1e-12)
+        total = unit.sum(axis=0)
+        # sum over i != j of u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2
+        cosines.append((total @ total - (unit * unit).sum()) / (len(unit) * (len(unit) - 1)))
+    if not traces:
+        raise ValueError("class statistics need at least one class with two or more images")
+    total_trace = features.var(axis=0, ddof=1).sum()
+    mean_trace = float(np.mean(traces))
+    return {"cond_cov_trace": mean_trace, "cond_cov_ratio": mean_trace / total_trace if total_trace > 0 else 0.0,
+            "intra_class_cosine": float(np.mean(cosines))}
+
+
+def subsample(n: int, max_images: int, seed: int) -> torch.Tensor:
+    """Sorted indices of min(n, max_images) images, the same for the same (n, max_images, seed)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:max_images].sort().values
+
+
+def analyze(model: torch.nn.Module, clean_images: torch.Tensor, poisoned_images: torch.Tensor, labels: torch.Tensor,
+            *, device: torch.device | str, max_images: int = MAX_IMAGES, settings: MISettings = MISettings()) -> dict:
+    """The MI-UE analysis of one trained model, as a JSON-ready dict of floats.
+
+    `clean_images` and `poisoned_images` are uint8 (N, C, H, W): the same training images before and
+    after the attack, in the same order; `labels` int64 (N,). A seeded subsample of `max_images`
+    images is passed through `model.features` (penultimate features, eval mode, no grad, batched).
+
+    Keys (every value a Python float):
+      mi_gaussian, mi_ksg   I(Z_clean; Z_poisoned) in nats by GaussianMI and KSGMI
+      gaussian_shrinkage    the Ledoit-Wolf intensity GaussianMI used
+      cond_cov_trace, cond_cov_ratio, intra_class_cosine   `class_statistics` of the poisoned features
+      n_images, feature_dim and the MISettings fields   what was measured and how
+    """
+    require(max_images >= 3, "max_images", f"must be at least 3, got {max_images}")
+    if clean_images.shape != poisoned_images.shape or len(labels) != len(clean_images):
+        raise ValueError(f"clean images {tuple(clean_images.shape)}, poisoned images {tuple(poisoned_images.shape)} "
+                         f"and labels ({len(labels)},) must describe the same images")
+    index = subsample(len(labels), max_images, settings.seed)
+    z_clean = extract_features(model, clean_images[index.to(clean_images.device)], device, settings.batch_size)
+    z_poisoned = extract_features(model, poisoned_images[index.to(poisoned_images.device)], device, settings.batch_size)
+    y = labels[index.to(labels.device)].cpu().numpy()
+    estimators = settings.estimators()
+    mi_gaussian, shrinkage = estimators["gaussian"].estimate_with_shrinkage(z_clean, z_poisoned)
+    result = {"mi_gaussian": mi_gaussian, "mi_ksg": estimators["ksg"].estimate(z_clean, z_poisoned),
+              "gaussian_shrinkage": shrinkage, **class_statistics(z_poisoned, y),
+              "n_images": len(index), "feature_dim": z_clean.shape[1], **asdict(settings)}
+    return {key: float(value) for key, value in result.items()}

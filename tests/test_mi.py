@@ -1,0 +1,167 @@
+"""The MI estimators against closed forms, and `analyze` on a tiny model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.feature_selection import mutual_info_regression
+
+from bench.archs import tiny_cnn
+from bench.config import ConfigError
+from bench.mi import (GaussianMI, KSGMI, MISettings, analyze, calibration, class_statistics, correlated_gaussians,
+                      gaussian_mi_closed_form, principal_components)
+
+N = 5000  # samples per closed-form case: both estimators take well under a second here
+
+
+@pytest.mark.parametrize("dims", [1, 4, 8])
+@pytest.mark.parametrize("rho", [0.3, 0.6, 0.9])
+def test_gaussian_estimator_matches_the_closed_form(dims, rho):
+    x, y = correlated_gaussians(N, dims, rho, seed=1)
+    truth = gaussian_mi_closed_form(dims, rho)
+    # The plug-in estimate's sampling s.d. is about rho * sqrt(dims / N) <= 0.04 nats here, and
+    # Ledoit-Wolf shrinks the cross-covariance toward independence by a few per cent of the MI
+    # (measured: at most 2%). A missing factor 1/2, log2 or a wrong sign is off by 40% or more.
+    assert GaussianMI(dims=dims).estimate(x, y) == pytest.approx(truth, abs=0.02 + 0.04 * truth)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("rho", [0.3, 0.6, 0.9])
+def test_ksg_matches_the_closed_form_in_low_dimension(dims, rho):
+    x, y = correlated_gaussians(N, dims, rho, seed=1)
+    truth = gaussian_mi_closed_form(dims, rho)
+    # KSG's s.d. at N = 5000 is about 0.01-0.02 nats and its bias is negligible in a 2- or 4-d joint
+    # space (Kraskov et al. 2004, Fig. 5); 0.05 nats is three standard deviations.
+    assert KSGMI(dims=dims).estimate(x, y) == pytest.approx(truth, abs=0.05)
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.6, 0.9])
+def test_ksg_in_four_dimensions_is_biased_low_by_a_bounded_amount(rho):
+    x, y = correlated_gaussians(N, 4, rho, seed=1)
+    truth = gaussian_mi_closed_form(4, rho)
+    error = KSGMI(dims=4).estimate(x, y) - truth
+    # In an 8-d joint space KSG underestimates strong dependence (Gao, Ver Steeg & Galstyan,
+    # AISTATS 2015); we measured -9% to -15% of the truth at rho 0.3-0.9 and state it in
+    # docs/reports.md. The test pins that: never above the truth by more than noise, never below 20%.
+    assert -0.2 * truth - 0.03 <= error <= 0.03
+
+
+def test_ksg_equals_scikit_learns_ksg_in_one_dimension():
+    """scikit-learn's `mutual_info_regression` is KSG with the same k on standardised 1-d variables."""
+    x, y = correlated_gaussians(2000, 1, 0.7, seed=3)
+    ours = KSGMI(dims=1, k=3).estimate(x, y)
+    theirs = mutual_info_regression(x, y[:, 0], n_neighbors=3, random_state=0)[0]
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_independent_variables_have_mi_near_zero():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((N, 4)), rng.standard_normal((N, 4))
+    # Both are clipped at 0; the spread at N = 5000 is about 0.01 nats.
+    assert GaussianMI(dims=4).estimate(x, y) < 0.02
+    assert KSGMI(dims=4).estimate(x, y) < 0.03
+
+
+def test_mi_is_invariant_to_invertible_linear_maps_of_each_side():
+    x, y = correlated_gaussians(N, 4, 0.6, seed=2)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((4, 4)) * 5, rng.standard_normal((4, 4)) * 0.01
+    # Whitening leaves each side known only up to a rotation, which the log-det ignores exactly.
+    assert GaussianMI(dims=4).estimate(x @ a, y @ b) == pytest.approx(GaussianMI(dims=4).estimate(x, y), abs=1e-6)
+    # KSG's max-norm sees the rotation: the same up to its sampling noise (about 0.015 nats), and
+    # exactly the same under a change of scale.
+    ksg = KSGMI(dims=4).estimate(x, y)
+    assert KSGMI(dims=4).estimate(x @ a, y @ b) == pytest.approx(ksg, abs=0.05)
+    assert KSGMI(dims=4).estimate(x * 5, y * 0.01) == pytest.approx(ksg, abs=1e-6)
+
+
+def test_pca_keeps_the_high_variance_directions_that_carry_the_dependence():
+    signal_x, signal_y = correlated_gaussians(N, 4, 0.6, seed=5)
+    rng = np.random.default_rng(6)
+    # 60 independent low-variance coordinates on each side, then a random rotation of all 64.
+    q = np.linalg.qr(rng.standard_normal((64, 64)))[0]
+    x = np.hstack([10 * signal_x, 0.1 * rng.standard_normal((N, 60))]) @ q
+    y = np.hstack([10 * signal_y, 0.1 * rng.standard_normal((N, 60))]) @ q
+    assert principal_components(x, 4).shape == (N, 4)
+    assert np.allclose(np.cov(principal_components(x, 4).T), np.eye(4), atol=1e-8)
+    truth = gaussian_mi_closed_form(4, 0.6)
+    assert GaussianMI(dims=4).estimate(x, y) == pytest.approx(truth, abs=0.02 + 0.04 * truth)
+    assert KSGMI(dims=4).estimate(x, y) == pytest.approx(truth, rel=0.2)
+
+
+def test_identical_sides_give_a_large_finite_mi():
+    x, _ = correlated_gaussians(2000, 4, 0.0, seed=0)
+    gaussian, ksg = GaussianMI(dims=4).estimate(x, x.copy()), KSGMI(dims=4).estimate(x, x.copy())
+    strong = gaussian_mi_closed_form(4, 0.9)
+    assert math.isfinite(gaussian) and gaussian > strong  # shrinkage keeps the log-det finite
+    assert math.isfinite(ksg) and ksg > KSGMI(dims=4).estimate(*correlated_gaussians(2000, 4, 0.9, seed=0))
+
+
+def test_calibration_reports_every_case_and_skips_dimensions_an_estimator_cannot_see():
+    table = calibration({"gaussian": GaussianMI(dims=8), "ksg": KSGMI(dims=4)}, n=1000, dims=(1, 8), rhos=(0.5,))
+    assert sorted(zip(table.estimator, table.dims)) == [("gaussian", 1), ("gaussian", 8), ("ksg", 1)]
+    assert np.allclose(table.error, table.estimate - table["true"])
+    assert table["true"].tolist() == pytest.approx([gaussian_mi_closed_form(d, 0.5) for d in table.dims])
+
+
+def test_class_statistics_on_known_vectors():
+    # Class 0: two orthogonal unit vectors (cosine 0); class 1: three copies of one vector (cosine 1).
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [2.0, 2.0], [2.0, 2.0]])
+    labels = np.array([0, 0, 1, 1, 1])
+    stats = class_statistics(features, labels)
+    assert stats["intra_class_cosine"] == pytest.approx(0.5)
+    # tr Cov of class 0 is 0.5 + 0.5 = 1 (ddof 1); class 1 has none; the mean is 0.5.
+    assert stats["cond_cov_trace"] == pytest.approx(0.5)
+    assert stats["cond_cov_ratio"] == pytest.approx(0.5 / features.var(axis=0, ddof=1).sum())
+
+
+def test_bad_settings_and_inputs_name_the_field():
+    with pytest.raises(ConfigError, match="gaussian_dims"):
+        MISettings(gaussian_dims=0)
+    with pytest.raises(ConfigError, match="ksg_k"):
+        MISettings(ksg_k=0)
+    with pytest.raises(ValueError, match="same N"):
+        GaussianMI().estimate(np.zeros((10, 2)), np.zeros((9, 2)))
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return tiny_cnn(num_classes=10, width=8)
+
+
+def test_analyze_returns_documented_floats_deterministically(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 256, (300, 3, 32, 32), generator=g, dtype=torch.uint8)
+    poisoned = (clean.int() + torch.randint(-8, 9, clean.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    labels = torch.arange(300) % 10
+    tiny_model.train()
+    first = analyze(tiny_model, clean, poisoned, labels, device="cpu", max_images=200)
+    assert tiny_model.training, "analyze must give the model back in the mode it found it"
+    assert first == analyze(tiny_model, clean, poisoned, labels, device="cpu", max_images=200)
+    assert json.loads(json.dumps(first)) == first and all(type(v) is float for v in first.values())
+    assert {"mi_gaussian", "mi_ksg", "cond_cov_trace", "cond_cov_ratio", "intra_class_cosine", "gaussian_shrinkage",
+            "n_images", "feature_dim", "gaussian_dims", "ksg_dims", "ksg_k", "seed"} <= set(first)
+    assert first["n_images"] == 200 and first["feature_dim"] == 32
+    assert -1 <= first["intra_class_cosine"] <= 1 and 0 < first["cond_cov_ratio"] <= 1.5
+
+
+def test_analyze_sees_more_information_in_a_faithful_copy_than_in_unrelated_images(tiny_model):
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 256, (400, 3, 32, 32), generator=g, dtype=torch.uint8)
+    unrelated = torch.randint(0, 256, clean.shape, generator=g, dtype=torch.uint8)
+    slightly = (clean.int() + torch.randint(-4, 5, clean.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    labels = torch.arange(400) % 10
+    near = analyze(tiny_model, clean, slightly, labels, device="cpu")
+    far = analyze(tiny_model, clean, unrelated, labels, device="cpu")
+    assert near["mi_gaussian"] > far["mi_gaussian"] + 1 and near["mi_ksg"] > far["mi_ksg"] + 0.5
+    assert far["mi_gaussian"] < 0.1 and near["n_images"] == 400  # fewer images than max_images: all of them
+
+
+def test_analyze_rejects_mismatched_images(tiny_model):
+    clean = torch.zeros((10, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="same images"):
+        analyze(tiny_model, clean, clean[:9], torch.zeros(10, dtype=torch.int64), device="cpu")
