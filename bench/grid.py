@@ -39,7 +39,7 @@ from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
 from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense, defense_parts
 from bench.store import canonical_hash
-from bench.train import Recipe, make_recipe
+from bench.train import RECIPES, Recipe, make_recipe
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
 ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
@@ -167,8 +167,12 @@ def parse_grid(raw: dict, name: str) -> Grid:
         raise ConfigError(f"grid {name}: data must be a table (name, train_size, test_size, subset_seed)")
     data = build_config(DataSpec, data_raw, "data")
     recipe_raw = raw.get("recipe", "em60")
+    if not isinstance(recipe_raw, (str, dict)):
+        raise ConfigError(f"grid {name}: recipe must be a preset name ({', '.join(RECIPES)}) or a table")
     recipe = make_recipe(recipe_raw)
     recipe_name = recipe_raw if isinstance(recipe_raw, str) else recipe_raw.get("preset", "em60") + "*"
+    if not isinstance(raw.get("config", {}), dict):
+        raise ConfigError(f"grid {name}: config must be tables [config.NAME] of field = value")
     config = {}
     for plugin, overrides in raw.get("config", {}).items():
         registry = next((r for key, r in (("attacks", ATTACKS), ("defenses", DEFENSES), ("archs", ARCHS))
@@ -246,13 +250,18 @@ class GridOverrides:
             raw["config"] = {plugin: table for plugin, table in raw["config"].items() if plugin in named}
         for assignment in self.sets:
             target, key, value = _assignment(assignment)
+            # A table of the wrong type is left for parse_grid to name.
             if target == "recipe":
                 recipe = raw.get("recipe", "em60")
-                raw["recipe"] = {**({"preset": recipe} if isinstance(recipe, str) else recipe), key: value}
+                recipe = {"preset": recipe} if isinstance(recipe, str) else recipe
+                raw["recipe"] = {**recipe, key: value} if isinstance(recipe, dict) else recipe
             elif target == "data":
-                raw["data"] = {**raw.get("data", {}), key: value}
+                data = raw.get("data", {})
+                raw["data"] = {**data, key: value} if isinstance(data, dict) else data
             elif target in named:
-                raw.setdefault("config", {}).setdefault(target, {})[key] = value
+                config = raw.setdefault("config", {})
+                if isinstance(config, dict) and isinstance(config.setdefault(target, {}), dict):
+                    config[target][key] = value
             else:
                 raise ConfigError(f"--set {assignment}: {target!r} is not an attack, defense or arch of grid {grid}; "
                                   f"allowed: recipe, data, {', '.join(named)}")

@@ -87,6 +87,8 @@ def test_cells_without_analysis_keep_the_ids_of_stored_records():
     ({"recipe": {"preset": "em60", "gamma": 0}}, r"recipe\.gamma: must be a decay factor in \(0, 1\]"),
     ({"recipe": {"preset": "em60", "eval_batch_size": 0}}, r"recipe\.eval_batch_size: must be at least 1"),
     ({"config": {"tiny_cnn": {"width": "wide"}}}, r"arch tiny_cnn\.width: expected a number, got 'wide'"),
+    ({"config": ["jpeg"]}, r"grid g: config must be tables \[config\.NAME\] of field = value"),
+    ({"recipe": 60}, r"grid g: recipe must be a preset name \(em60, apbench200, cpu_smoke\) or a table"),
 ])
 def test_out_of_range_values_name_the_key_and_what_is_allowed(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -171,3 +173,15 @@ def test_docs_state_each_shipped_grids_cell_count():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "grids.md").read_text()
     for name in shipped_grids():
         assert f"| `{name}` | {len(load_grid(name).cells())} |" in docs, f"docs/grids.md: wrong or missing count for {name}"
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"recipe": 60}, r"recipe must be a preset name"),
+    ({"data": "cifar10"}, r"data must be a table"),
+    ({"config": ["jpeg"]}, r"config must be tables"),
+    ({"config": {"jpeg": 10}}, r"config\.jpeg must be a table"),
+])
+def test_overrides_on_a_malformed_grid_leave_the_error_to_the_checks(bad, message):
+    overrides = GridOverrides(sets=("recipe.epochs=2", "data.train_size=10", "jpeg.quality=5"))
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(overrides.apply({**BASE, **bad}, "g"), "g")
