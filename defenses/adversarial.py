@@ -40,6 +40,7 @@ class AdversarialTraining(Defense):
 
     Config = ATConfig
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
+    cite = "madry2018towards"
     # A cheap setting for the CPU smoke grid: PGD-2 with eps/2 steps reaches the ball's corners.
     presets = {"cpu_smoke": {"steps": 2, "step_size": 4 / 255}}
 

@@ -23,6 +23,7 @@ class Defense:
     name: ClassVar[str]
     Config: ClassVar[type]
     paper: ClassVar[str] = ""
+    cite: ClassVar[str] = ""  # BibTeX key(s) of `paper`, comma-separated; see bench.citations
     adversary: Callable | None = None
     mixes_labels: ClassVar[bool] = False  # augment returns soft labels mixed from two images (mixup, cutmix)
 

@@ -39,6 +39,7 @@ class Cutout(Defense):
 
     Config = CutoutConfig
     paper = "DeVries & Taylor, Improved Regularization of Convolutional Neural Networks with Cutout, arXiv 2017"
+    cite = "devries2017improved"
 
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = x.shape
@@ -84,6 +85,7 @@ class Mixup(_LabelMixing):
 
     Config = MixupConfig
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"
+    cite = "zhang2018mixup"
     transform = v2.MixUp
 
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +114,7 @@ class CutMix(_LabelMixing):
 
     Config = CutMixConfig
     paper = "Yun et al., CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features, ICCV 2019"
+    cite = "yun2019cutmix"
     transform = v2.CutMix
 
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ class ISSGrayscale(Defense):
 
     Config = GrayConfig
     paper = ISS
+    cite = "liu2023image"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return TF.rgb_to_grayscale(images, num_output_channels=3)
@@ -56,6 +57,7 @@ class ISSJPEG(JPEG):
 
     Config = JPEGConfig
     paper = ISS
+    cite = "liu2023image"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class BitDepthReduction(Defense):
 
     Config = BDRConfig
     paper = "Xu et al., Feature Squeezing, NDSS 2018; " + APBENCH
+    cite = "xu2018feature,qin2023apbench"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return TF.posterize(images, self.config.bits)
@@ -106,6 +109,7 @@ class GaussianSmoothing(Defense):
 
     Config = GaussianConfig
     paper = APBENCH
+    cite = "qin2023apbench"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         k, s = self.config.kernel_size, self.config.sigma

@@ -84,6 +84,7 @@ class UEraser(Defense):
 
     Config = UEraserConfig
     paper = "Qin et al., Learning the Unlearnable: Adversarial Augmentations Suppress Unlearnable Example Attacks, 2023"
+    cite = "qin2023learning"
 
     def __init__(self, config, num_classes: int = 10):
         super().__init__(config, num_classes)

@@ -44,6 +44,7 @@ class LinearlySeparablePerturbation(Attack):
 
     Config = LSPConfig
     paper = "Yu et al., Availability Attacks Create Shortcuts, KDD 2022"
+    cite = "yu2022availability"
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:

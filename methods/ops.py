@@ -33,6 +33,7 @@ class OnePixelShortcut(Attack):
 
     Config = OPSConfig
     paper = "Wu et al., One-Pixel Shortcut: on the Learning Preference of Deep Neural Networks, ICLR 2023"
+    cite = "wu2023onepixel"
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         pairs = search_pixels(data.images, data.labels, data.num_classes)
