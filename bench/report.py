@@ -1,23 +1,60 @@
-"""Tables from stored records alone: tidy CSV, Markdown and booktabs LaTeX.
+"""What goes into a paper, from stored records alone: tables, the MI analysis and figures.
 
-Attacks are rows and defenses columns, one table per dataset x architecture x recipe; a cell
-shows clean test accuracy (%) as the mean over seeds, with +- std where there are several.
+- A tidy CSV: one row per finished cell and metric (accuracies in %, MI in nats).
+- Tables (Markdown and booktabs LaTeX through pandas' Styler): attacks as rows and defenses as
+  columns by default (`TableLayout` names any other pivot), one table per value of the remaining
+  factors (dataset x architecture x recipe). A cell is the mean over seeds, +- std where there are
+  several; the lowest accuracy of each column (the strongest attack) is bold, the clean baseline
+  aside. The caption states the recipe, the budgets and the number of seeds; row and column labels
+  `\\cite{}` each plugin's paper and `<name>.bib` holds the entries.
+- Where records carry the MI analysis (`bench.mi`), a table of the MI-UE chain per attack and
+  architecture, and the estimators' error on correlated Gaussians at the same settings.
+- Figures (`bench.figures`): accuracy heatmap, training curves, a gallery of poisons (from the
+  store's poison cache and the dataset), and MI against depth.
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from bench.citations import bibliography, citation
+
+log = logging.getLogger("bench")
+
+FORMATS = ("latex", "csv", "md", "fig")
 METRICS = ("test_acc_last", "test_acc_best", "train_acc")
-GROUP = ("dataset", "arch", "recipe")
+METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
+                "train_acc": "training accuracy (%, last epoch)"}
+ANALYSIS_METRICS = {  # key in record["analysis"] -> (unit, column title)
+    "mi_gaussian": ("nats", "MI Gaussian"), "mi_ksg": ("nats", "MI KSG"),
+    "cond_cov_ratio": ("", "cond. cov. ratio"), "cond_cov_trace": ("", "cond. cov. trace"),
+    "intra_class_cosine": ("", "intra-class cosine"),
+}
+FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
+BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
+MISSING = "–"
+GALLERY_IMAGES = 4  # images per attack in the gallery: the first image of each of the first classes
+
+
+def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
+    """'latex,csv' -> ('latex', 'csv'); an unknown name is an error that lists the allowed ones."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        problem = f"unknown format {unknown[0]!r}" if unknown else "name at least one format"
+        raise ValueError(f"--format: {problem}; allowed: {', '.join(FORMATS)} (any comma-separated subset)")
+    return tuple(dict.fromkeys(names))
 
 
 def budget_label(norm: str, budget: float) -> str:
-    """'8/255' for L-inf budgets on the 1/255 grid, '1.30' for L2, '1 px' for L0."""
+    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0."""
     if budget == 0:
         return ""
     if norm == "l0":
@@ -29,8 +66,22 @@ def budget_label(norm: str, budget: float) -> str:
     return f"{'Linf' if norm == 'linf' else 'L2'} {budget:.2f}"
 
 
+def recipe_label(spec: dict) -> str:
+    return f"{spec['recipe_name']}, {spec['recipe']['epochs']} ep"
+
+
+def recipe_description(spec: dict) -> str:
+    """The recipe in words, for captions: 'cpu_smoke*: 8 epochs of SGD (lr 0.05, ...)'."""
+    r = spec["recipe"]
+    schedule = r["schedule"] + (f" x{r['gamma']:g} at {', '.join(f'{m:g}' for m in r['milestones'])} of training"
+                                if r["schedule"] == "multistep" else "")
+    clip = f", gradient clipping {r['grad_clip']:g}" if r.get("grad_clip") else ""
+    return (f"{spec['recipe_name']}: {r['epochs']} epochs of SGD (lr {r['lr']:g}, momentum {r['momentum']:g}, "
+            f"weight decay {r['weight_decay']:g}, batch {r['batch_size']}, {schedule} schedule{clip})")
+
+
 def tidy(records: Iterable[dict]) -> pd.DataFrame:
-    """One row per finished cell and metric."""
+    """One row per finished cell and metric: accuracies in %, the MI analysis in its own units."""
     rows = []
     for r in records:
         if r.get("status") != "done":
@@ -40,64 +91,439 @@ def tidy(records: Iterable[dict]) -> pd.DataFrame:
         base = {
             "cell_id": r["cell_id"], "grid": r.get("grid", ""),
             "dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""),
-            "arch": spec["arch"], "recipe": f"{spec['recipe_name']}, {spec['recipe']['epochs']} ep",
+            "arch": spec["arch"], "recipe": recipe_label(spec),
             "attack": spec["attack"], "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)),
             "defense": spec["defense"], "seed": spec["seed"],
         }
         for metric in METRICS:
-            rows.append({**base, "metric": metric, "value": 100 * r["metrics"][metric]})
-    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value"]
+            rows.append({**base, "metric": metric, "value": 100 * r["metrics"][metric], "unit": "%"})
+        for metric, value in (r.get("analysis") or {}).items():
+            if metric in ANALYSIS_METRICS:
+                rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric][0]})
+    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def accuracy_tables(df: pd.DataFrame, metric: str = "test_acc_last", attack_order=None, defense_order=None) -> dict:
-    """(dataset, arch, recipe) -> DataFrame of 'mean' or 'mean +- std' strings, attacks x defenses."""
-    tables = {}
+@dataclass(frozen=True)
+class TableLayout:
+    """Which factor runs down the rows and which across the columns; one table per value of the rest."""
+
+    rows: str = "attack"
+    columns: str = "defense"
+
+    def __post_init__(self):
+        for name in ("rows", "columns"):
+            if getattr(self, name) not in FACTORS:
+                raise ValueError(f"--{name}: {getattr(self, name)!r} is not a factor; allowed: {', '.join(FACTORS)}")
+        if self.rows == self.columns:
+            raise ValueError(f"--rows and --columns must differ, both are {self.rows!r}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(f for f in FACTORS if f not in (self.rows, self.columns))
+
+
+def attack_label(attack: str, budget: str) -> str:
+    return f"{attack} ({budget})" if budget else attack
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """One table: mean, std and number of seeds per (row, column), for one value of the group factors."""
+
+    layout: TableLayout
+    group: dict  # group factor -> value
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    seeds: pd.DataFrame
+    names: dict = field(default_factory=dict)  # row or column label -> (factor, plugin or recipe name)
+    attacks: tuple[str, ...] = ()  # the attacks in this table, by plugin name
+
+    def text(self, bold: str = "{}") -> pd.DataFrame:
+        """'mean' or 'mean ± std' per cell, the best of each column wrapped in `bold`."""
+        best = self.best()
+        out = self.mean.copy().astype(object)
+        for r in self.mean.index:
+            for c in self.mean.columns:
+                m, s, n = self.mean.at[r, c], self.std.at[r, c], self.seeds.at[r, c]
+                if pd.isna(m):
+                    out.at[r, c] = MISSING
+                    continue
+                value = f"{m:.2f}" if n < 2 else f"{m:.2f} ± {s:.2f}"
+                out.at[r, c] = bold.format(value) if best.at[r, c] else value
+        return out
+
+    def best(self) -> pd.DataFrame:
+        """True where a cell has the lowest mean of its column, among rows that are not a baseline."""
+        contenders = [label for label in self.mean.index if self.names.get(label, ("", ""))[1] not in BASELINE_ATTACKS
+                      or self.layout.rows != "attack"]
+        lowest = self.mean.loc[contenders].min() if contenders else pd.Series(dtype=float)
+        rounded = self.mean.round(2)
+        mask = rounded.eq(lowest.round(2), axis=1) & self.mean.index.isin(contenders)[:, None]
+        return mask.fillna(False)
+
+    def seed_counts(self) -> tuple[int, int]:
+        counts = self.seeds.stack()
+        return int(counts.min()), int(counts.max())
+
+
+def _ordered(values: Iterable[str], order: Iterable[str] | None) -> list[str]:
+    rank = {v: i for i, v in enumerate(order or [])}
+    return sorted(dict.fromkeys(values), key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: TableLayout = TableLayout(),
+                   orders: dict | None = None) -> list[SummaryTable]:
+    """The tables of `metric` under `layout`; `orders` maps a factor to its preferred order (grid order)."""
+    orders = orders or {}
     sub = df[df.metric == metric].copy()
     if sub.empty:
-        return tables
-    sub["row"] = sub.attack + sub.budget.map(lambda b: f" ({b})" if b else "")
-    for key, part in sub.groupby(list(GROUP), sort=False):
-        stats = part.groupby(["row", "attack", "defense"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-        stats["text"] = [f"{m:.2f}" if c < 2 else f"{m:.2f} ± {s:.2f}" for m, s, c in zip(stats["mean"], stats["std"], stats["count"])]
-        table = stats.pivot(index="row", columns="defense", values="text")
-        attack_of = dict(zip(stats["row"], stats["attack"]))
-        rank = {a: i for i, a in enumerate(attack_order or [])}
-        rows = sorted(table.index, key=lambda row: (rank.get(attack_of[row], len(rank)), row))
-        cols = [d for d in (defense_order or []) if d in table.columns] + sorted(c for c in table.columns if c not in (defense_order or []))
-        table = table.loc[rows, cols].fillna("–")
-        table.index.name, table.columns.name = "attack", "defense"
-        tables[key] = table
-    return tables
+        return []
+    sub["attack_name"] = sub["attack"]
+    sub["attack"] = [attack_label(a, b) for a, b in zip(sub.attack, sub.budget)]
+    tables = []
+    groups = list(layout.groups)
+    for key, part in sub.groupby(groups, sort=False):
+        stats = part.groupby([layout.rows, layout.columns], sort=False)["value"].agg(["mean", "std", "count"])
+        name_of = {}
+        for factor in (layout.rows, layout.columns):
+            column = "attack_name" if factor == "attack" else factor
+            name_of.update({label: (factor, name) for label, name in zip(part[factor], part[column])})
+        rows = sorted(stats.index.get_level_values(0).unique(),
+                      key=lambda l: (_rank(orders.get(layout.rows), name_of[l][1]), l))
+        cols = sorted(stats.index.get_level_values(1).unique(),
+                      key=lambda l: (_rank(orders.get(layout.columns), name_of[l][1]), l))
+        frames = {s: stats[s].unstack().reindex(index=rows, columns=cols) for s in ("mean", "std", "count")}
+        for frame in frames.values():
+            frame.index.name, frame.columns.name = layout.rows, layout.columns
+        tables.append(SummaryTable(layout, dict(zip(groups, key)), frames["mean"], frames["std"],
+                                   frames["count"].fillna(0).astype(int), name_of,
+                                   tuple(_ordered(part.attack_name, orders.get("attack")))))
+    order_of_groups = {g: orders.get(g) for g in groups}
+    return sorted(tables, key=lambda t: tuple(_rank(order_of_groups[g], t.group[g]) for g in groups))
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    header = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
-    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(table.index, table.values)]
+def _rank(order, value: str) -> int:
+    order = list(order or [])
+    return order.index(value) if value in order else len(order)
+
+
+# --- captions and rendering ---------------------------------------------------------------------
+def caption(table: SummaryTable, metric: str, recipes: dict[str, str], budgets: dict[str, str]) -> str:
+    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold means."""
+    group = ", ".join(f"{k} {v}" for k, v in table.group.items() if k != "recipe")
+    lo, hi = table.seed_counts()
+    seeds = "one seed" if hi == 1 else f"mean ± std over {lo} seeds" if lo == hi else f"mean ± std over {lo}-{hi} seeds"
+    shown = [table.group["recipe"]] if "recipe" in table.group else [n for f, n in table.names.values() if f == "recipe"]
+    recipe_text = "; ".join(recipes[r] for r in dict.fromkeys(shown) if r in recipes)
+    budget_text = ", ".join(f"{a} {budgets[a]}" for a in table.attacks if budgets.get(a))
+    aside = " (clean baseline aside)" if table.layout.rows == "attack" and set(table.attacks) & set(BASELINE_ATTACKS) else ""
+    parts = [METRIC_WORDS[metric].capitalize() + (f", {group}" if group else ""),
+             f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
+             seeds, f"lowest per column in bold{aside}"]
+    return "; ".join(p for p in parts if p) + "."
+
+
+def to_markdown(frame: pd.DataFrame, corner: str = "") -> str:
+    header = [corner] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(frame.columns)) + "|"]
+    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(frame.index, frame.astype(object).to_numpy())]
     return "\n".join(lines)
 
 
-def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    body = table.copy()
-    body.index.name, body.columns.name = None, None
-    styler = body.style.format(lambda v: str(v).replace("±", r"$\pm$")).format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    return styler.to_latex(hrules=True, caption=caption, label=label, column_format="l" + "r" * len(body.columns), position="t")
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_NORMS = {"Linf": r"$\ell_\infty$", "L2": r"$\ell_2$", "L0": r"$\ell_0$"}
+
+
+def latex_text(text: str) -> str:
+    """Plain text as LaTeX: specials escaped, ± and budgets as math, the en dash as --."""
+    out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+    out = re.sub(r"\b(Linf|L2|L0) ", lambda m: _NORMS[m.group(1)] + " ", out)
+    return out.replace("±", r"$\pm$").replace(MISSING, "--")
+
+
+def _cite(keys: tuple[str, ...]) -> str:
+    return f"~\\cite{{{','.join(keys)}}}" if keys else ""
+
+
+def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict) -> str:
+    """booktabs LaTeX via pandas' Styler; `citations` maps (factor, name) -> Citation."""
+    body = table.text().map(latex_text)
+
+    def header(label_: str) -> str:
+        factor, name = table.names.get(label_, ("", label_))
+        found = citations.get((factor, name))
+        return latex_text(label_) + _cite(found.keys if found else ())
+
+    body.index = [header(r) for r in body.index]
+    body.columns = [header(c) for c in body.columns]
+    bold = table.best().to_numpy()
+    styler = body.style.apply(lambda frame: pd.DataFrame(
+        [["textbf:--rwrap;" if b else "" for b in row] for row in bold], index=frame.index, columns=frame.columns),
+        axis=None)
+    return styler.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
+                           position_float="centering", column_format="l" + "r" * len(body.columns))
+
+
+def frame_to_latex(frame: pd.DataFrame, caption_text: str, label: str) -> str:
+    """A plain table (no bold, no citations) in the same booktabs style."""
+    body = frame.copy().astype(str).map(latex_text)
+    body.index = [latex_text(i) if not isinstance(i, tuple) else " / ".join(map(latex_text, i)) for i in body.index]
+    body.columns = [latex_text(c) for c in body.columns]
+    return body.style.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
+                               position_float="centering", column_format="l" + "r" * len(body.columns))
+
+
+# --- the MI analysis -----------------------------------------------------------------------------
+def analysis_cells(df: pd.DataFrame, orders: dict | None = None) -> pd.DataFrame:
+    """Per (attack, arch, defense, dataset, recipe): mean and std over seeds of accuracy and the MI metrics."""
+    wanted = ["test_acc_last", *ANALYSIS_METRICS]
+    sub = df[df.metric.isin(wanted)]
+    with_mi = set(sub[sub.metric == "mi_gaussian"].cell_id)
+    sub = sub[sub.cell_id.isin(with_mi)]
+    if sub.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch"]
+    stats = sub.groupby(keys + ["metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    cells = stats.pivot_table(index=keys, columns="metric", values="mean", sort=False)
+    stds = stats.pivot_table(index=keys, columns="metric", values="std", sort=False).add_suffix("_std")
+    counts = stats[stats.metric == "mi_gaussian"].set_index(keys)["count"].rename("seeds")
+    cells = cells.join(stds).join(counts).reset_index()
+    orders = orders or {}
+    cells["_a"] = cells.attack.map(lambda a: _rank(orders.get("attack"), a))
+    cells["_r"] = cells.arch.map(lambda a: _rank(orders.get("arch"), a))
+    return cells.sort_values(["dataset", "recipe", "defense", "_a", "attack", "_r", "arch"]).drop(columns=["_a", "_r"])
+
+
+def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """The MI-UE chain per (attack, arch): accuracy, both MI estimates, covariance and cosine, as text."""
+    columns = {"test_acc_last": ("test acc. (%)", 2), "mi_gaussian": ("MI Gaussian (nats)", 3),
+               "mi_ksg": ("MI KSG (nats)", 3), "cond_cov_ratio": ("cond. cov. ratio", 3),
+               "intra_class_cosine": ("intra-class cosine", 3)}
+    out = pd.DataFrame(index=pd.Index([attack_label(a, b) + f" / {arch}" for a, b, arch in
+                                       zip(cells.attack, cells.budget, cells.arch)], name="attack / arch"))
+    for metric, (title, digits) in columns.items():
+        means, stds = cells[metric].to_numpy(), cells.get(f"{metric}_std", pd.Series([float("nan")] * len(cells)))
+        out[title] = [MISSING if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+                      for m, s in zip(means, stds.to_numpy())]
+    return out
+
+
+def estimator_calibration(records: list[dict]) -> pd.DataFrame:
+    """bench.mi's estimators on correlated Gaussians at the settings and sample size the records used."""
+    from bench.mi import GaussianMI, KSGMI, calibration
+
+    settings = [r["analysis"] for r in records if r.get("status") == "done" and r.get("analysis")]
+    if not settings:
+        return pd.DataFrame()
+    first = settings[0]
+    gaussian, ksg = GaussianMI(int(first["gaussian_dims"])), KSGMI(int(first["ksg_dims"]), int(first["ksg_k"]))
+    n = int(min(s["n_images"] for s in settings))
+    dims = sorted({1, ksg.dims, gaussian.dims})
+    return calibration({"gaussian": gaussian, "ksg": ksg}, n=n, dims=dims)
+
+
+def calibration_summary(table: pd.DataFrame) -> str:
+    n_text = ", ".join(f"{name}: largest |error| {abs(part.error).max():.3f} nats "
+                       f"({100 * (abs(part.error) / part['true']).max():.0f}% of the true MI)"
+                       for name, part in table.groupby("estimator", sort=False))
+    return f"Estimator error on correlated Gaussians with known MI ({n_text})."
+
+
+# --- figures -------------------------------------------------------------------------------------
+def group_title(group: dict) -> str:
+    return ", ".join(str(v) for v in group.values())
+
+
+def histories_frame(records: list[dict], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
+    """Test accuracy per epoch (%) of the cells `query` selects (a pandas query over tidy's columns), and a title.
+
+    Default: every attack under the first defense, on the first architecture, dataset, recipe and seed.
+    """
+    cells = df.drop_duplicates("cell_id").drop(columns=["metric", "value", "unit"])
+    if cells.empty:
+        return pd.DataFrame(), ""
+    if query:
+        try:
+            chosen = cells.query(query)
+        except Exception as err:  # pandas raises many kinds for a bad expression
+            raise ValueError(f"--curves: cannot evaluate {query!r} over the columns "
+                             f"{', '.join(cells.columns)} ({type(err).__name__}: {err})") from None
+    else:
+        chosen = cells
+        for factor in ("defense", "arch", "dataset", "recipe"):
+            first = _ordered(chosen[factor], orders.get(factor))[0]
+            chosen = chosen[chosen[factor] == first]
+        chosen = chosen[chosen.seed == chosen.seed.min()]
+    factors = ("attack", "defense", "arch", "dataset", "recipe", "seed")
+    varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
+    title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying and not chosen.empty)
+    by_id = {r["cell_id"]: r for r in records}
+    rows = []
+    for cell in chosen.sort_values("attack", key=lambda s: s.map(lambda a: _rank(orders.get("attack"), a))).itertuples():
+        label = " / ".join(str(getattr(cell, f)) for f in varying)
+        for h in by_id[cell.cell_id].get("history", []):
+            if "test_acc" in h:
+                rows.append({"label": label, "attack": cell.attack, "epoch": h["epoch"], "test_acc": 100 * h["test_acc"]})
+    return pd.DataFrame(rows, columns=["label", "attack", "epoch", "test_acc"]), title
+
+
+def gallery_images(records: list[dict], store, attack_order) -> tuple[object, dict, list[str]]:
+    """(clean images, attack -> poisoned images, notes) for the gallery, or notes saying why not.
+
+    Poisons come from the store's cache (`record["poison"]["key"]`), clean images from the dataset
+    named in the record's spec (offline where BENCH_CIFAR10 or an .npz path is given).
+    """
+    import numpy as np
+
+    from bench.config import ConfigError
+    from bench.data import DataSpec, DataUnavailable, load_dataset
+
+    if store is None:
+        return None, {}, ["gallery: skipped, no results store given"]
+    first_of: dict[str, dict] = {}
+    for r in records:
+        if r.get("status") == "done" and r.get("poison", {}).get("budget", 0) > 0 and r.get("poison", {}).get("key"):
+            first_of.setdefault(r["spec"]["attack"], r)
+    if not first_of:
+        return None, {}, ["gallery: skipped, no record of a perturbing attack with a cached poison key"]
+    data_spec = next(iter(first_of.values()))["spec"]["data"]
+    try:
+        train = load_dataset(DataSpec(**data_spec)).train
+    except (DataUnavailable, ConfigError, OSError) as err:
+        return None, {}, [f"gallery: skipped, the clean images of {data_spec['name']} are not available ({err})"]
+    labels = train.labels.numpy()
+    index = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:GALLERY_IMAGES]]
+    to_hwc = lambda x: np.ascontiguousarray(np.asarray(x)[index].transpose(0, 2, 3, 1))  # noqa: E731
+    clean, poisoned, notes = to_hwc(train.images.numpy()), {}, []
+    for attack in _ordered(first_of, attack_order):
+        record = first_of[attack]
+        if record["spec"]["data"] != data_spec:
+            notes.append(f"gallery: {attack} left out, its records use other data than {data_spec['name']}")
+            continue
+        cached = store.load_poison(record["poison"]["key"])
+        if cached is None:
+            notes.append(f"gallery: {attack} left out, its poison {record['poison']['key']} is not in the cache "
+                         f"({store.poisons_dir})")
+            continue
+        if cached[0].shape != tuple(train.images.shape):
+            notes.append(f"gallery: {attack} left out, its poison has shape {cached[0].shape}, the data {tuple(train.images.shape)}")
+            continue
+        poisoned[attack] = to_hwc(cached[0])
+    return clean, poisoned, notes
+
+
+@dataclass(frozen=True)
+class Report:
+    paths: dict  # kind -> Path of every file written
+    markdown: str
+    notes: tuple[str, ...]  # what was skipped and why
 
 
 def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order=None, defense_order=None,
-                 metric: str = "test_acc_last") -> dict[str, Path]:
-    """Write <name>.csv (tidy), <name>.md and <name>.tex into `out_dir`; returns the paths."""
+                 metric: str = "test_acc_last", *, formats: Iterable[str] = FORMATS, layout: TableLayout = TableLayout(),
+                 arch_order=None, store=None, curves: str | None = None) -> Report:
+    """Write the report of `records` into `out_dir` as <name>.csv/.md/.tex/.bib and <name>_figures/.
+
+    `formats` is any subset of FORMATS; `store` (a bench.store.Store) lets the gallery read poisons;
+    `curves` is a pandas query choosing the cells whose training curves are drawn.
+    """
+    formats = parse_formats(formats)
+    if metric not in METRICS:
+        raise ValueError(f"--metric: {metric!r} is not a metric; allowed: {', '.join(METRICS)}")
+    records = list(records)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = tidy(records)
-    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex"}
-    df.to_csv(paths["csv"], index=False)
-    md, tex = [], []
-    what = {"test_acc_last": "last-epoch", "test_acc_best": "best"}.get(metric, metric)
-    for (dataset, arch, recipe), table in accuracy_tables(df, metric, attack_order, defense_order).items():
-        caption = f"Clean test accuracy (%, {what}) of {arch} trained on poisoned {dataset}; recipe {recipe}."
-        md += [f"### {dataset}, {arch}, {recipe}", "", caption, "", to_markdown(table), ""]
-        tex.append(to_latex(table, caption, f"tab:{name}-{arch}"))
-    paths["md"].write_text("\n".join(md) if md else "No finished cells yet.\n")
-    paths["tex"].write_text("% needs \\usepackage{booktabs}\n" + "\n".join(tex))
-    return paths
+    orders = {"attack": list(attack_order or []), "defense": list(defense_order or []), "arch": list(arch_order or [])}
+    done = [r for r in records if r.get("status") == "done"]
+    recipes = {recipe_label(r["spec"]): recipe_description(r["spec"]) for r in done}
+    budgets = dict(zip(df.attack, df.budget))
+    citations = {("attack", a): citation("attack", a) for a in df.attack.unique()}
+    citations.update({("defense", d): citation("defense", d) for d in df.defense.unique()})
+    paths: dict[str, Path] = {}
+    notes: list[str] = []
+
+    md, tex = [], ["% needs \\usepackage{booktabs}; cite keys resolve with " + f"{name}.bib"]
+    tables = summary_tables(df, metric, layout, orders)
+    for i, table in enumerate(tables):
+        text = caption(table, metric, recipes, budgets)
+        md += [f"### {group_title(table.group)}", "", text, "", to_markdown(table.text("**{}**"), layout.rows), ""]
+        tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
+    if not tables:
+        md.append("No finished cells yet.\n")
+
+    cells = analysis_cells(df, orders)
+    calibration = pd.DataFrame()
+    if not cells.empty:
+        calibration = estimator_calibration(done)
+        mi_text = ("Mutual information I(Z_clean; Z_poisoned) between the trained model's penultimate features of "
+                   "the clean and the poisoned version of the same training images (bench.mi; nats), the mean "
+                   "per-class conditional covariance of poisoned features over their total covariance, and their "
+                   "mean intra-class cosine similarity; mean ± std over seeds.")
+        table = analysis_table(cells)
+        md += ["### Mutual information (MI-UE analysis)", "", mi_text, "", to_markdown(table, table.index.name), "",
+               calibration_summary(calibration), "",
+               to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
+        tex.append(frame_to_latex(table, mi_text, f"tab:{name}-mi"))
+
+    if "fig" in formats:
+        fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells)
+        paths.update(fig_paths)
+        notes += fig_notes
+        md += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in fig_paths.values()
+               if path.suffix == ".png"]
+    md += [f"- {note}" for note in notes]
+    markdown = "\n".join(md).rstrip() + "\n"
+
+    if "csv" in formats:
+        paths["csv"] = out_dir / f"{name}.csv"
+        df.to_csv(paths["csv"], index=False)
+        if not calibration.empty:
+            paths["mi_calibration"] = out_dir / f"{name}_mi_calibration.csv"
+            calibration.to_csv(paths["mi_calibration"], index=False)
+    if "md" in formats:
+        paths["md"] = out_dir / f"{name}.md"
+        paths["md"].write_text(markdown)
+    if "latex" in formats:
+        paths["tex"], paths["bib"] = out_dir / f"{name}.tex", out_dir / f"{name}.bib"
+        paths["tex"].write_text("\n".join(tex))
+        paths["bib"].write_text(bibliography(citations.values()))
+    for note in notes:
+        log.warning(note)
+    return Report(paths, markdown, tuple(notes))
+
+
+def write_figures(records: list[dict], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
+                  cells: pd.DataFrame) -> tuple[dict[str, Path], list[str]]:
+    """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
+    from bench import figures
+
+    paths: dict[str, Path] = {}
+    notes: list[str] = []
+    style = figures.AttackStyle(tuple(_ordered(df.attack, orders.get("attack"))))
+
+    def emit(kind: str, fig) -> None:
+        for path in figures.save(fig, folder / kind):
+            paths[f"{kind}{path.suffix}"] = path
+
+    heat = {group_title(t.group): t.mean for t in summary_tables(df, "test_acc_last", TableLayout(), orders)}
+    if heat:
+        emit("heatmap", figures.accuracy_heatmap(heat))
+    histories, title = histories_frame(records, df, curves, orders)
+    if not histories.empty:
+        emit("curves", figures.training_curves(histories, style, title))
+    elif curves:
+        notes.append(f"curves: no cell with a training history matches {curves!r}")
+    clean, poisoned, gallery_notes = gallery_images(records, store, orders.get("attack"))
+    notes += gallery_notes
+    if poisoned:
+        emit("gallery", figures.gallery(clean, poisoned))
+    if not cells.empty:
+        parts = list(cells.groupby(["dataset", "recipe", "defense"], sort=False))
+        for key, part in parts:
+            suffix = "" if len(parts) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
+            emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style))
+            emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
+    return paths, notes

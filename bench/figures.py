@@ -1,0 +1,203 @@
+"""Figures for a paper, from the tidy table of stored records (and cached poisons for the gallery).
+
+One style for every figure: matplotlib's `tableau-colorblind10` cycle, a marker per attack so lines
+read in greyscale too, `cividis` for the heatmap (perceptually uniform and colour-blind safe), and
+each attack keeps its colour and marker across figures. Each function returns a matplotlib
+`Figure` built without pyplot (no global state, no display needed); `save` writes it as PDF and PNG.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+STYLE = ["tableau-colorblind10", {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 4,
+    "pdf.fonttype": 42,  # TrueType in the PDF, so the text stays editable in a paper's figure tools
+}]
+MARKERS = "osD^v<>pPX*h"
+PNG_DPI = 200
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
+ACCURACY_LABEL = "clean test accuracy (%)"
+
+
+@dataclass(frozen=True)
+class AttackStyle:
+    """A colour and a marker per attack, fixed by the attack's position in `attacks`."""
+
+    attacks: tuple[str, ...]
+
+    def __call__(self, attack: str) -> dict:
+        with matplotlib.style.context(STYLE):
+            colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        i = self.attacks.index(attack) if attack in self.attacks else len(self.attacks)
+        return {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """`stem`.pdf and `stem`.png; returns both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    with matplotlib.style.context(STYLE):
+        for path in paths:
+            fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
+    return paths
+
+
+def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    with matplotlib.style.context(STYLE):
+        fig = Figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def accuracy_heatmap(means: dict[str, pd.DataFrame], title: str = ACCURACY_LABEL) -> Figure:
+    """One panel per table (title -> attacks x defenses of mean accuracy in %), annotated."""
+    panels = [(name, table) for name, table in means.items() if not table.empty]
+    if not panels:
+        raise ValueError("no accuracy to plot")
+    height = sum(0.35 * len(t.index) + 0.9 for _, t in panels)
+    width = max(0.75 * len(t.columns) + 2.2 for _, t in panels)
+    fig, axes = _figure(len(panels), 1, width, height)
+    with matplotlib.style.context(STYLE):
+        for ax, (name, table) in zip(axes[:, 0], panels):
+            values = table.to_numpy(dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=0, vmax=100, aspect="auto")
+            ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns], rotation=30, ha="right")
+            ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+            ax.grid(False)
+            ax.set_title(name)
+            for (r, c), v in np.ndenumerate(values):
+                if not math.isnan(v):
+                    # cividis runs dark to light: dark text on the light upper half.
+                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="black" if v > 60 else "white")
+            fig.colorbar(image, ax=ax, label=title, shrink=0.9)
+    return fig
+
+
+def training_curves(histories: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
+    """Test accuracy per epoch; `histories` has columns label, attack, epoch, test_acc (%)."""
+    if histories.empty:
+        raise ValueError("no training history to plot")
+    fig, axes = _figure(1, 1, 4.2, 2.8)
+    ax = axes[0, 0]
+    with matplotlib.style.context(STYLE):
+        for label, curve in histories.groupby("label", sort=False):
+            ax.plot(curve.epoch, curve.test_acc, label=label, markevery=max(len(curve) // 8, 1),
+                    **style(curve.attack.iloc[0]))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ACCURACY_LABEL)
+        ax.set_title(title)
+        ax.legend(frameon=False, loc="best")
+    return fig
+
+
+def arch_depth(arch: str) -> int | None:
+    """The depth in an architecture's name (resnet18 -> 18, vgg11 -> 11), or None (tiny_cnn)."""
+    match = re.search(r"(\d+)$", arch)
+    return int(match.group(1)) if match else None
+
+
+def arch_family(arch: str) -> str:
+    return re.sub(r"\d+$", "", arch)
+
+
+MI_PANELS = (("mi_gaussian", "I(Z_clean; Z_poisoned), Gaussian (nats)"),
+             ("mi_ksg", "I(Z_clean; Z_poisoned), KSG (nats)"),
+             ("test_acc_last", ACCURACY_LABEL))
+
+
+def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+    """The MI-UE paper's figure: MI (both estimators) and test accuracy against depth, a line per attack.
+
+    `cells` has one row per (attack, arch) with columns attack, arch and the means of MI_PANELS'
+    metrics, plus `<metric>_std` where there are several seeds. Architectures of one family share
+    a line; another family is drawn dashed. Without depths in the names the x axis is categorical.
+    """
+    if cells.empty:
+        raise ValueError("no MI analysis to plot")
+    cells = cells.copy()
+    depths = cells.arch.map(arch_depth)
+    numeric = depths.notna().all()
+    order = list(dict.fromkeys(cells.arch))
+    cells["x"] = depths if numeric else cells.arch.map(order.index)
+    fig, axes = _figure(1, len(MI_PANELS), 2.6 * len(MI_PANELS), 2.6)
+    families = list(dict.fromkeys(cells.arch.map(arch_family)))
+    with matplotlib.style.context(STYLE):
+        for ax, (metric, label) in zip(axes[0], MI_PANELS):
+            for (attack, family), line in cells.groupby(["attack", cells.arch.map(arch_family)], sort=False):
+                line = line.sort_values("x")
+                dashed = families.index(family) > 0
+                ax.errorbar(line.x, line[metric], yerr=line.get(f"{metric}_std"), capsize=2,
+                            linestyle="--" if dashed else "-", label=attack if not dashed else None, **style(attack))
+            ax.set_ylabel(label)
+            ax.set_xlabel("depth (layers)" if numeric else "architecture")
+            if not numeric:
+                ax.set_xticks(range(len(order)), order)
+        axes[0, 0].legend(frameon=False, loc="best")
+        if len(families) > 1:
+            fig.suptitle("solid: " + families[0] + ", dashed: " + ", ".join(families[1:]))
+    return fig
+
+
+CHAIN_PANELS = (("intra_class_cosine", "cond_cov_ratio", "intra-class cosine similarity", "conditional covariance ratio"),
+                ("cond_cov_ratio", "mi_gaussian", "conditional covariance ratio", "MI, Gaussian (nats)"),
+                ("mi_gaussian", "test_acc_last", "MI, Gaussian (nats)", ACCURACY_LABEL))
+
+
+def mi_chain(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+    """The MI-UE argument link by link, one point per (attack, arch): cosine -> covariance -> MI -> accuracy."""
+    if cells.empty:
+        raise ValueError("no MI analysis to plot")
+    fig, axes = _figure(1, len(CHAIN_PANELS), 2.6 * len(CHAIN_PANELS), 2.6)
+    with matplotlib.style.context(STYLE):
+        for ax, (x, y, xlabel, ylabel) in zip(axes[0], CHAIN_PANELS):
+            for attack, points in cells.groupby("attack", sort=False):
+                ax.plot(points[x], points[y], linestyle="none", label=attack, **style(attack))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        axes[0, 0].legend(frameon=False, loc="best")
+    return fig
+
+
+def amplified(delta: np.ndarray) -> np.ndarray:
+    """A perturbation (H, W, C, any sign) shown as 0.5 + delta / (2 max|delta|): grey is zero, full range."""
+    peak = np.abs(delta).max()
+    return np.full(delta.shape, 0.5) if peak == 0 else 0.5 + delta / (2 * peak)
+
+
+def gallery(clean: np.ndarray, poisoned: dict[str, np.ndarray]) -> Figure:
+    """Clean images (top row), then per attack its poisoned images and their amplified perturbations.
+
+    `clean` is uint8 (K, H, W, C); `poisoned` maps an attack to uint8 (K, H, W, C) of the same images.
+    """
+    if not poisoned:
+        raise ValueError("no poisoned images to show")
+    k = len(clean)
+    rows = [("clean", clean / 255)]
+    for attack, images in poisoned.items():
+        delta = images.astype(np.float64) - clean.astype(np.float64)
+        rows += [(attack, images / 255), (f"{attack}\nperturbation", np.stack([amplified(d) for d in delta]))]
+    fig, axes = _figure(len(rows), k, 0.9 * k + 0.8, 0.9 * len(rows))
+    with matplotlib.style.context(STYLE):
+        for (label, images), line in zip(rows, axes):
+            for ax, image in zip(line, images):
+                ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1,
+                          interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+            line[0].set_ylabel(label, rotation=0, ha="right", va="center")
+    return fig

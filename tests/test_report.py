@@ -1,0 +1,205 @@
+"""Tables, captions, citations and the `bench report` command, on a small stored result set."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import stored_results as sr
+from bench.citations import BIBTEX, Citation, citation, plugin_citation
+from bench.cli import main
+from bench.config import ConfigError
+from bench.registry import ATTACKS, DEFENSES
+from bench.report import TableLayout, parse_formats, summary_tables, tidy, write_report
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """Built once for the module; tests write their reports elsewhere or only read it."""
+    root = tmp_path_factory.mktemp("stored")
+    return sr.build(root / "results", sr.write_npz(root / "tiny.npz"))
+
+
+def tables_only(stored, out, **kwargs):
+    store, records, grid = stored
+    return write_report(records, out, "t", grid.attacks, grid.defenses, arch_order=grid.archs, store=store,
+                        formats=("latex", "csv", "md"), **kwargs)
+
+
+def test_tidy_has_one_row_per_finished_cell_and_metric(stored):
+    _, records, _ = stored
+    df = tidy(records)
+    cells = len(sr.ATTACKS_) * len(sr.DEFENSES_) * len(sr.ARCHS_) * len(sr.SEEDS)  # the failed record is left out
+    analysed = cells // len(sr.DEFENSES_)
+    assert len(df) == cells * 3 + analysed * 5
+    assert df.cell_id.nunique() == cells
+    row = df[(df.attack == "ops") & (df.defense == "jpeg") & (df.arch == "vgg11") & (df.seed == 1) & (df.metric == "test_acc_last")]
+    assert row.value.item() == pytest.approx(sr.accuracy("ops", "jpeg", "vgg11", 1)) and row.unit.item() == "%"
+    assert set(df[df.metric == "mi_gaussian"].unit) == {"nats"}
+    assert set(df[df.attack == "ops"].budget) == {"L0 1 px"} and set(df[df.attack == "random_noise"].budget) == {"Linf 8/255"}
+
+
+def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored):
+    _, records, grid = stored
+    tables = summary_tables(tidy(records), "test_acc_last", TableLayout(),
+                            {"attack": grid.attacks, "defense": grid.defenses, "arch": grid.archs})
+    assert [t.group["arch"] for t in tables] == list(sr.ARCHS_)  # the grid's order, one table per arch
+    table = tables[0]
+    assert list(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
+    assert list(table.mean.columns) == ["none", "jpeg"]
+    text = table.text("**{}**")
+    a, b = sr.accuracy("ops", "none", "resnet18", 0), sr.accuracy("ops", "none", "resnet18", 1)
+    assert text.at["ops (L0 1 px)", "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
+    # Under jpeg the clean baseline has the lowest accuracy, yet random_noise (the lowest attack) is bold.
+    assert not text.at["clean", "jpeg"].startswith("**")
+    assert text.at["random_noise (Linf 8/255)", "jpeg"].startswith("**")
+    assert table.best().to_numpy().sum() == 2
+
+
+def test_any_pivot_the_user_names(stored):
+    _, records, grid = stored
+    tables = summary_tables(tidy(records), "test_acc_best", TableLayout(rows="arch", columns="attack"),
+                            {"attack": grid.attacks, "defense": grid.defenses, "arch": grid.archs})
+    assert [t.group["defense"] for t in tables] == ["none", "jpeg"]  # one table per defense now
+    table = tables[0]
+    assert list(table.mean.index) == list(sr.ARCHS_)
+    expected = sr.BASE["random_noise", "none"] - sr.DEPTH["vgg11"] / 10 + 2  # best = last + 2 in the fixture
+    assert table.mean.at["vgg11", "random_noise (Linf 8/255)"] == pytest.approx(expected)
+
+
+def test_bad_layout_format_and_query_name_the_option_and_the_choices(stored, tmp_path):
+    with pytest.raises(ValueError, match=r"--rows: 'model' is not a factor; allowed: dataset, arch, recipe, attack, defense"):
+        TableLayout(rows="model")
+    with pytest.raises(ValueError, match="--rows and --columns must differ"):
+        TableLayout(rows="arch", columns="arch")
+    with pytest.raises(ValueError, match=r"--format: unknown format 'pdf'; allowed: latex, csv, md, fig"):
+        parse_formats("latex,pdf")
+    store, records, grid = stored
+    with pytest.raises(ValueError, match="--curves: cannot evaluate"):
+        write_report(records, tmp_path / "r", "t", formats="fig", curves="attack ==", store=store)
+
+
+def test_caption_states_recipe_budgets_and_seeds(stored, tmp_path):
+    report = tables_only(stored, tmp_path / "r")
+    caption = report.markdown.split("\n")[2]
+    assert "clean test accuracy (%, last epoch)".capitalize() in caption and "arch resnet18" in caption
+    assert "cpu_smoke*: 3 epochs of SGD (lr 0.05, momentum 0.9, weight decay 0.0005, batch 128, cosine schedule)" in caption
+    assert "budgets: random_noise Linf 8/255, ops L0 1 px" in caption
+    assert "mean ± std over 2 seeds" in caption and "bold (clean baseline aside)" in caption
+
+
+def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
+    report = tables_only(stored, tmp_path / "r")
+    tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
+    assert tex.count("\\toprule") == 3 + 1 and "\\midrule" in tex and "\\bottomrule" in tex  # 3 archs + the MI table
+    assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
+    assert "ops ($\\ell_0$ 1 px)~\\cite{wu2023onepixel}" in tex and "jpeg~\\cite{liu2023image}" in tex
+    assert re.search(r"\\textbf\{[\d.]+ \$\\pm\$ [\d.]+\}", tex)
+    cited = {k for group in re.findall(r"\\cite\{([^}]*)\}", tex) for k in group.split(",")}
+    in_bib = set(re.findall(r"@\w+\{([^,]+),", bib))
+    assert cited == in_bib == {"huang2021unlearnable", "wu2023onepixel", "liu2023image"}
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex is not installed (.ci/run installs texlive-latex-base and -recommended)")
+def test_generated_latex_compiles_with_pdflatex(stored, tmp_path):
+    out = tmp_path / "r"
+    tables_only(stored, out)
+    (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                 "\\input{t.tex}\n\\bibliographystyle{plain}\n\\bibliography{t}\n\\end{document}\n")
+    latex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"]
+    steps = [latex] + ([["bibtex", "doc"], latex, latex] if shutil.which("bibtex") else [])
+    for step in steps:
+        done = subprocess.run(step, cwd=out, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(step)} failed:\n{done.stdout[-3000:]}"
+    assert (out / "doc.pdf").stat().st_size > 1000
+    log = (out / "doc.log").read_text(errors="replace")
+    if shutil.which("bibtex"):
+        assert "undefined" not in log.lower(), "every \\cite must resolve through the written .bib"
+
+
+def test_markdown_and_csv_hold_the_same_numbers(stored, tmp_path):
+    report = tables_only(stored, tmp_path / "r")
+    csv = pd.read_csv(report.paths["csv"])
+    row = next(l for l in report.markdown.splitlines() if l.startswith("| ops (L0 1 px) |"))
+    shown = float(row.split("|")[3].strip().strip("*").split(" ± ")[0])  # the jpeg column of the resnet18 table
+    cells = csv[(csv.attack == "ops") & (csv.defense == "jpeg") & (csv.arch == "resnet18") & (csv.metric == "test_acc_last")]
+    assert shown == pytest.approx(cells.value.mean(), abs=0.005)
+
+
+def test_mi_section_shows_the_chain_and_the_estimators_error(stored, tmp_path):
+    report = tables_only(stored, tmp_path / "r")
+    md = report.markdown
+    assert "### Mutual information (MI-UE analysis)" in md
+    value = (sr.mi("ops", "vgg11", 0) + sr.mi("ops", "vgg11", 1)) / 2
+    assert re.search(rf"^\| ops \(L0 1 px\) / vgg11 \| [^|]+ \| {value:.3f} ± ", md, re.M)
+    assert "Estimator error on correlated Gaussians with known MI (gaussian: largest |error|" in md
+    calibration = pd.read_csv(report.paths["mi_calibration"])
+    assert set(calibration.estimator) == {"gaussian", "ksg"} and set(calibration.dims) == {1, 4, 8}
+
+
+def test_the_report_skips_what_it_cannot_make_and_says_why(tmp_path):
+    report = write_report([], tmp_path / "r", "empty", formats="md")
+    assert "No finished cells yet." in report.markdown and set(report.paths) == {"md"}
+
+
+@pytest.mark.parametrize("kind,registry", [("attack", ATTACKS), ("defense", DEFENSES)])
+def test_every_registered_plugin_citation_resolves(kind, registry):
+    for name in registry.names():
+        found = citation(kind, name)
+        assert set(found.keys) == set(found.entries)
+        paper = registry.entry(name).paper
+        assert bool(found.keys) == bool(paper), f"{name}: a paper needs a cite key, and only a paper"
+
+
+@pytest.mark.parametrize("key", sorted(BIBTEX))
+def test_bibtex_entries_are_complete(key):
+    entry = BIBTEX[key]
+    assert re.match(rf"@(inproceedings|article)\{{{key},", entry)
+    for field in ("title", "author", "year"):
+        assert re.search(rf"^\s+{field}\s*=\s*\{{.+\}},?$", entry, re.M), f"{key} has no {field}"
+    assert re.search(r"^\s+(booktitle|journal)\s*=", entry, re.M), f"{key} names no venue"
+    assert entry.count("{") == entry.count("}")
+
+
+def test_third_party_plugins_cite_with_their_own_entry_or_not_at_all():
+    @dataclass
+    class OwnEntry:
+        bibtex = "@misc{doe2030noise,\n  title = {Noise},\n  author = {Doe, Jane},\n  year = {2030}\n}"
+
+    class NoCitation:
+        pass
+
+    class KnownKey:
+        cite = "huang2021unlearnable"
+
+    class UnknownKey:
+        name = "mine"
+        cite = "nobody2099"
+
+    assert plugin_citation(OwnEntry) == Citation(("doe2030noise",), {"doe2030noise": OwnEntry.bibtex})
+    assert plugin_citation(NoCitation) == Citation((), {})
+    assert plugin_citation(KnownKey).entries == {"huang2021unlearnable": BIBTEX["huang2021unlearnable"]}
+    with pytest.raises(ConfigError, match=r"mine\.cite: no BibTeX entry for 'nobody2099'"):
+        plugin_citation(UnknownKey)
+    assert citation("attack", "not_installed_here") == Citation((), {})
+    assert citation("defense", "jpeg+at").keys == ("liu2023image", "madry2018towards")
+
+
+def test_cli_writes_only_the_formats_asked_for(stored):
+    store, _, _ = stored
+    runner = CliRunner()
+    done = runner.invoke(main, ["report", "--out", str(store.root), "--format", "md,csv", "--rows", "defense",
+                                "--columns", "attack"])
+    assert done.exit_code == 0, done.output
+    written = sorted(p.name for p in (store.root / "reports").iterdir())
+    assert written == ["all.csv", "all.md", "all_mi_calibration.csv"]
+    # Without a grid there is no grid order: attacks sort by name.
+    assert "| defense | clean | ops (L0 1 px) | random_noise (Linf 8/255) |" in done.output
+    bad = runner.invoke(main, ["report", "--out", str(store.root), "--format", "latex,docx"])
+    assert bad.exit_code != 0 and "--format: unknown format 'docx'; allowed: latex, csv, md, fig" in bad.output
