@@ -418,6 +418,10 @@ class Report:
     markdown: str
     notes: tuple[str, ...]  # what was skipped and why
 
+    def __getitem__(self, kind: str) -> Path:
+        """`report["csv"]`: the path of one file, as when write_report returned only the paths."""
+        return self.paths[kind]
+
 
 def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order=None, defense_order=None,
                  metric: str = "test_acc_last", *, formats: Iterable[str] = FORMATS, layout: TableLayout = TableLayout(),
