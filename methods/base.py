@@ -95,6 +95,7 @@ class Attack:
     name: ClassVar[str]
     Config: ClassVar[type]
     paper: ClassVar[str] = ""
+    cite: ClassVar[str] = ""  # BibTeX key(s) of `paper`, comma-separated; see bench.citations
 
     def __init__(self, config):
         self.config = config
@@ -120,3 +121,18 @@ class LinfConfig:
 
     def __post_init__(self):
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] (pixel units; 8/255 = {8 / 255:.4f}), got {self.eps}")
+
+
+def require_surrogate(config) -> None:
+    """Checks for a config's `surrogate` (a registered arch) and `surrogate_width` (>= 0; 0 = the arch's default)."""
+    from bench.registry import ARCHS  # the registry loads the archs; keep importing this module cheap
+
+    require(config.surrogate in ARCHS, "surrogate", f"unknown arch {config.surrogate!r}; known archs: {', '.join(ARCHS.names())}")
+    require(config.surrogate_width >= 0, "surrogate_width", f"must be >= 0 (0 = the arch's default), got {config.surrogate_width}")
+
+
+def require_sgd(config) -> None:
+    """Checks for the SGD fields `lr`, `momentum` and `weight_decay` of a surrogate-training config."""
+    require(config.lr > 0, "lr", f"must be positive, got {config.lr}")
+    require(0 <= config.momentum < 1, "momentum", f"must be in [0, 1), got {config.momentum}")
+    require(config.weight_decay >= 0, "weight_decay", f"must be >= 0, got {config.weight_decay}")

@@ -9,7 +9,7 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import Attack, Poison, apply_delta
+from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
 from methods.bilevel import (Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, poisoned_accuracy,
                              restore, signed_steps, snapshot, to_unit)
 
@@ -39,6 +39,9 @@ class EMConfig:
         for field in ("steps", "train_steps", "batch_size", "max_rounds"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(0 < self.stop_accuracy <= 1, "stop_accuracy", f"must be in (0, 1], got {self.stop_accuracy}")
+        require(self.grad_clip > 0, "grad_clip", f"must be positive, got {self.grad_clip}")
+        require_sgd(self)
+        require_surrogate(self)
 
 
 # Small CPU settings: same code path, fewer and cheaper rounds.
@@ -86,6 +89,7 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
 
     Config = EMConfig
     paper = PAPER
+    cite = "huang2021unlearnable"
     presets = {"cpu": CPU_PRESET}
     seeded = True
 
@@ -166,6 +170,7 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
 
     Config = EMClasswiseConfig
     paper = PAPER
+    cite = "huang2021unlearnable"
     presets = {"cpu": CPU_PRESET}
     seeded = True
 

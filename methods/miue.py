@@ -11,7 +11,7 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import Attack, Poison, apply_delta
+from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
 from methods.bilevel import (Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore, signed_steps,
                              snapshot, to_unit)
 from methods.miue_loss import supcon_loss
@@ -44,6 +44,9 @@ class MIUEConfig:
         require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
         require(self.ce_weight >= 0, "ce_weight", f"must be >= 0, got {self.ce_weight}")
         require(self.step_size_start > 0 and self.step_size_end > 0, "step_size_start", "step sizes must be positive")
+        require(0 <= self.final_lr <= self.lr, "final_lr", f"must be in [0, lr], got {self.final_lr}")
+        require_sgd(self)
+        require_surrogate(self)
 
 
 @register_attack("miue")
@@ -66,6 +69,7 @@ class MutualInformationUE(Attack):
     Config = MIUEConfig
     paper = ("Zhu, Miao, Dong, Gao, Why Do Unlearnable Examples Work: A Novel Perspective of Mutual "
              "Information, ICLR 2026")
+    cite = "zhu2026why"
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "epochs": 12, "steps": 10,
                        "step_size_start": 0.8 / 255, "step_size_end": 1.6 / 255, "perturb_batch_size": 256}}
     seeded = True

@@ -11,7 +11,7 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import random_crop_flip
-from methods.base import Attack, Poison, apply_delta
+from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
 from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, make_surrogate, restore, signed_steps, snapshot, to_unit
 
 
@@ -41,6 +41,11 @@ class REMConfig:
         for field in ("steps", "samples", "train_steps", "batch_size", "lr_decay_every", "checkpoint_every"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.adv_steps >= 0, "adv_steps", f"must be >= 0, got {self.adv_steps}")
+        require(self.step_size > 0, "step_size", f"must be positive, got {self.step_size}")
+        require(self.adv_step_size > 0, "adv_step_size", f"must be positive, got {self.adv_step_size}")
+        require(0 < self.lr_decay <= 1, "lr_decay", f"must be a decay factor in (0, 1], got {self.lr_decay}")
+        require_sgd(self)
+        require_surrogate(self)
 
 
 def crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -76,6 +81,7 @@ class RobustErrorMinimizing(Attack):
 
     Config = REMConfig
     paper = "Fu et al., Robust Unlearnable Examples: Protecting Data Against Adversarial Learning, ICLR 2022"
+    cite = "fu2022robust"
     # CPU: a one-step random-start adversary at the official 4/255 radius buys 200 surrogate steps;
     # measured on 2,000 CIFAR-10 images it takes tiny_cnn from 46.3% to 28.5% (PGD-3 and 60 steps: 39.2%).
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "train_steps": 200, "steps": 10,

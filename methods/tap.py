@@ -15,7 +15,7 @@ from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.store import atomic_write_bytes, canonical_hash
 from bench.train import Recipe, train_model
-from methods.base import Attack, Poison, apply_delta
+from methods.base import Attack, Poison, apply_delta, require_surrogate
 from methods.bilevel import Checkpoint, DeltaStore, batches, make_surrogate, signed_steps, to_unit
 
 
@@ -40,6 +40,8 @@ class TAPConfig:
         for field in ("steps", "restarts", "batch_size", "surrogate_epochs", "surrogate_batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.shift >= 0, "shift", f"must be >= 0, got {self.shift}")
+        require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
+        require_surrogate(self)
 
 
 def shift_flip(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -77,6 +79,7 @@ class TargetedAdversarialPoisoning(Attack):
 
     Config = TAPConfig
     paper = "Fowl et al., Adversarial Examples Make Strong Poisons, NeurIPS 2021"
+    cite = "fowl2021adversarial"
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 32, "surrogate_epochs": 15,
                        "steps": 40, "restarts": 1, "step_fraction": 0.1}}
     seeded = True

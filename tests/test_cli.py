@@ -163,3 +163,100 @@ def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "random\\_noise" in tex
     csv = (out / "reports" / "smoke_small.csv").read_text().splitlines()
     assert len(csv) == 1 + n_cells * 3  # one row per cell and metric
+
+
+GOOD_GRID = 'attacks = ["clean", "random_noise"]\ndefenses = ["none"]\narchs = ["tiny_cnn"]\nrecipe = {preset = "cpu_smoke", epochs = 1}\n'
+BAD_GRIDS = {  # kind of bad input -> (grid file, what the one line must say)
+    "typo in a key": (GOOD_GRID + "seed = [0]\n", "grid bad: unknown key 'seed'; allowed keys: description, data, attacks"),
+    "unknown attack": (GOOD_GRID.replace('"random_noise"', '"random_nosie"'),
+                       "unknown attack 'random_nosie' (did you mean 'random_noise'?); known attacks: clean"),
+    "negative eps": (GOOD_GRID + "[config.random_noise]\neps = -0.03\n", "attack random_noise.eps: must be in (0, 1]"),
+    "zero epochs": (GOOD_GRID.replace("epochs = 1", "epochs = 0"), "recipe.epochs: must be at least 1, got 0"),
+}
+
+
+def invoke(*args: str):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_one_line_error(result, message: str) -> None:
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("kind", BAD_GRIDS)
+def test_bad_grid_files_stop_with_one_line_before_any_work(tmp_path, tiny_npz, kind):
+    text, message = BAD_GRIDS[kind]
+    grid = tmp_path / "bad.toml"
+    grid.write_text(text + f'[data]\nname = "{tiny_npz}"\n')
+    out = tmp_path / "out"
+    assert_one_line_error(invoke("run", "--grid", str(grid), "--out", str(out)), message)
+    assert not out.exists(), "nothing may run or be written"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--set", "em.steps=1"), "--set em.steps=1: 'em' is not an attack, defense or arch of grid good; allowed: recipe, data"),
+    (("--set", "random_noise.eps=-1"), "attack random_noise.eps: must be in (0, 1]"),
+    (("--attacks", "clean,opz"), "unknown attack 'opz'"),
+    (("--seeds", "0,one"), "--seeds: expected whole numbers separated by commas, got '0,one'"),
+])
+def test_bad_overrides_stop_with_one_line_before_any_work(tmp_path, tiny_npz, args, message):
+    grid = tmp_path / "good.toml"
+    grid.write_text(GOOD_GRID + f'[data]\nname = "{tiny_npz}"\n')
+    out = tmp_path / "out"
+    assert_one_line_error(invoke("run", "--grid", str(grid), "--out", str(out), *args), message)
+    assert not out.exists()
+
+
+def _grid_with_records(tmp_path):
+    """A grid whose data file does not exist (so nothing can load it) and a store with one done, one failed cell."""
+    from bench.grid import load_grid
+    from bench.store import Store
+
+    path = tmp_path / "g.toml"
+    path.write_text(GOOD_GRID + 'seeds = [0, 1]\n[data]\nname = "no/such/data.npz"\n')
+    cells = {c.label: c for c in load_grid(str(path)).cells()}
+    store = Store(tmp_path / "out")
+    done, failed = cells["clean / none / tiny_cnn / seed 0"], cells["random_noise / none / tiny_cnn / seed 1"]
+    store.write_record({"cell_id": done.cell_id, "grid": "g", "spec": done.to_dict(), "status": "done",
+                        "provenance": {"device": "cpu"}, "timings": {"train_s": 12.0, "poison_generate_s": 0.5}})
+    store.write_record({"cell_id": failed.cell_id, "grid": "g", "spec": failed.to_dict(), "status": "failed",
+                        "error": {"type": "TrainingDiverged", "message": "training loss became nan in epoch 1"}})
+    return path, store
+
+
+def test_dry_run_lists_cells_poisons_and_cost_and_does_nothing(tmp_path):
+    path, store = _grid_with_records(tmp_path)
+    before = sorted(p.name for p in store.root.rglob("*"))
+    result = invoke("run", "--grid", str(path), "--out", str(store.root), "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "grid g: 4 cells: 1 done, 1 failed, 2 pending"
+    assert sum(l.startswith("  pending ") for l in lines) == 2
+    assert any(l.endswith("random_noise / none / tiny_cnn / seed 1  (TrainingDiverged: training loss became nan in epoch 1)")
+               for l in lines)
+    assert "poisons to generate: 3" in lines  # clean seed 1 and random_noise seeds 0 and 1; clean seed 0 is done
+    assert lines[-1].startswith("cost: about 36 s of device time")  # 3 undefended cells x 12 s, poisons not timed
+    assert sorted(p.name for p in store.root.rglob("*")) == before, "a dry run writes nothing"
+    subset = invoke("run", "--grid", str(path), "--out", str(store.root), "--dry-run", "--attacks", "clean", "--seeds", "0")
+    assert subset.stdout.splitlines()[0] == "grid g: 1 cell: 1 done, 0 failed, 0 pending"
+
+
+def test_status_counts_per_grid_with_each_failure(tmp_path):
+    path, store = _grid_with_records(tmp_path)
+    named = invoke("status", "--grid", str(path), "--out", str(store.root))
+    assert named.exit_code == 0, named.output
+    assert named.stdout.splitlines() == ["grid g: 1 done, 1 failed, 2 pending",
+                                         "  failed  random_noise / none / tiny_cnn / seed 1: "
+                                         "TrainingDiverged: training loss became nan in epoch 1"]
+    # Without --grid, a grid that is not shipped is known by the name in its records only.
+    assert invoke("status", "--out", str(store.root)).stdout.splitlines()[0] == (
+        "grid g: 1 done, 1 failed, pending unknown (name its grid file with --grid)")
+    assert invoke("status", "--out", str(tmp_path / "empty")).stdout.strip() == f"no records in {tmp_path / 'empty' / 'records'}"
+    assert_one_line_error(invoke("status", "--out", str(store.root), "--seeds", "0"), "need --grid")
