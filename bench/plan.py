@@ -64,15 +64,11 @@ def poisons_to_generate(states: Iterable[CellState], store: Store) -> list[CellS
         cell = state.cell
         if state.status == "done" or cell.poison_key in needed:
             continue
-        if getattr(ATTACKS.get(cell.attack), "cacheable", True) and _cached(store, cell.poison_key):
+        # Existence only (Store.has_poison): the hash is checked when the run loads it, and a poison can be 150 MB.
+        if getattr(ATTACKS.get(cell.attack), "cacheable", True) and store.has_poison(cell.poison_key):
             continue
         needed[cell.poison_key] = cell
     return list(needed.values())
-
-
-def _cached(store: Store, key: str) -> bool:
-    # Existence only: the hash is checked when the run loads it, and a poison can be 150 MB.
-    return (store.poisons_dir / f"{key}.npy").is_file() and (store.poisons_dir / f"{key}.json").is_file()
 
 
 def _train_key(spec: dict) -> str:
