@@ -1,4 +1,5 @@
 import math
+import statistics
 
 import pytest
 import torch
@@ -82,3 +83,31 @@ def test_divergence_is_reported():
     with pytest.raises(TrainingDiverged, match="loss became nan"):
         train_model(model, _blobs(64, 0), _blobs(32, 1), Recipe(epochs=1, batch_size=32),
                     augment=lambda x, y: (x * float("nan"), y))
+
+
+def _trained(compile: bool, epochs: int = 2):
+    torch.manual_seed(0)
+    model = ARCHS.create("tiny_cnn", num_classes=2, width=8)
+    return train_model(model, _blobs(96, 0), _blobs(32, 1), Recipe(epochs=epochs, batch_size=32), compile=compile)
+
+
+def test_compile_falls_back_to_eager_with_a_warning_where_it_cannot_compile(monkeypatch):
+    import bench.train
+
+    monkeypatch.setattr(bench.train, "compile_failure", lambda device_type: "CppCompileError: no C++ compiler")
+    with pytest.warns(RuntimeWarning, match="torch.compile does not work on this cpu machine.*no C\\+\\+ compiler"):
+        fallback = _trained(compile=True)
+    eager = _trained(compile=False)
+    assert [h["loss"] for h in fallback.history] == [h["loss"] for h in eager.history]
+    assert fallback.test_acc_last == eager.test_acc_last
+
+
+def test_throughput_is_steady_state_training_and_the_first_epoch_overhead_is_separate():
+    result = _trained(compile=False, epochs=3)
+    train_seconds = [h["train_seconds"] for h in result.history]
+    assert all(0 < t <= h["seconds"] for t, h in zip(train_seconds, result.history))
+    assert result.images_per_second == pytest.approx(96 * 2 / sum(train_seconds[1:]))
+    assert result.compile_seconds == pytest.approx(max(train_seconds[0] - statistics.median(train_seconds[1:]), 0.0))
+    single = _trained(compile=False, epochs=1)
+    assert single.compile_seconds is None  # nothing steady to compare the first epoch with
+    assert single.images_per_second == pytest.approx(96 / single.history[0]["train_seconds"])

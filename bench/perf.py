@@ -1,0 +1,494 @@
+"""Speed, measured: our training loop beside the conventional one, and the other costs of a cell.
+
+`bench bench` prints these figures on the device it finds, and `tests/benchmarks` track them with
+pytest-benchmark; both measure with the code here. Two contenders that are compared (our loop and
+the conventional one, set-level JPEG and PIL) run in alternation, window after window, so that
+load from other processes falls on both alike; each figure is the best and the median window.
+
+The conventional loop is what EM, REM, TAP and APBench train with: a torchvision `CIFAR10` dataset
+of PIL images, `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()` and `ToTensor()` per image
+through a `DataLoader`, in fp32 and the default memory format, the same model, batch size and SGD.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision import transforms
+from torchvision.datasets import CIFAR10, VisionDataset
+
+from bench.data import ImageSet
+from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense
+from bench.train import Recipe, train_model
+
+# A recipe whose speed is that of every recipe: SGD with momentum and weight decay, crop and flip.
+SPEED_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.05, schedule="constant")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Wall times of repeated windows of one contender, each over `images` images."""
+
+    name: str
+    images: int
+    seconds: tuple[float, ...]
+
+    @property
+    def best(self) -> float:
+        """Images per second in the fastest window."""
+        return self.images / min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        """Images per second in the median window."""
+        return self.images / statistics.median(self.seconds)
+
+
+def alternate(contenders: Mapping[str, Callable[[], float]], images: int, repeats: int,
+              warmup: int = 1) -> dict[str, Windows]:
+    """Run each contender (a callable returning the seconds of one window) once per round.
+
+    The first `warmup` rounds are thrown away (first-call costs: allocator, oneDNN primitives, worker
+    start-up); the next `repeats` are kept.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_ in range(warmup + repeats):
+        for name, run in contenders.items():
+            took = run()
+            if round_ >= warmup:
+                seconds[name].append(took)
+    return {name: Windows(name, images, tuple(s)) for name, s in seconds.items()}
+
+
+def ratio(fast: Windows, slow: Windows) -> tuple[float, float]:
+    """How many times faster `fast` is than `slow`: best window over best, median over median."""
+    return fast.best / slow.best, fast.median / slow.median
+
+
+class OurLoop:
+    """Windows of `bench.train.train_model`: one epoch over `data` each, our loop's training time only."""
+
+    def __init__(self, arch: str, data: ImageSet, recipe: Recipe = SPEED_RECIPE, compile: bool = False):
+        torch.manual_seed(0)
+        self.model = ARCHS.create(arch, num_classes=data.num_classes)
+        self.data, self.recipe, self.compile = data, replace(recipe, epochs=1), compile
+        self.probe = head(data, 8)  # train_model tests after every epoch; that is not timed, so keep it small
+
+    def __call__(self) -> float:
+        result = train_model(self.model, self.data, self.probe, self.recipe, compile=self.compile)
+        return result.history[0]["train_seconds"]
+
+
+class InMemoryCIFAR10(CIFAR10):
+    """torchvision's `datasets.CIFAR10` over images already in memory (the original reads its pickled batches).
+
+    Only the file reading is skipped: `__getitem__`, `__len__` and the transforms are torchvision's
+    own (`Image.fromarray` of an HWC uint8 array, then the transform, per image).
+    """
+
+    def __init__(self, data: ImageSet, transform: Callable):
+        VisionDataset.__init__(self, root="", transform=transform)  # CIFAR10.__init__ would read files
+        self.train = True
+        self.data = np.ascontiguousarray(data.images.cpu().numpy().transpose(0, 2, 3, 1))
+        self.targets = data.labels.cpu().tolist()
+
+
+def conventional_transform(recipe: Recipe) -> transforms.Compose:
+    steps = [transforms.RandomCrop(32, padding=recipe.crop_padding)] if recipe.crop_padding else []
+    steps += [transforms.RandomHorizontalFlip()] if recipe.flip else []
+    return transforms.Compose([*steps, transforms.ToTensor()])
+
+
+class ConventionalLoop:
+    """The training loop of the official repositories and APBench, for comparison with ours.
+
+    PIL transforms per image in `num_workers` DataLoader workers (0: in this process), fp32, the
+    default memory format, the same model, batch size and SGD as `OurLoop`.
+    """
+
+    def __init__(self, arch: str, data: ImageSet, recipe: Recipe = SPEED_RECIPE, num_workers: int = 0):
+        from torch.utils.data import DataLoader
+
+        torch.manual_seed(0)
+        self.device = data.device
+        self.model = ARCHS.create(arch, num_classes=data.num_classes).to(self.device)
+        self.recipe = recipe
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                         weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+        self.loader = DataLoader(InMemoryCIFAR10(data, conventional_transform(recipe)), batch_size=recipe.batch_size,
+                                 shuffle=True, num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=num_workers > 0)
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.model.train()
+        for images, labels in self.loader:
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            loss = F.cross_entropy(self.model(images), labels)
+            self.optimizer.zero_grad()
+            loss.backward()
+            if self.recipe.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+            self.optimizer.step()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def training_throughput(arch: str, data: ImageSet, repeats: int, num_workers: int = 0,
+                        recipe: Recipe = SPEED_RECIPE) -> dict[str, Windows]:
+    """Our loop and the conventional one on `data`, alternating window by window."""
+    contenders = {"ours": OurLoop(arch, data, recipe),
+                  "conventional": ConventionalLoop(arch, data, recipe, num_workers)}
+    return alternate(contenders, len(data), repeats)
+
+
+def compile_cost(arch: str, data: ImageSet, epochs: int = 3, recipe: Recipe = SPEED_RECIPE) -> dict:
+    """Steady-state images/s and first-epoch overhead of our loop, eager and with torch.compile."""
+    out = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = ARCHS.create(arch, num_classes=data.num_classes)
+        result = train_model(model, data, head(data, 8), replace(recipe, epochs=epochs),
+                             compile=compile)
+        out["compiled" if compile else "eager"] = {"images_per_second": result.images_per_second,
+                                                   "first_epoch_overhead_s": result.compile_seconds}
+    return out
+
+
+def pil_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG one image at a time through PIL, as a per-image transform would: the baseline for set-level JPEG."""
+    from PIL import Image
+
+    hwc = images.cpu().numpy().transpose(0, 2, 3, 1)
+    out = np.empty_like(hwc)
+    for i, image in enumerate(hwc):
+        buffer = io.BytesIO()
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+            buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+        out[i] = np.asarray(Image.open(buffer)).reshape(image.shape)
+    return torch.from_numpy(out.transpose(0, 3, 1, 2).copy())
+
+
+def jpeg_speed(images: torch.Tensor, repeats: int, quality: int = 10) -> dict[str, Windows]:
+    """Set-level JPEG (the `jpeg` defense) and the per-image PIL loop, alternating."""
+    defense = create_defense("jpeg", {"quality": quality})
+
+    def timed(work: Callable[[], object]) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            work()
+            return time.perf_counter() - start
+        return run
+
+    contenders = {"set-level": timed(lambda: defense.prepare(images, None)),
+                  "PIL loop": timed(lambda: pil_jpeg(images, quality))}
+    return alternate(contenders, len(images), repeats, warmup=0)
+
+
+def set_level_defenses() -> list[str]:
+    """Registered defenses that act on the whole training set (`prepare`)."""
+    return [name for name in DEFENSES.names() if create_defense(name).stages("prepare")]
+
+
+def defense_seconds(name: str, data: ImageSet) -> float:
+    defense = create_defense(name, num_classes=data.num_classes)
+    start = time.perf_counter()
+    defense.prepare(data.images, data.labels)
+    synchronize(data.device)
+    return time.perf_counter() - start
+
+
+def one_round(name: str, device: torch.device) -> dict:
+    """Config overrides for one generation round of an attack: the CPU preset on a CPU, official settings on CUDA."""
+    rounds = {
+        "em": {"max_rounds": 1, "stop_accuracy": 1.0},
+        "em_classwise": {"max_rounds": 1, "stop_accuracy": 1.0, "subset_fraction": 1.0},
+        "rem": {"train_steps": 1},
+        "tap": {"surrogate_epochs": 1, "restarts": 1},
+        "miue": {"epochs": 1},
+    }.get(name)
+    if rounds is None:
+        return {}  # model-free attacks have no rounds
+    return ({"preset": "cpu", **rounds} if device.type == "cpu" else rounds)
+
+
+def generation_attacks() -> list[str]:
+    return [name for name in ATTACKS.names() if name != "external"]  # external reads a file; nothing to generate
+
+
+def generate(name: str, data: ImageSet, overrides: Mapping | None = None):
+    """One poison of attack `name` (one round unless `overrides` say otherwise), in a scratch folder."""
+    from bench.context import RunContext
+
+    attack = ATTACKS.create(name, one_round(name, data.device) if overrides is None else overrides)
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx = RunContext(device=data.device, seed=0, cache_dir=Path(scratch) / "cache",
+                         work_dir=Path(scratch) / "work", progress=False)
+        return attack(data, ctx)
+
+
+def generation_seconds(name: str, data: ImageSet) -> float:
+    start = time.perf_counter()
+    generate(name, data)
+    synchronize(data.device)
+    return time.perf_counter() - start
+
+
+def synthetic_records(n: int, seed: int = 0) -> list[dict]:
+    """`n` finished-cell records as the runner writes them, over every registered attack and defense."""
+    from bench.data import DataSpec
+    from bench.grid import CellSpec
+
+    rng = np.random.default_rng(seed)
+    attacks, defenses = ATTACKS.names(), DEFENSES.names()
+    records = []
+    for i in range(n):
+        seed_ = i // (len(attacks) * len(defenses))
+        cell = CellSpec(DataSpec(), attacks[i % len(attacks)], {}, defenses[i // len(attacks) % len(defenses)], {},
+                        "resnet18", {}, Recipe(), "em60", seed_)
+        acc = float(rng.uniform(0.1, 0.95))
+        records.append({
+            "cell_id": cell.cell_id, "grid": "perf", "spec": cell.to_dict(), "status": "done", "attempts": 1,
+            "metrics": {"test_acc_last": acc, "test_acc_best": acc, "best_epoch": 60, "train_acc": 1.0},
+            "poison": {"norm": "linf", "budget": 8 / 255}, "history": [], "timings": {"train_s": 100.0},
+        })
+    return records
+
+
+def report_seconds(records: list[dict]) -> float:
+    from bench.report import write_report
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        write_report(records, Path(out), "perf")
+        return time.perf_counter() - start
+
+
+def peak_memory(name: str, n: int, overrides: Mapping, device: str = "cpu", timeout_s: float = 3600) -> dict:
+    """Peak host RSS (and CUDA memory) of generating attack `name` on `n` synthetic CIFAR-sized images.
+
+    Runs in a fresh process, so that the peak is this generation's alone.
+    """
+    command = [sys.executable, "-m", "bench.perf", "memory", name, str(n), json.dumps(dict(overrides)), device]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement of {name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def head(data: ImageSet, n: int) -> ImageSet:
+    """The first `n` images of `data`."""
+    return ImageSet(data.images[:n], data.labels[:n], data.index[:n], data.num_classes, data.split_size)
+
+
+def synthetic_set(n: int, device: torch.device | str = "cpu", num_classes: int = 10) -> ImageSet:
+    """Random uint8 CIFAR-sized images with balanced labels, where content does not matter."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return ImageSet(images, torch.arange(n) % num_classes, torch.arange(n), num_classes, n).to(device)
+
+
+def _measure_memory(name: str, n: int, overrides: dict, device: str) -> None:
+    data = synthetic_set(n, device)
+    start = time.perf_counter()
+    generate(name, data, overrides)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    cuda = torch.cuda.max_memory_allocated() if data.device.type == "cuda" else None
+    print(json.dumps({"attack": name, "images": n, "peak_rss_bytes": rss, "peak_cuda_bytes": cuda,
+                      "seconds": time.perf_counter() - start}))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["memory"]:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _measure_memory(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5])
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    arch: str
+    images: int  # per window
+    repeats: int  # timed windows per loop
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much `bench bench` measures on a device; `plan_for` picks one."""
+
+    training: tuple[TrainingWindow, ...]
+    num_workers: int  # the conventional loop's DataLoader workers
+    compile_arch: str | None  # the arch whose torch.compile cost is measured; None = skip (seconds to minutes)
+    generation: bool  # one round of every attack (minutes on a CPU)
+    compile_images: int
+    jpeg_images: int
+    jpeg_repeats: int
+    defense_images: int
+    generation_images: int
+    report_records: int
+
+
+def plan_for(device: torch.device, quick: bool = False) -> Plan:
+    if device.type == "cuda":
+        # Full CIFAR-10 epochs: the figures a 60-epoch cell sees. 8 workers as EM's official loader.
+        return Plan((TrainingWindow("tiny_cnn", 50_000, 3), TrainingWindow("resnet18", 50_000, 3)),
+                    num_workers=min(8, os.cpu_count() or 1), compile_arch=None if quick else "resnet18",
+                    generation=not quick, compile_images=50_000, jpeg_images=10_000, jpeg_repeats=3, defense_images=10_000,
+                    generation_images=2_560, report_records=1_000)
+    if quick:
+        return Plan((TrainingWindow("tiny_cnn", 1_024, 2), TrainingWindow("resnet18", 64, 1, batch_size=32)),
+                    num_workers=0, compile_arch=None, generation=False, compile_images=0, jpeg_images=2_000, jpeg_repeats=1,
+                    defense_images=2_000, generation_images=64, report_records=200)
+    # 0 workers on the CPU: on 2 cores the workers only take cores from training (slower here, measured).
+    return Plan((TrainingWindow("tiny_cnn", 2_048, 5), TrainingWindow("resnet18", 256, 2)),
+                num_workers=0, compile_arch="tiny_cnn", generation=True, compile_images=2_048, jpeg_images=10_000, jpeg_repeats=3,
+                defense_images=10_000, generation_images=256, report_records=1_000)
+
+
+def full_cell(device: torch.device) -> dict:
+    """One 60-epoch ResNet-18 cell (the em60 recipe) on all of CIFAR-10, clean data: wall time and accuracy."""
+    from bench.data import DataSpec, load_dataset
+    from bench.train import RECIPES
+
+    data = load_dataset(DataSpec(), device)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    result = train_model(ARCHS.create("resnet18", num_classes=data.train.num_classes), data.train, data.test,
+                         RECIPES["em60"])
+    return {"seconds": time.perf_counter() - start, "test_acc_last": result.test_acc_last,
+            "images_per_second": result.images_per_second}
+
+
+def full_em(device: torch.device) -> dict:
+    """EM with its official settings (ResNet-18 surrogate, stop at 99%) on all of CIFAR-10: time and peak memory."""
+    from bench.data import DataSpec, load_dataset
+
+    data = load_dataset(DataSpec(), device).train
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    generate("em", data, {})
+    synchronize(device)
+    return {"seconds": time.perf_counter() - start,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+
+
+MEMORY_IMAGES = 50_000  # CIFAR-10's training split
+
+
+def memory_overrides(name: str, device: torch.device) -> dict:
+    """One round with one step per batch: the peak is set by the data and one batch, not by how many steps run."""
+    steps = {"em": {"steps": 1}, "em_classwise": {"steps": 1}, "rem": {"steps": 1, "adv_steps": 1, "samples": 1},
+             "tap": {"steps": 1}, "miue": {"steps": 1}}.get(name, {})
+    overrides = {**one_round(name, device), **steps}
+    overrides.pop("subset_fraction", None)  # class-wise EM's own 20% subset, as it runs in a grid
+    return overrides
+
+
+def memory_figures(device: torch.device, echo: Callable[[str], None]) -> dict:
+    figures = {}
+    gib = 2 ** 30
+    echo(f"\npeak memory of generating each attack on {MEMORY_IMAGES:,} random CIFAR-sized images "
+         f"(one round, one step per batch; a fresh process each):")
+    for name in generation_attacks():
+        m = figures[name] = peak_memory(name, MEMORY_IMAGES, memory_overrides(name, device), str(device))
+        cuda = f", GPU {m['peak_cuda_bytes'] / gib:.2f} GiB" if m["peak_cuda_bytes"] is not None else ""
+        echo(f"  {name:<13} host {m['peak_rss_bytes'] / gib:.2f} GiB{cuda} ({m['seconds']:.0f} s)")
+    return figures
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def training_images(n: int, device: torch.device, echo: Callable[[str], None]) -> ImageSet:
+    """The first class-balanced `n` CIFAR-10 training images, or random ones where CIFAR-10 cannot be had."""
+    from bench.data import DataSpec, DataUnavailable, load_dataset
+
+    try:
+        return load_dataset(DataSpec(train_size=n, test_size=10), device).train
+    except DataUnavailable as err:
+        echo(f"  (CIFAR-10 unavailable, random images instead: {str(err).splitlines()[0]})")
+        return synthetic_set(n, device)
+
+
+def run_benchmarks(device: torch.device, quick: bool = False, memory: bool = False, full: bool = False,
+                   echo: Callable[[str], None] = print) -> dict:
+    """Measure and print everything `bench bench` shows; returns the figures.
+
+    `memory`: peak memory of each attack's generation on 50,000 images (minutes). `full`: a 60-epoch
+    ResNet-18 cell and EM with official settings on all of CIFAR-10 (minutes on an H100, days on a CPU).
+    """
+    plan = plan_for(device, quick)
+    figures: dict = {"device": device_name(device)}
+    echo(f"device: {figures['device']}; torch {torch.__version__}")
+    bf16 = " bf16 autocast," if device.type == "cuda" else " fp32,"
+    echo(f"\ntraining, images/s (best / median of the timed windows; our loop:{bf16} channels_last, uint8 data on "
+         f"the device, batched crop+flip; conventional: PIL per image, DataLoader with {plan.num_workers} workers, fp32)")
+    for window in plan.training:
+        recipe = replace(SPEED_RECIPE, batch_size=window.batch_size)
+        data = training_images(window.images, device, echo)
+        w = training_throughput(window.arch, data, window.repeats, plan.num_workers, recipe)
+        best, median = ratio(w["ours"], w["conventional"])
+        figures[f"train_{window.arch}"] = {k: {"best": v.best, "median": v.median} for k, v in w.items()}
+        figures[f"train_{window.arch}"]["ratio"] = {"best": best, "median": median}
+        echo(f"  {window.arch:<9} batch {window.batch_size}, {window.images} images x {window.repeats}: "
+             f"ours {w['ours'].best:,.0f} / {w['ours'].median:,.0f}   conventional {w['conventional'].best:,.0f} / "
+             f"{w['conventional'].median:,.0f}   ratio {best:.2f}x / {median:.2f}x")
+    if plan.compile_arch:
+        data = training_images(plan.compile_images, device, echo)
+        cost = figures["compile"] = compile_cost(plan.compile_arch, data)
+        echo(f"\ntorch.compile, {plan.compile_arch}, {plan.compile_images} images per epoch, 3 epochs:")
+        for mode, c in cost.items():
+            echo(f"  {mode:<8} steady {c['images_per_second']:,.0f} images/s, first epoch "
+                 f"{c['first_epoch_overhead_s']:.1f} s longer than a steady one")
+    images = training_images(max(plan.jpeg_images, plan.defense_images), device, echo).images
+    jpeg = jpeg_speed(images[: plan.jpeg_images].cpu(), plan.jpeg_repeats)
+    best, median = ratio(jpeg["set-level"], jpeg["PIL loop"])
+    figures["jpeg"] = {"set_level_s": min(jpeg["set-level"].seconds), "pil_s": min(jpeg["PIL loop"].seconds),
+                       "ratio": {"best": best, "median": median}}
+    echo(f"\nJPEG quality 10, {plan.jpeg_images:,} images: set-level {figures['jpeg']['set_level_s']:.2f} s, "
+         f"PIL loop {figures['jpeg']['pil_s']:.2f} s (best of {plan.jpeg_repeats}), ratio {best:.2f}x / {median:.2f}x")
+    defense_set = training_images(plan.defense_images, device, echo)
+    figures["defenses"] = {name: defense_seconds(name, defense_set) for name in set_level_defenses()}
+    echo(f"set-level defenses, {plan.defense_images:,} images: "
+         + ", ".join(f"{k} {v:.2f} s" for k, v in figures["defenses"].items()))
+    if plan.generation:
+        batch = synthetic_set(plan.generation_images, device)
+        figures["generation"] = {name: generation_seconds(name, batch) for name in generation_attacks()}
+        preset = "CPU presets" if device.type == "cpu" else "official settings"
+        echo(f"one generation round, {plan.generation_images} images, {preset}: "
+             + ", ".join(f"{k} {v:.2f} s" for k, v in figures["generation"].items()))
+    figures["report_s"] = report_seconds(synthetic_records(plan.report_records))
+    echo(f"report over {plan.report_records:,} records: {figures['report_s']:.2f} s")
+    if memory:
+        figures["memory"] = memory_figures(device, echo)
+    if full:
+        cell = figures["full_cell"] = full_cell(device)
+        echo(f"\n60-epoch ResNet-18 cell (em60) on CIFAR-10: {cell['seconds']:.0f} s, "
+             f"{cell['images_per_second']:,.0f} images/s steady, test accuracy {100 * cell['test_acc_last']:.2f}%")
+        em = figures["full_em"] = full_em(device)
+        cuda = f", GPU peak {em['peak_cuda_bytes'] / 2 ** 30:.2f} GiB" if em["peak_cuda_bytes"] is not None else ""
+        echo(f"EM, official settings, CIFAR-10: {em['seconds']:.0f} s, host peak {em['peak_rss_bytes'] / 2 ** 30:.2f} GiB{cuda}")
+    return figures
