@@ -105,7 +105,7 @@ class InMemoryCIFAR10(CIFAR10):
     own (`Image.fromarray` of an HWC uint8 array, then the transform, per image).
     """
 
-    def __init__(self, data: ImageSet, transform: Callable):
+    def __init__(self, data: ImageSet, transform: Callable | None):
         VisionDataset.__init__(self, root="", transform=transform)  # CIFAR10.__init__ would read files
         self.train = True
         self.data = np.ascontiguousarray(data.images.cpu().numpy().transpose(0, 2, 3, 1))
@@ -317,11 +317,6 @@ def _measure_memory(name: str, n: int, overrides: dict, device: str) -> None:
                       "seconds": time.perf_counter() - start}))
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["memory"]:
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    _measure_memory(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5])
-
-
 @dataclass(frozen=True)
 class TrainingWindow:
     arch: str
@@ -492,3 +487,8 @@ def run_benchmarks(device: torch.device, quick: bool = False, memory: bool = Fal
         cuda = f", GPU peak {em['peak_cuda_bytes'] / 2 ** 30:.2f} GiB" if em["peak_cuda_bytes"] is not None else ""
         echo(f"EM, official settings, CIFAR-10: {em['seconds']:.0f} s, host peak {em['peak_rss_bytes'] / 2 ** 30:.2f} GiB{cuda}")
     return figures
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["memory"]:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _measure_memory(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5])
