@@ -1,6 +1,7 @@
 """The `bench` command: run grids, write reports, list what is registered."""
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -27,20 +28,74 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def grid_overrides(command):
+    """Options that change a grid before it is checked (bench.grid.GridOverrides), passed on as `overrides`."""
+
+    @functools.wraps(command)
+    def with_overrides(*args, set_: tuple[str, ...], attacks: str | None, defenses: str | None, archs: str | None,
+                       seeds: str | None, **kwargs):
+        from bench.grid import GridOverrides
+
+        try:
+            overrides = GridOverrides.from_cli(set_, attacks, defenses, archs, seeds)
+        except ConfigError as err:
+            raise click.ClickException(str(err)) from None
+        return command(*args, overrides=overrides, **kwargs)
+
+    options = [
+        click.option("--set", "set_", multiple=True, metavar="NAME.FIELD=VALUE",
+                     help="Set a config field of an attack, defense or arch of the grid, or recipe.FIELD / data.FIELD; repeatable."),
+        click.option("--attacks", default=None, metavar="A,B", help="Replace the grid's attacks (any registered names)."),
+        click.option("--defenses", default=None, metavar="A,B", help="Replace the grid's defenses."),
+        click.option("--archs", default=None, metavar="A,B", help="Replace the grid's architectures."),
+        click.option("--seeds", default=None, metavar="0,1", help="Replace the grid's seeds."),
+    ]
+    for option in reversed(options):
+        with_overrides = option(with_overrides)
+    return with_overrides
+
+
 @main.command()
 @click.option("--grid", "grid_name", default="smoke", show_default=True, help="A shipped grid name or a grid file.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def run(grid_name: str, out: str, device: str) -> None:
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (local executor).")
+@click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
+              help="local: this machine (one worker per GPU); ray: a Ray cluster; slurm: submitit job arrays.")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Tries after the first before a cell is recorded as failed (NaN losses and bad configs are not retried).")
+@click.option("--cells-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run at once on each GPU (local, ray); more than 1 helps when one cell leaves the GPU idle.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="local on a CPU-only machine: worker processes.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (first-epoch compile time is recorded).")
+@click.option("--ray-address", default=None, help="ray: the cluster to join (default: RAY_ADDRESS or a local instance).")
+@click.option("--slurm-partition", default=None, help="slurm: the partition.")
+@click.option("--slurm-timeout", "slurm_timeout", type=click.IntRange(min=1), default=240, show_default=True,
+              help="slurm: minutes per task.")
+@click.option("--dry-run", is_flag=True, help="List the cells (done, failed, pending), the poisons to generate and a "
+                                               "cost estimate from recorded timings; run nothing.")
+@grid_overrides
+def run(grid_name: str, out: str, device: str, executor: str, retries: int, cells_per_gpu: int, workers: int | None,
+        compile_: bool, ray_address: str | None, slurm_partition: str | None, slurm_timeout: int, dry_run: bool,
+        overrides) -> None:
     """Run every cell of a grid that has no finished record yet."""
+    from bench.executors import make_executor
     from bench.grid import load_grid
     from bench.runner import pick_device, run_grid
     from bench.store import Store
 
+    options = {"local": {"workers": workers, "cells_per_gpu": cells_per_gpu},
+               "ray": {"address": ray_address, "cells_per_gpu": cells_per_gpu},
+               "slurm": {"partition": slurm_partition, "timeout_min": slurm_timeout}}[executor]
     try:
-        grid = load_grid(grid_name)
+        grid = load_grid(grid_name, overrides)
+        if dry_run:
+            from bench.plan import format_plan, plan_grid
+
+            click.echo(format_plan(plan_grid(grid, Store(out))))
+            return
         start = time.perf_counter()
-        counts = run_grid(grid, Store(out), pick_device(device))
+        counts = run_grid(grid, Store(out), pick_device(device), executor=make_executor(executor, **options),
+                          retries=retries, compile=compile_)
     except (ConfigError, DataUnavailable) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"grid {grid.name}: {counts['done']} cells run, {counts['skipped']} already done, "
@@ -52,15 +107,23 @@ def run(grid_name: str, out: str, device: str) -> None:
 @main.command()
 @click.option("--grid", "grid_name", default=None, help="Only the cells of this grid (default: every record).")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--format", "formats", default="latex,csv,md,fig", show_default=True,
+              help="Any comma-separated subset of latex, csv, md, fig.")
 @click.option("--metric", type=click.Choice(["test_acc_last", "test_acc_best", "train_acc"]), default="test_acc_last",
-              show_default=True)
-def report(grid_name: str | None, out: str, metric: str) -> None:
-    """Write CSV, Markdown and LaTeX tables from the stored records."""
-    from bench.report import write_report
+              show_default=True, help="What the tables show (the CSV holds every metric).")
+@click.option("--rows", default="attack", show_default=True, help="Table rows: attack, defense, arch, dataset or recipe.")
+@click.option("--columns", default="defense", show_default=True, help="Table columns: another of the same factors.")
+@click.option("--curves", default=None,
+              help="Cells whose training curves are drawn, as a pandas query, e.g. \"defense == 'none' and seed == 0\" "
+                   "(default: every attack under the first defense, first arch and seed).")
+def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str, columns: str, curves: str | None) -> None:
+    """Tables (LaTeX, CSV, Markdown), the MI analysis and figures from the stored records; prints the Markdown."""
+    from bench.report import TableLayout, parse_formats, write_report
     from bench.store import Store
 
-    records = list(Store(out).records())
-    attack_order = defense_order = None
+    store = Store(out)
+    records = list(store.records())
+    orders: dict = {}
     name = "all"
     if grid_name:
         from bench.grid import load_grid
@@ -71,10 +134,42 @@ def report(grid_name: str | None, out: str, metric: str) -> None:
             raise click.ClickException(str(err)) from None
         ids = {cell.cell_id for cell in grid.cells()}
         records = [r for r in records if r["cell_id"] in ids]
-        attack_order, defense_order, name = grid.attacks, grid.defenses, grid.name
-    paths = write_report(records, Path(out) / "reports", name, attack_order, defense_order, metric)
-    click.echo(paths["md"].read_text())
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+        orders = {"attack_order": grid.attacks, "defense_order": grid.defenses, "arch_order": grid.archs}
+        name = grid.name
+    try:
+        done = write_report(records, Path(out) / "reports", name, metric=metric, formats=parse_formats(formats),
+                            layout=TableLayout(rows, columns), store=store, curves=curves, **orders)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(done.markdown)
+    click.echo("wrote " + ", ".join(str(p) for p in done.paths.values()))
+
+
+@main.command()
+@click.option("--grid", "grid_names", multiple=True,
+              help="A shipped grid name or a grid file; repeatable (default: every grid that has records).")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@grid_overrides
+def status(grid_names: tuple[str, ...], out: str, overrides) -> None:
+    """Done, failed and pending cells per grid, and each failure's error."""
+    from bench.grid import GridOverrides, load_grid, shipped_grids
+    from bench.plan import format_status, grid_status, records_by_cell, store_status
+    from bench.store import Store
+
+    if overrides != GridOverrides() and not grid_names:
+        raise click.ClickException("--set, --attacks, --defenses, --archs and --seeds need --grid")
+    records = records_by_cell(Store(out))
+    try:
+        if grid_names:
+            statuses = [grid_status(load_grid(name, overrides), records) for name in grid_names]
+        else:
+            statuses = store_status(records, {name: load_grid(name) for name in sorted(shipped_grids())})
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    if not statuses:
+        click.echo(f"no records in {Path(out) / 'records'}")
+    for summary in statuses:
+        click.echo(format_status(summary))
 
 
 @main.command(name="list")
@@ -98,6 +193,20 @@ def list_(kind: str | None, pattern: str) -> None:
         for name in registry.names(pattern):
             entry = registry.entry(name)
             click.echo(f"  {name:<14} {entry.summary}" + (f"  [{entry.paper}]" if entry.paper else ""))
+
+
+@main.command(name="bench")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quick", is_flag=True, help="Small windows: seconds, for a check that it all runs; noisy figures.")
+@click.option("--memory", is_flag=True, help="Also peak host/GPU memory of each attack's generation on 50,000 images.")
+@click.option("--full", is_flag=True, help="Also a 60-epoch ResNet-18 cell and EM (official settings) on all of "
+                                           "CIFAR-10: for a GPU; days on a CPU.")
+def bench_(device: str, quick: bool, memory: bool, full: bool) -> None:
+    """Speed on this machine: our training loop beside the conventional one, JPEG, defenses, generation, report."""
+    from bench.perf import run_benchmarks
+    from bench.runner import pick_device
+
+    run_benchmarks(pick_device(device), quick=quick, memory=memory, full=full, echo=click.echo)
 
 
 if __name__ == "__main__":

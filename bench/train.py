@@ -7,8 +7,11 @@ step; on the CPU it is the same code in fp32 (channels_last still pays there).
 """
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -41,12 +44,13 @@ class Recipe:
     channels_last: bool = True  # memory format; faster for conv nets on CUDA and on the CPU (1.6x for tiny_cnn here)
 
     def __post_init__(self):
-        require(self.epochs >= 1, "epochs", f"must be at least 1, got {self.epochs}")
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(all(0 < m < 1 for m in self.milestones), "milestones", "must be fractions of training in (0, 1)")
+        require(0 < self.gamma <= 1, "gamma", f"must be a decay factor in (0, 1], got {self.gamma}")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be positive or unset, got {self.grad_clip}")
         require(self.crop_padding >= 0, "crop_padding", f"must be >= 0, got {self.crop_padding}")
 
@@ -88,8 +92,13 @@ class TrainResult:
     test_acc_best: float  # best clean test accuracy over epochs
     best_epoch: int
     train_acc: float  # accuracy on the (poisoned, defended) training set without augmentation
-    seconds: float
+    seconds: float  # wall time of the epochs, evaluation and compilation included
+    # Steady-state training throughput: the epochs after the first (all of them when there is one),
+    # training steps only, so that compilation and warm-up do not hide the loop's speed.
     images_per_second: float
+    # The first epoch's training time beyond a steady epoch's: the compile cost with compile=True,
+    # the ordinary warm-up without; None with a single epoch (nothing steady to compare with).
+    compile_seconds: float | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -151,16 +160,22 @@ def train_model(
     augment: Callable | None = None,
     adversary: Callable | None = None,
     on_epoch: EpochCallback | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train `model` on `train` with `recipe`, testing on `test` after every epoch.
 
     `augment(x, y) -> (x, y)` runs per batch after crop and flip (float images in [0, 1]; soft
     labels allowed); `adversary(model, x, y) -> x` replaces the batch by an adversarial one.
+    `compile=True` runs the training forward and backward through `torch.compile` (evaluation and
+    the adversary stay eager, so that no eval-mode graph is compiled); where it cannot compile on
+    this machine it warns and trains without it. Off by default: on this project's CPU it does not
+    pay for tiny_cnn (docs/performance.md), and on CUDA it is not measured yet.
     """
     device = train.device
     cuda = device.type == "cuda"
     channels_last = recipe.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward = compiled(model, device) if compile else model
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay, **({"fused": True} if cuda else {}),
@@ -189,7 +204,7 @@ def train_model(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(recipe, step, total_steps)
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda and recipe.bf16):
-                logits = model(x)
+                logits = forward(x)
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,7 +215,8 @@ def train_model(
             loss_sum += loss.detach() * len(idx)
             hard = y.argmax(1) if y.ndim == 2 else y
             correct += (logits.argmax(1) == hard).sum()
-        epoch_loss = loss_sum.item() / len(train)
+        epoch_loss = loss_sum.item() / len(train)  # .item() waits for the device, so the clock below is true
+        train_seconds = time.perf_counter() - epoch_start
         if not math.isfinite(epoch_loss):
             raise TrainingDiverged(f"training loss became {epoch_loss} in epoch {epoch}")
         test_acc = evaluate(model, test, recipe)
@@ -209,14 +225,37 @@ def train_model(
         record = {
             "epoch": epoch, "loss": epoch_loss, "train_acc_running": correct.item() / len(train),
             "test_acc": test_acc, "lr": lr_at(recipe, step - 1, total_steps),
-            "seconds": time.perf_counter() - epoch_start,
+            "train_seconds": train_seconds, "seconds": time.perf_counter() - epoch_start,
         }
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
     seconds = time.perf_counter() - start
+    first, *steady = [h["train_seconds"] for h in history]
     return TrainResult(
         test_acc_last=history[-1]["test_acc"], test_acc_best=best, best_epoch=best_epoch,
         train_acc=evaluate(model, train, recipe), seconds=seconds,
-        images_per_second=recipe.epochs * len(train) / seconds, history=history,
+        images_per_second=len(train) * len(steady or [first]) / sum(steady or [first]),
+        compile_seconds=max(first - statistics.median(steady), 0.0) if steady else None, history=history,
     )
+
+
+@functools.cache
+def compile_failure(device_type: str) -> str | None:
+    """Why `torch.compile` cannot build code for this device type here (no C++ compiler, no Triton ...), or None."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device=device_type))
+    except Exception as err:  # inductor raises many kinds; any of them means no compiled training here
+        lines = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return None
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile(model)`, or `model` itself with a warning where compilation fails on this machine."""
+    failure = compile_failure(device.type)
+    if failure is not None:
+        warnings.warn(f"torch.compile does not work on this {device.type} machine ({failure}); training without it",
+                      RuntimeWarning, stacklevel=3)
+        return model
+    return torch.compile(model)
