@@ -33,7 +33,7 @@ from torchvision.datasets import CIFAR10, VisionDataset
 
 from bench.data import ImageSet
 from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense
-from bench.train import Recipe, train_model
+from bench.train import Recipe, precision, train_model
 
 # A recipe whose speed is that of every recipe: SGD with momentum and weight decay, crop and flip.
 SPEED_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.05, schedule="constant")
@@ -438,7 +438,7 @@ def run_benchmarks(device: torch.device, quick: bool = False, memory: bool = Fal
     plan = plan_for(device, quick)
     figures: dict = {"device": device_name(device)}
     echo(f"device: {figures['device']}; torch {torch.__version__}")
-    bf16 = " bf16 autocast," if device.type == "cuda" else " fp32,"
+    bf16 = f" {precision(SPEED_RECIPE, device)},"
     echo(f"\ntraining, images/s (best / median of the timed windows; our loop:{bf16} channels_last, uint8 data on "
          f"the device, batched crop+flip; conventional: PIL per image, DataLoader with {plan.num_workers} workers, fp32)")
     for window in plan.training:

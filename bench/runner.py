@@ -194,6 +194,7 @@ def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
                     "best_epoch": result.best_epoch, "train_acc": result.train_acc},
         "history": result.history,
+        "precision": result.precision,
         "poison": poison_meta,
         # generate_s is this cell's share (0 when the poison came from a cache); poison_generate_s is
         # what the poison cost wherever it was made, for cost estimates.

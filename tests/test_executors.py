@@ -191,6 +191,22 @@ def test_records_carry_provenance_and_timings(tmp_path, tiny_npz):
     assert timings["generate_s"] > 0 and timings["train_s"] > 0 and record["wall_seconds"] >= timings["train_s"]
 
 
+def test_a_grid_asking_for_the_mi_analysis_records_it_per_cell(tmp_path, tiny_npz):
+    grid = parse_grid({"attacks": ["clean", "ops"], "defenses": ["none"], "archs": ["tiny_cnn"], "analysis": ["mi"],
+                       "recipe": {"preset": "cpu_smoke", "epochs": 1}, "data": {"name": str(tiny_npz)},
+                       "config": {"tiny_cnn": {"width": 8}}}, "g")
+    store = Store(tmp_path / "out")
+    assert run_grid(grid, store, torch.device("cpu"), progress=False)["done"] == 2
+    for record in store.records():
+        analysis = record["analysis"]
+        assert analysis["n_images"] == 200 and record["timings"]["analysis_s"] > 0
+        for key in ("mi_gaussian", "mi_ksg", "cond_cov_trace", "intra_class_cosine"):
+            assert isinstance(analysis[key], float) and analysis[key] == analysis[key], key  # a number, not NaN
+    plain = tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",))
+    run_grid(plain, store, torch.device("cpu"), progress=False)
+    assert "analysis" not in store.read_record(plain.cells()[0].cell_id), "only grids that ask pay for it"
+
+
 def test_quiet_off_a_terminal_with_a_log_line_per_cell(tmp_path, tiny_npz, caplog, capsys):
     with caplog.at_level(logging.INFO, "bench"):
         run_grid(tiny_grid(tiny_npz, attacks=("clean",)), Store(tmp_path / "out"), torch.device("cpu"), progress=False)
