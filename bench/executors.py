@@ -46,7 +46,7 @@ class Job:
     grid_name: str
 
 
-_WORKERS: dict = {}  # one CellWorker per process and settings: data and poisons stay loaded between jobs
+_WORKER = None  # (settings, CellWorker) of this process: data and poisons stay loaded between jobs
 _POOL_DEVICE: str | None = None  # the device a pool worker was given when it started
 
 
@@ -54,28 +54,31 @@ def execute(job: Job, settings: WorkerSettings) -> dict:
     """Run one job in this process; returns the cell's record (or the poison's summary)."""
     from bench.runner import CellWorker, pick_device
 
-    key = (settings, _POOL_DEVICE)
-    if key not in _WORKERS:
-        _WORKERS.clear()
+    global _WORKER
+    if _WORKER is None or _WORKER[0] != settings:
         device = pick_device(_POOL_DEVICE or settings.device)
-        _WORKERS[key] = CellWorker(Store(settings.store_root), device, settings.retries, settings.compile)
-    worker = _WORKERS[key]
+        _WORKER = (settings, CellWorker(Store(settings.store_root), device, settings.retries, settings.compile))
+    worker = _WORKER[1]
     if job.kind == "poison":
         return {"poison_key": job.cell.poison_key, **worker.make_poison(job.cell)}
     return worker.run(job.cell, job.grid_name)
 
 
 def poison_jobs(grid_name: str, cells: Iterable[CellSpec], store: Store) -> list[Job]:
-    """One job per poison that pending cells need and the cache lacks (cacheable attacks only)."""
-    from bench.registry import ATTACKS
+    """One job per poison that the cells need and the cache lacks; an uncacheable one is made by its cell."""
+    from bench.plan import CellState, poisons_to_generate
 
-    jobs: dict[str, Job] = {}
-    for cell in cells:
-        if cell.poison_key in jobs or not getattr(ATTACKS.get(cell.attack), "cacheable", True):
-            continue
-        if not store.has_poison(cell.poison_key):
-            jobs[cell.poison_key] = Job("poison", cell, grid_name)
-    return list(jobs.values())
+    needed = poisons_to_generate([CellState(cell, "pending") for cell in cells], store)
+    return [Job("poison", cell, grid_name) for cell in needed if cell.cacheable]
+
+
+def settled(handles: Iterable, jobs: dict, result_of: Callable) -> Iterable[tuple[Job, object]]:
+    """(job, its result, or the exception that getting it raised: a worker lost, a task cancelled) per handle."""
+    for handle in handles:
+        try:
+            yield jobs[handle], result_of(handle)
+        except Exception as err:
+            yield jobs[handle], err
 
 
 def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, progress) -> None:
@@ -190,9 +193,7 @@ class LocalPool(RemoteExecutor):
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                err = future.exception()
-                yield futures[future], err if err is not None else future.result()
+            yield from settled(done, futures, lambda future: future.result())
 
 
 class RayExecutor(RemoteExecutor):
@@ -226,10 +227,7 @@ class RayExecutor(RemoteExecutor):
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            try:
-                yield refs[done[0]], ray.get(done[0])
-            except Exception as err:  # the worker died or Ray gave up on the task
-                yield refs[done[0]], err
+            yield from settled(done, refs, ray.get)
 
 
 class SlurmExecutor(RemoteExecutor):
@@ -262,12 +260,7 @@ class SlurmExecutor(RemoteExecutor):
             params["slurm_partition"] = self.partition
         executor.update_parameters(**params)
         submitted = executor.map_array(execute, jobs, [settings] * len(jobs))
-        by_job = dict(zip(submitted, jobs))
-        for job in submitit.helpers.as_completed(submitted):
-            try:
-                yield by_job[job], job.result()
-            except Exception as err:  # the task died, timed out or was cancelled
-                yield by_job[job], err
+        yield from settled(submitit.helpers.as_completed(submitted), dict(zip(submitted, jobs)), lambda job: job.result())
 
 
 def _optional(module: str, extra: str):

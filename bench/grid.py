@@ -86,6 +86,11 @@ class CellSpec:
         return cell_label(self.attack, self.defense, self.arch, self.seed)
 
     @property
+    def cacheable(self) -> bool:
+        """Whether the attack's poison may be stored and reused (an attack sets `cacheable = False` to opt out)."""
+        return getattr(ATTACKS.get(self.attack), "cacheable", True)
+
+    @property
     def poison_key(self) -> str:
         """One poison serves every defense, architecture and recipe of the same attack and seed."""
         return canonical_hash({"data": asdict(self.data), "attack": self.attack,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from bench.grid import CellSpec, Grid, cell_label
-from bench.registry import ATTACKS
 from bench.store import Store, canonical_hash
 
 STATUSES = ("done", "failed", "pending")
@@ -65,7 +64,7 @@ def poisons_to_generate(states: Iterable[CellState], store: Store) -> list[CellS
         if state.status == "done" or cell.poison_key in needed:
             continue
         # Existence only (Store.has_poison): the hash is checked when the run loads it, and a poison can be 150 MB.
-        if getattr(ATTACKS.get(cell.attack), "cacheable", True) and store.has_poison(cell.poison_key):
+        if cell.cacheable and store.has_poison(cell.poison_key):
             continue
         needed[cell.poison_key] = cell
     return list(needed.values())

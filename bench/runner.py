@@ -82,8 +82,7 @@ class PoisonSource:
             raise self._failed[key]
         if self._last and self._last[0] == key:
             return self._last[1], {**self._last[2], "cached": True}
-        attack_cls = ATTACKS.get(cell.attack)
-        cached = self.store.load_poison(key) if getattr(attack_cls, "cacheable", True) else None
+        cached = self.store.load_poison(key) if cell.cacheable else None
         if cached is not None:
             images, meta = cached
             poison = Poison(torch.from_numpy(images).to(self.device), meta["norm"], meta["budget"])
@@ -113,7 +112,7 @@ class PoisonSource:
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
                 "cached": False}
-        if getattr(attack, "cacheable", True):
+        if cell.cacheable:
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), meta)
         shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed
         return poison, meta
@@ -134,7 +133,7 @@ class PreparedSets:
         self._test: dict[str, torch.Tensor] = {}
         self._poison_key: str | None = None
 
-    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset, cacheable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
             self._poison_key = cell.poison_key
@@ -145,12 +144,12 @@ class PreparedSets:
         elif key in self._train:
             train_images = self._train[key]
         else:
-            cached = self.store.load_poison(key) if cacheable else None
+            cached = self.store.load_poison(key) if cell.cacheable else None
             if cached is not None:
                 train_images = torch.from_numpy(cached[0]).to(poison.images.device)
             else:
                 train_images = defense.prepare(poison.images, data.train.labels)
-                if cacheable:
+                if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
                         "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages)})
             self._train[key] = train_images
@@ -169,26 +168,18 @@ def _signature(stages) -> list:
     return [[stage.name, as_dict(stage.config)] for stage in stages]
 
 
-def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch.device, on_epoch=None,
-             prepared: PreparedSets | None = None, compile: bool = False,
-             poison: tuple[Poison, dict] | None = None) -> dict:
-    """Train and evaluate one cell; returns the metrics part of its record.
-
-    `poison` is the cell's (poison, metadata) when the caller already has it from `poisons`.
-    """
-    poison, poison_meta = poison or poisons.get(cell, data)
+def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, prepared: PreparedSets,
+             device: torch.device, on_epoch=None, compile: bool = False) -> dict:
+    """Train and evaluate one cell on its poison; returns the metrics part of its record."""
     defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
-    prepared = prepared or PreparedSets(poisons.store)
     start = time.perf_counter()
-    cacheable = getattr(ATTACKS.get(cell.attack), "cacheable", True)
-    train_images, test_images = prepared.get(cell, defense, poison, data, cacheable)
+    train_images, test_images = prepared.get(cell, defense, poison, data)
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
     result = train_model(
         model, data.train.with_images(train_images), data.test.with_images(test_images), cell.recipe,
-        seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch,
-        **({"compile": True} if compile else {}),
+        seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
     )
     outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
@@ -201,7 +192,7 @@ def run_cell(cell: CellSpec, data: Dataset, poisons: PoisonSource, device: torch
         "timings": {"generate_s": 0.0 if poison_meta.get("cached") else poison_meta["generate_seconds"],
                     "poison_generate_s": poison_meta.get("generate_seconds"),
                     "defense_prepare_s": defense_seconds, "train_s": result.seconds,
-                    "compile_s": getattr(result, "compile_seconds", 0.0),
+                    "compile_s": result.compile_seconds,
                     "images_per_second": result.images_per_second},
     }
     if "mi" in getattr(cell, "analysis", ()):
@@ -222,12 +213,8 @@ class CellFailed(RuntimeError):
     """A cell could not finish; the message says why in one line."""
 
 
-def cell_label(cell: CellSpec) -> str:
-    return f"{cell.attack} / {cell.defense} / {cell.arch} / seed {cell.seed}"
-
-
-def error_info(err: BaseException, tb: str | None = None) -> dict:
-    return {"type": type(err).__name__, "message": str(err), "traceback": tb or traceback.format_exc()}
+def error_info(err: BaseException) -> dict:
+    return {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
 
 
 def smaller_batch(recipe: Recipe) -> Recipe:
@@ -268,20 +255,11 @@ class CellWorker:
 
     def make_poison(self, cell: CellSpec) -> dict:
         """Generate (or find) the poison of `cell` and leave it in the store's cache; for the poison phase."""
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                _, meta = self.poisons.get(cell, self.data(cell.data))
-                return {"status": "done", "attempts": attempts, "cached": bool(meta.get("cached"))}
-            except Exception as err:
-                info = error_info(err)
-                if isinstance(err, DETERMINISTIC_FAILURES) or attempts > self.retries:
-                    return {"status": "failed", "attempts": attempts, "error": info}
-                log.warning("poison %s (%s): attempt %d failed (%s: %s); trying again", cell.poison_key,
-                            cell.attack, attempts, type(err).__name__, err)
-                self.poisons.forget_failure(cell.poison_key)
-                free_cuda_memory()
+        meta, errors = self._attempts(lambda: self.poisons.get(cell, self.data(cell.data))[1], cell,
+                                      f"poison {cell.poison_key} ({cell.attack})")
+        if meta is None:
+            return {"status": "failed", "attempts": len(errors), "error": errors[-1]}
+        return {"status": "done", "attempts": len(errors) + 1, "cached": bool(meta.get("cached"))}
 
     def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> dict:
         """Run `cell` unless its record says done; write and return its record."""
@@ -289,42 +267,45 @@ class CellWorker:
         if existing is not None and existing.get("status") == "done":
             return {**existing, "skipped": True}
         base = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "provenance": self.env}
-        errors: list[dict] = []
         start = time.perf_counter()
+        outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
+        if outcome is None:
+            record = {**base, "status": "failed", "attempts": len(errors), "error": errors[-1],
+                      "earlier_errors": errors[:-1], "wall_seconds": time.perf_counter() - start}
+            log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
+                      errors[-1]["type"], errors[-1]["message"])
+        else:
+            record = {**base, "status": "done", "attempts": len(errors) + 1, "earlier_errors": errors,
+                      "wall_seconds": time.perf_counter() - start, **outcome}
+            log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,
+                     100 * outcome["metrics"]["test_acc_last"], 100 * outcome["metrics"]["test_acc_best"],
+                     record["wall_seconds"])
+        self.store.write_record(record)
+        return record
+
+    def _attempts(self, work, cell: CellSpec, what: str) -> tuple[object | None, list[dict]]:
+        """`work()` until it succeeds or the retries run out: (its result or None, the failed attempts' errors)."""
+        errors: list[dict] = []
         while True:
             try:
-                outcome = self._train(cell, on_epoch)
-                break
+                return work(), errors
             except Exception as err:
                 errors.append(error_info(err))
                 if isinstance(err, DETERMINISTIC_FAILURES) or len(errors) > self.retries:
-                    record = {**base, "status": "failed", "attempts": len(errors), "error": errors[-1],
-                              "earlier_errors": errors[:-1], "wall_seconds": time.perf_counter() - start}
-                    self.store.write_record(record)
-                    log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell_label(cell),
-                              len(errors), type(err).__name__, err)
-                    return record
-                log.warning("cell %s (%s): attempt %d failed (%s: %s); trying again", cell.cell_id,
-                            cell_label(cell), len(errors), type(err).__name__, err)
+                    return None, errors
+                log.warning("%s: attempt %d failed (%s: %s); trying again", what, len(errors), type(err).__name__, err)
                 self.poisons.forget_failure(cell.poison_key)
                 free_cuda_memory()
-        record = {**base, "status": "done", "attempts": len(errors) + 1, "earlier_errors": errors,
-                  "wall_seconds": time.perf_counter() - start, **outcome}
-        self.store.write_record(record)
-        log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell_label(cell),
-                 100 * outcome["metrics"]["test_acc_last"], 100 * outcome["metrics"]["test_acc_best"],
-                 record["wall_seconds"])
-        return record
 
     def _train(self, cell: CellSpec, on_epoch) -> dict:
         """One attempt; on CUDA out-of-memory, again with half the batch until MIN_OOM_BATCH."""
         data = self.data(cell.data)
-        poison = self.poisons.get(cell, data)  # not the batch size's fault if this fails: raise as it is
+        poison, poison_meta = self.poisons.get(cell, data)  # not the batch size's fault if this fails: raise as it is
         recipe, shrunk = cell.recipe, []
         while True:
             try:
-                outcome = run_cell(replace(cell, recipe=recipe), data, self.poisons, self.device, on_epoch,
-                                   self.prepared, self.compile, poison)
+                outcome = run_cell(replace(cell, recipe=recipe), data, poison, poison_meta, self.prepared,
+                                   self.device, on_epoch, self.compile)
                 break
             except torch.cuda.OutOfMemoryError as err:
                 free_cuda_memory()
@@ -334,7 +315,7 @@ class CellWorker:
                 shrunk.append({"batch_size": recipe.batch_size, "error": str(err).splitlines()[0][:300]})
                 recipe = smaller_batch(recipe)
                 log.warning("cell %s (%s): out of GPU memory; trying batch %d with lr %g", cell.cell_id,
-                            cell_label(cell), recipe.batch_size, recipe.lr)
+                            cell.label, recipe.batch_size, recipe.lr)
         if shrunk:
             outcome["out_of_memory"] = {"tried": shrunk, "batch_size": recipe.batch_size, "lr": recipe.lr}
         return outcome
@@ -348,10 +329,10 @@ class GridProgress:
         self.counts = {"done": 0, "failed": 0, "skipped": 0}
 
     def started(self, cell: CellSpec) -> None:
-        self.bar.set_postfix_str(cell_label(cell))
+        self.bar.set_postfix_str(cell.label)
 
     def epoch(self, cell: CellSpec, rec: dict) -> None:
-        self.bar.set_postfix_str(f"{cell_label(cell)}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
+        self.bar.set_postfix_str(f"{cell.label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
 
     def finished(self, record: dict) -> None:
         status = "skipped" if record.get("skipped") else record["status"]
