@@ -19,6 +19,9 @@ class RunContext:
     cache_dir: Path | None = None  # shared between runs: trained clean models (TAP), ...
     work_dir: Path | None = None  # this poison's own scratch space: resumable generation state
     progress: bool | None = None  # progress bars; None = only on a terminal
+    # Least seconds between two generation checkpoints: a TAP checkpoint of all CIFAR-10 is 300 MB
+    # and a batch takes seconds on a GPU, so writing after every batch would cost a third of the run.
+    checkpoint_every_s: float = 60.0
 
     def generator(self, device: torch.device | str | None = None) -> torch.Generator:
         """A fresh generator seeded from the cell seed: same seed, same draws."""

@@ -111,7 +111,7 @@ class PoisonSource:
         poison = attack(data.train, ctx)
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
-                "cached": False}
+                "precision": attack.precision(self.device), "cached": False}
         if cell.cacheable:
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), meta)
         shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed

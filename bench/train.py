@@ -132,8 +132,9 @@ def lr_at(recipe: Recipe, step: int, total_steps: int) -> float:
 
 
 def to_float(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    x = x.float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """uint8 images to float in [0, 1], converted and laid out in one copy."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(dtype=torch.float32, memory_format=layout).div_(255)
 
 
 @functools.cache
@@ -146,30 +147,109 @@ def cpu_has_bf16_matmul() -> bool:
         return False
 
 
-def precision(recipe: Recipe, device: torch.device) -> str:
-    """'bf16' where the recipe asks for it and the device computes it natively, else 'fp32'."""
+def precision_for(wanted_bf16: bool, device: torch.device) -> str:
+    """'bf16' where bf16 is wanted and the device computes it natively, else 'fp32'.
+
+    The one rule for every forward and backward pass of the suite: victim training (`Recipe.bf16`),
+    the adversary of adversarial training, and the surrogates of the model-based attacks (their
+    configs' `bf16`).
+    """
     native = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul())
-    return "bf16" if recipe.bf16 and native else "fp32"
+    return "bf16" if wanted_bf16 and native else "fp32"
 
 
-def autocast(recipe: Recipe, device: torch.device):
-    return torch.autocast(device.type, torch.bfloat16, enabled=precision(recipe, device) == "bf16")
+def precision(recipe: Recipe, device: torch.device) -> str:
+    """What `recipe` trains in on `device`: see `precision_for`."""
+    return precision_for(recipe.bf16, device)
+
+
+def autocast_to(precision_name: str, device: torch.device):
+    """bf16 autocast on `device` when `precision_name` is 'bf16', a no-op context otherwise.
+
+    Without autocast's weight cache: the cache keeps the bf16 copy of each parameter until the
+    outermost autocast region exits, so a region that spans optimizer steps (an attack's whole
+    `generate`, or a training loop called inside one, as TAP trains its surrogate) would go on
+    computing with the weights of its first step. Casting afresh costs one copy of the weights
+    per forward pass.
+    """
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision_name == "bf16", cache_enabled=False)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, recipe: Recipe) -> float:
     """Accuracy of `model` on `data` (no augmentation), in [0, 1]."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=data.device)  # one synchronisation at the end, not per batch
     for i in range(0, len(data), recipe.eval_batch_size):
         x = to_float(data.images[i : i + recipe.eval_batch_size], recipe.channels_last)
-        with autocast(recipe, data.device):
+        with autocast_to(precision(recipe, data.device), data.device):
             logits = model(x)
-        correct += (logits.argmax(1) == data.labels[i : i + recipe.eval_batch_size]).sum().item()
-    return correct / max(len(data), 1)
+        correct += (logits.argmax(1) == data.labels[i : i + recipe.eval_batch_size]).sum()
+    return correct.item() / max(len(data), 1)
 
 
 EpochCallback = Callable[[dict], None]
+
+
+class Trainer:
+    """The training steps of `train_model`: the model on the device, its optimizer and random state.
+
+    `epoch()` runs one pass over `train` in a fresh random order and synchronises with the device
+    once, at its end. `train_model` adds the test after each epoch and the record; `bench.perf`
+    times `epoch()` alone. Arguments as for `train_model`.
+    """
+
+    def __init__(self, model: nn.Module, train: ImageSet, recipe: Recipe, *, seed: int = 0,
+                 augment: Callable | None = None, adversary: Callable | None = None, compile: bool = False):
+        self.device = device = train.device
+        self.train, self.recipe, self.augment, self.adversary = train, recipe, augment, adversary
+        layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=layout)
+        self.forward = compiled(model, device) if compile else model
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay, **({"fused": True} if device.type == "cuda" else {}),
+        )
+        self.precision = precision(recipe, device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.total_steps = recipe.epochs * math.ceil(len(train) / recipe.batch_size)
+        self.step = 0
+
+    def epoch(self) -> tuple[float, float, float]:
+        """One epoch: (mean training loss, running training accuracy, seconds of the epoch's steps)."""
+        model, train, recipe, g, device = self.model, self.train, self.recipe, self.generator, self.device
+        model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(train), generator=g, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for i in range(0, len(train), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            x = to_float(random_crop_flip(train.images[idx], recipe.crop_padding, recipe.flip, g), recipe.channels_last)
+            y = train.labels[idx]
+            if self.augment is not None:
+                x, y = self.augment(x, y)
+            with autocast_to(self.precision, device):  # the adversary's attack steps run in the training step's precision
+                if self.adversary is not None:
+                    x = self.adversary(model, x, y)
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits, y)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(recipe, self.step, self.total_steps)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += loss.detach() * len(idx)
+            hard = y.argmax(1) if y.ndim == 2 else y
+            correct += (logits.argmax(1) == hard).sum()
+        # The epoch's one synchronisation: .tolist() waits for the device, so the clock below is true.
+        totals = torch.stack([loss_sum, correct]).tolist()
+        seconds = time.perf_counter() - start
+        return totals[0] / len(train), totals[1] / len(train), seconds
 
 
 def train_model(
@@ -193,60 +273,21 @@ def train_model(
     this machine it warns and trains without it. Off by default: on this project's CPU it does not
     pay for tiny_cnn (docs/performance.md), and on CUDA it is not measured yet.
     """
-    device = train.device
-    cuda = device.type == "cuda"
-    channels_last = recipe.channels_last
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    forward = compiled(model, device) if compile else model
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-        weight_decay=recipe.weight_decay, **({"fused": True} if cuda else {}),
-    )
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    total_steps = recipe.epochs * steps_per_epoch
+    trainer = Trainer(model, train, recipe, seed=seed, augment=augment, adversary=adversary, compile=compile)
     history: list[dict] = []
-    best, best_epoch, step = -1.0, 0, 0
+    best, best_epoch = -1.0, 0
     start = time.perf_counter()
     for epoch in range(1, recipe.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(train), generator=g, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for i in range(0, len(train), recipe.batch_size):
-            idx = order[i : i + recipe.batch_size]
-            x = to_float(random_crop_flip(train.images[idx], recipe.crop_padding, recipe.flip, g), channels_last)
-            y = train.labels[idx]
-            if augment is not None:
-                x, y = augment(x, y)
-            if adversary is not None:
-                x = adversary(model, x, y)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(recipe, step, total_steps)
-            with autocast(recipe, device):
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach() * len(idx)
-            hard = y.argmax(1) if y.ndim == 2 else y
-            correct += (logits.argmax(1) == hard).sum()
-        epoch_loss = loss_sum.item() / len(train)  # .item() waits for the device, so the clock below is true
-        train_seconds = time.perf_counter() - epoch_start
+        epoch_loss, running_acc, train_seconds = trainer.epoch()
         if not math.isfinite(epoch_loss):
             raise TrainingDiverged(f"training loss became {epoch_loss} in epoch {epoch}")
         test_acc = evaluate(model, test, recipe)
         if test_acc > best:
             best, best_epoch = test_acc, epoch
         record = {
-            "epoch": epoch, "loss": epoch_loss, "train_acc_running": correct.item() / len(train),
-            "test_acc": test_acc, "lr": lr_at(recipe, step - 1, total_steps),
+            "epoch": epoch, "loss": epoch_loss, "train_acc_running": running_acc,
+            "test_acc": test_acc, "lr": lr_at(recipe, trainer.step - 1, trainer.total_steps),
             "train_seconds": train_seconds, "seconds": time.perf_counter() - epoch_start,
         }
         history.append(record)
@@ -259,7 +300,7 @@ def train_model(
         train_acc=evaluate(model, train, recipe), seconds=seconds,
         images_per_second=len(train) * len(steady or [first]) / sum(steady or [first]),
         compile_seconds=max(first - statistics.median(steady), 0.0) if steady else None, history=history,
-        precision=precision(recipe, device),
+        precision=trainer.precision,
     )
 
 
@@ -275,10 +316,16 @@ def compile_failure(device_type: str) -> str | None:
 
 
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
-    """`torch.compile(model)`, or `model` itself with a warning where compilation fails on this machine."""
+    """`torch.compile(model)`, or `model` itself with a warning where compilation fails on this machine.
+
+    Static shapes: the full batches and the epoch's last, shorter batch each get a graph of their
+    own, both built in the first epoch. With dynamo's default (`dynamic=None`) the second shape
+    would build a batch-size-generic graph that then serves every full batch too, for the rest of
+    training, and the specialised one built first would go unused.
+    """
     failure = compile_failure(device.type)
     if failure is not None:
         warnings.warn(f"torch.compile does not work on this {device.type} machine ({failure}); training without it",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
         return model
-    return torch.compile(model)
+    return torch.compile(model, dynamic=False)

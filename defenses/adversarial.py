@@ -35,7 +35,8 @@ class AdversarialTraining(Defense):
     start). As in APBench's `MadrysLoss`, the inner maximisation runs with the model in eval mode
     (batch-norm running statistics, no update of them by attack steps) and the training step then
     sees only the adversarial batch. APBench starts from Gaussian noise of scale step_size; we use
-    Madry's uniform start. On CUDA the attack runs under bf16 autocast, like the training step.
+    Madry's uniform start. The training loop calls the adversary inside its autocast, so the attack
+    steps run in the training step's precision (`bench.train.precision`).
     """
 
     Config = ATConfig
@@ -53,8 +54,7 @@ class AdversarialTraining(Defense):
             x_adv = (x_adv + torch.empty_like(x_adv).uniform_(-eps, eps)).clamp_(0, 1)
         for _ in range(self.config.steps):
             x_adv.requires_grad_(True)
-            with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
-                loss = F.cross_entropy(model(x_adv), y)
+            loss = F.cross_entropy(model(x_adv), y)
             # Gradient with respect to the input only: the parameters' .grad stay untouched.
             (grad,) = torch.autograd.grad(loss, [x_adv])
             x_adv = x_adv.detach() + step * grad.sign()

@@ -46,7 +46,7 @@ class JPEG(Defense):
     cite = "liu2023image"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        source = images.cpu()
+        source = images.cpu().contiguous()  # one NCHW image per row; `out` takes the same layout
         out = torch.empty_like(source)
 
         def compress(start: int) -> None:
@@ -54,7 +54,7 @@ class JPEG(Defense):
             torch.stack(decode_jpeg(encode_jpeg(chunk, quality=self.config.quality)), out=out[start : start + JPEG_CHUNK])
 
         # libjpeg releases the GIL, so threads over chunks use every core (3-4x the per-image PIL loop on 2 cores).
-        with ThreadPoolExecutor(max(torch.get_num_threads(), 1)) as pool:
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
             list(pool.map(compress, range(0, len(source), JPEG_CHUNK)))
         return out.to(images.device)
 

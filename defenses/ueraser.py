@@ -127,5 +127,5 @@ class UEraser(Defense):
 
     @staticmethod
     def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
-            return F.cross_entropy(model(x), y, reduction="none").float()
+        # In the training step's precision: the loop calls the adversary inside its autocast.
+        return F.cross_entropy(model(x), y, reduction="none").float()

@@ -13,8 +13,9 @@ import hashlib
 import io
 import logging
 import math
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -33,10 +34,15 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 def make_surrogate(config, num_classes: int, device: torch.device, seed: int) -> nn.Module:
-    """A fresh surrogate from an attack config's `surrogate` arch (and `surrogate_width`, for tiny_cnn)."""
+    """A fresh surrogate from an attack config's `surrogate` arch (and `surrogate_width`, for tiny_cnn).
+
+    Its weights are channels_last, so its convolutions run channels_last whatever the input's layout
+    (1.2-1.4x per step on this project's CPU, and the layout tensor cores want on CUDA).
+    """
     torch.manual_seed(seed)
     kwargs = {"width": config.surrogate_width} if config.surrogate_width else {}
-    return ARCHS.create(config.surrogate, kwargs, num_classes=num_classes).to(device)
+    model = ARCHS.create(config.surrogate, kwargs, num_classes=num_classes)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 class DeltaStore:
@@ -94,12 +100,12 @@ def poisoned_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
                       deltas: DeltaStore | Callable, batch_size: int = 1024) -> float:
     """Accuracy of `model` (eval mode) on images + delta: the stop rule of EM."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=images.device)  # one synchronisation, at the end
     for i in range(0, len(images), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(images)), device=images.device)
         x = (to_unit(images[idx]) + deltas[idx]).clamp(0, 1)
-        correct += (model(x).argmax(1) == labels[idx]).sum().item()
-    return correct / max(len(images), 1)
+        correct += (model(x).argmax(1) == labels[idx]).sum()
+    return correct.item() / max(len(images), 1)
 
 
 def batches(n: int, batch_size: int, device: torch.device, g: torch.Generator | None = None):
@@ -116,27 +122,39 @@ class Checkpoint:
     tensors, numbers and state dicts only and is read with `torch.load(weights_only=True)`, which
     refuses anything that would need pickle to run code. A state that fails either check is
     reported and generation starts over.
+
+    `save` writes at most once every `every_s` seconds (0: every call); a kill loses at most that
+    much work, and frequent cheap rounds do not pay for a write each.
     """
 
-    def __init__(self, work_dir: Path | None):
+    def __init__(self, work_dir: Path | None, every_s: float = 0.0):
         self.path = Path(work_dir) / "state.pt" if work_dir is not None else None
+        self.every_s = every_s
+        self._last_write = -math.inf
 
-    def load(self, device: torch.device) -> dict | None:
+    def load(self, device: torch.device, keys: Iterable[str] = ()) -> dict | None:
+        """The stored state, or None (with a warning) where there is none, it fails its hash or the
+        weights-only load, or it lacks one of `keys` (a state written by another version of the attack)."""
         if self.path is None or not self.path.exists():
             return None
         try:
             stored = self.path.read_bytes()
-            expected, payload = stored[:64].decode("ascii", "replace"), stored[65:]
-            if hashlib.sha256(payload).hexdigest() != expected:
+            expected, separator, payload = stored[:64].decode("ascii", "replace"), stored[64:65], stored[65:]
+            if separator != b"\n" or hashlib.sha256(payload).hexdigest() != expected:
                 raise ValueError("it does not match its SHA-256 (altered or truncated)")
-            return torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
-        except Exception as err:  # altered, truncated, or not weights-only: start over
+            state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+            missing = sorted(set(keys) - set(state))
+            if missing:
+                raise ValueError(f"it lacks {', '.join(missing)} (written by another version)")
+            return state
+        except Exception as err:  # altered, truncated, not weights-only, or another layout: start over
             log.warning("checkpoint %s is not usable (%s); generating from the start", self.path, err)
             return None
 
     def save(self, state: dict) -> None:
-        if self.path is None:
+        if self.path is None or time.monotonic() - self._last_write < self.every_s:
             return
+        self._last_write = time.monotonic()
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getvalue()
@@ -146,6 +164,9 @@ class Checkpoint:
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator, **progress) -> dict:
     """What a round leaves behind for `Checkpoint.save`: model, optimizer, random state, progress."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": g.get_state(), **progress}
+
+
+SNAPSHOT_KEYS = ("model", "optimizer", "rng")  # what `snapshot` writes besides an attack's progress
 
 
 def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator) -> None:

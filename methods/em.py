@@ -10,8 +10,8 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
-from methods.bilevel import (Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, poisoned_accuracy,
-                             restore, signed_steps, snapshot, to_unit)
+from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate,
+                             poisoned_accuracy, restore, signed_steps, snapshot, to_unit)
 
 PAPER = "Huang et al., Unlearnable Examples: Making Personal Data Unexploitable, ICLR 2021"
 
@@ -32,6 +32,7 @@ class EMConfig:
     random_start: bool = False  # official default: noise starts at zero
     surrogate: str = "resnet18"  # a registered architecture
     surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
@@ -51,11 +52,37 @@ CPU_PRESET = {"surrogate": "tiny_cnn", "surrogate_width": 16, "max_rounds": 15, 
 class _SurrogateLoop:
     """The min-min bilevel loop both EM variants share: train the surrogate, then update the noise."""
 
-    def surrogate_and_optimizer(self, data: ImageSet, ctx: RunContext):
+    def min_min(self, data: ImageSet, ctx: RunContext, noise, update_noise, accuracy, where: str) -> None:
+        """Rounds until the stop rule: `train_steps` surrogate steps on the poisoned data, then, with the
+        surrogate frozen, `update_noise(model, g)` and `accuracy(model)` on the poisoned `where`.
+
+        `noise` maps batch indices to perturbations and holds its state in `noise.q`, checkpointed with
+        the surrogate after each round. A round that met the stop rule is recorded with it, so a
+        resumed generation that had already finished ends there too.
+        """
         c = self.config
         model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return model, opt
+        g = ctx.generator(data.device)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        state = checkpoint.load(data.device, (*SNAPSHOT_KEYS, "noise", "round", "cursor", "acc"))
+        start, cursor, acc = 0, 0, 0.0
+        if state is not None:
+            restore(state, model, opt, g)
+            noise.q, start, cursor, acc = state["noise"], int(state["round"]), int(state["cursor"]), float(state["acc"])
+            ctx.log(f"{self.name}: resuming after round {start}")
+        bar = ctx.bar(c.max_rounds, f"{self.name} rounds", initial=start)
+        for round_ in range(start, c.max_rounds):
+            if acc >= c.stop_accuracy:
+                break
+            cursor = self.train_round(model, opt, data.images, data.labels, noise, cursor)
+            with frozen(model):
+                update_noise(model, g)
+                acc = accuracy(model)
+            checkpoint.save(snapshot(model, opt, g, noise=noise.q, round=round_ + 1, cursor=cursor, acc=acc))
+            bar.update(1); bar.set_postfix(acc=f"{acc:.3f}")
+            ctx.log(f"{self.name} round {round_ + 1}: surrogate accuracy on the poisoned {where} {acc:.2%}")
+        bar.close()
 
     def train_round(self, model, opt, images, labels, deltas, cursor: int) -> int:
         """`train_steps` steps over the data in order, as the official persistent loader; returns the cursor."""
@@ -96,32 +123,16 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config
         images, labels, device = data.images, data.labels, data.device
-        model, opt = self.surrogate_and_optimizer(data, ctx)
         deltas = DeltaStore(images.shape, c.eps, device)
         if c.random_start:
             deltas.uniform_(ctx.generator(device))
-        g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir)
-        state = checkpoint.load(device)
-        start, cursor = 0, 0
-        if state is not None:
-            restore(state, model, opt, g)
-            deltas.q, start, cursor = state["delta"], int(state["round"]), int(state["cursor"])
-            ctx.log(f"em: resuming after round {start}")
-        bar = ctx.bar(c.max_rounds, "em rounds", initial=start)
-        for round_ in range(start, c.max_rounds):
-            cursor = self.train_round(model, opt, images, labels, deltas, cursor)
-            with frozen(model):
-                for idx in batches(len(images), c.batch_size, device):
-                    deltas[idx] = signed_steps(model, to_unit(images[idx]), deltas[idx], labels[idx], cross_entropy,
-                                               c.steps, c.step_size, c.eps)
-                acc = poisoned_accuracy(model, images, labels, deltas)
-            checkpoint.save(snapshot(model, opt, g, delta=deltas.q, round=round_ + 1, cursor=cursor))
-            bar.update(1); bar.set_postfix(acc=f"{acc:.3f}")
-            ctx.log(f"em round {round_ + 1}: surrogate accuracy on poisoned data {acc:.2%}")
-            if acc >= c.stop_accuracy:
-                break
-        bar.close()
+
+        def update_noise(model, g) -> None:
+            for idx in batches(len(images), c.batch_size, device):
+                deltas[idx] = signed_steps(model, to_unit(images[idx]), deltas[idx], labels[idx], cross_entropy,
+                                           c.steps, c.step_size, c.eps)
+
+        self.min_min(data, ctx, deltas, update_noise, lambda model: poisoned_accuracy(model, images, labels, deltas), "data")
         return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)
 
 
@@ -137,13 +148,16 @@ class EMClasswiseConfig(EMConfig):
 
 
 class _ClassNoise:
-    """Maps batch indices to their class's noise, so the shared loop can treat it like a DeltaStore."""
+    """Maps batch indices to their class's noise, so the shared loop can treat it like a DeltaStore.
+
+    `q` is the (C, ...) float noise itself (named as DeltaStore's state, which the loop checkpoints).
+    """
 
     def __init__(self, noise: torch.Tensor, labels: torch.Tensor):
-        self.noise, self.labels = noise, labels
+        self.q, self.labels = noise, labels
 
     def __getitem__(self, idx) -> torch.Tensor:
-        return self.noise[self.labels[idx]]
+        return self.q[self.labels[idx]]
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -165,7 +179,11 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
     512, takes one signed descent step of 0.8/255 per image from its class noise and sets each
     class noise to the batch mean of those steps (clipped to eps), as the official
     `universal_perturbation`. It stops at 90% surrogate accuracy on the poisoned subset (the
-    README's setting; the shipped script uses 99%).
+    README's setting; the shipped script uses 99%). Differences from the official code, besides
+    the sample-wise ones: its loaders are shuffled and drop the last partial batch; here the
+    surrogate walks the training set in order (the sample-wise loop, one code path) and every
+    subset image takes part in each round, so no image is skipped for a round by the luck of the
+    shuffle.
     """
 
     Config = EMClasswiseConfig
@@ -177,34 +195,21 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config
         images, labels, device = data.images, data.labels, data.device
-        model, opt = self.surrogate_and_optimizer(data, ctx)
-        noise = torch.zeros((data.num_classes, *images.shape[1:]), device=device)
+        noise = _ClassNoise(torch.zeros((data.num_classes, *images.shape[1:]), device=device), labels)
         if c.random_start:
-            noise.uniform_(-c.eps, c.eps, generator=ctx.generator(device))
+            noise.q.uniform_(-c.eps, c.eps, generator=ctx.generator(device))
         subset = stratified_subset(labels, c.subset_fraction, ctx.generator(device))
-        g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir)
-        state = checkpoint.load(device)
-        start, cursor = 0, 0
-        if state is not None:
-            restore(state, model, opt, g)
-            noise, start, cursor = state["noise"], int(state["round"]), int(state["cursor"])
-            ctx.log(f"em_classwise: resuming after round {start}")
-        bar = ctx.bar(c.max_rounds, "em_classwise rounds", initial=start)
-        for round_ in range(start, c.max_rounds):
-            cursor = self.train_round(model, opt, images, labels, _ClassNoise(noise, labels), cursor)
-            with frozen(model):
-                for idx in batches(len(subset), c.batch_size, device, g):
-                    members = subset[idx]
-                    y = labels[members]
-                    eta = signed_steps(model, to_unit(images[members]), noise[y], y, cross_entropy, c.steps, c.step_size, c.eps)
-                    for k in y.unique():
-                        noise[k] = eta[y == k].mean(0).clamp(-c.eps, c.eps)
-                acc = poisoned_accuracy(model, images[subset], labels[subset], _ClassNoise(noise, labels[subset]))
-            checkpoint.save(snapshot(model, opt, g, noise=noise, round=round_ + 1, cursor=cursor))
-            bar.update(1); bar.set_postfix(acc=f"{acc:.3f}")
-            ctx.log(f"em_classwise round {round_ + 1}: surrogate accuracy on the poisoned subset {acc:.2%}")
-            if acc >= c.stop_accuracy:
-                break
-        bar.close()
-        return Poison(apply_delta(images, noise[labels], "linf", c.eps), "linf", c.eps)
+
+        def update_noise(model, g) -> None:
+            for idx in batches(len(subset), c.batch_size, device, g):
+                members = subset[idx]
+                y = labels[members]
+                eta = signed_steps(model, to_unit(images[members]), noise.q[y], y, cross_entropy, c.steps, c.step_size, c.eps)
+                for k in y.unique():
+                    noise.q[k] = eta[y == k].mean(0).clamp(-c.eps, c.eps)
+
+        def accuracy(model) -> float:
+            return poisoned_accuracy(model, images[subset], labels[subset], _ClassNoise(noise.q, labels[subset]))
+
+        self.min_min(data, ctx, noise, update_noise, accuracy, "subset")
+        return Poison(apply_delta(images, noise.q[labels], "linf", c.eps), "linf", c.eps)

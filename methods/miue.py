@@ -12,8 +12,8 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
-from methods.bilevel import (Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore, signed_steps,
-                             snapshot, to_unit)
+from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore,
+                             signed_steps, snapshot, to_unit)
 from methods.miue_loss import supcon_loss
 
 
@@ -35,6 +35,7 @@ class MIUEConfig:
     post_aug: bool = True  # add the noise to a randomly flipped view of each clean image
     surrogate: str = "resnet18"
     surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     normalize: bool = True  # ImageNet mean/std inside the surrogate, as the official model
 
     def __post_init__(self):
@@ -63,7 +64,11 @@ class MutualInformationUE(Attack):
     from 0.2/255 to 0.4/255 as `alpha_e = (E-e+1)/E * (0.2 - 0.4)/255 + 0.4/255`. Noise starts at
     zero. With `post_aug` the noise is fitted to a randomly flipped view of each clean image: the
     official transform is RandomResizedCrop(scale=(1, 1)) + flip, and that crop always returns the
-    whole 32x32 image under torchvision's sampling rule, so the flip is all of it.
+    whole 32x32 image under torchvision's sampling rule, so the flip is all of it. Differences:
+    the surrogate is this project's CIFAR ResNet-18 with PyTorch's default initialisation (the
+    official torchvision-style one draws its convolutions He-normal over fan-out), and its training
+    inputs are clamped to [0, 1] (the official loop adds the noise unclamped, which only matters
+    where a flip moved the noise off the pixels it was fitted to).
     """
 
     Config = MIUEConfig
@@ -86,14 +91,12 @@ class MutualInformationUE(Attack):
         images, labels, device = data.images, data.labels, data.device
         model = make_surrogate(c, data.num_classes, device, ctx.seed)
         if c.normalize:
-            model.normalize = True
-            model.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1))
-            model.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+            model.normalize_inputs(IMAGENET_MEAN, IMAGENET_STD)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         deltas = DeltaStore(images.shape, c.eps, device)
         g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir)
-        state = checkpoint.load(device)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        state = checkpoint.load(device, (*SNAPSHOT_KEYS, "delta", "epoch"))
         start = 0
         if state is not None:
             restore(state, model, opt, g)
@@ -112,14 +115,14 @@ class MutualInformationUE(Attack):
             for group in opt.param_groups:  # the official LambdaLR, stepped once per epoch
                 group["lr"] = cosine_lr(c.lr, c.final_lr, epoch, c.epochs)
             model.train()
-            train_loss = 0.0
+            train_loss = torch.zeros((), device=device)  # summed on the device: no synchronisation per step
             for idx in batches(len(images), c.batch_size, device, g):
                 loss = F.cross_entropy(model((view(idx) + deltas[idx]).clamp(0, 1)), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                train_loss += loss.item() * len(idx)
-            e = epoch + 1
+                train_loss += loss.detach() * len(idx)
+            e, train_loss = epoch + 1, train_loss.item()
             alpha = (c.epochs - e + 1) / c.epochs * (c.step_size_start - c.step_size_end) + c.step_size_end
             with frozen(model):
                 for idx in batches(len(images), c.perturb_batch_size, device, g):

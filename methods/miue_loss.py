@@ -13,8 +13,9 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     raising intra-class cosine similarity, which lowers the conditional covariance of poisoned
     features and with it the mutual information between clean and poisoned features.
     """
-    z = F.normalize(features.float(), dim=1)
-    logits = z @ z.T / temperature
+    with torch.autocast(features.device.type, enabled=False):  # similarities in fp32 under a bf16 surrogate
+        z = F.normalize(features.float(), dim=1)
+        logits = z @ z.T / temperature
     same = labels.view(-1, 1) == labels.view(1, -1)
     log_all = torch.logsumexp(logits, dim=1)
     log_same = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)

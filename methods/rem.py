@@ -12,7 +12,8 @@ from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import random_crop_flip
 from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
-from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, make_surrogate, restore, signed_steps, snapshot, to_unit
+from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, restore,
+                             signed_steps, snapshot, to_unit)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class REMConfig:
     checkpoint_every: int = 100  # training steps between resumable checkpoints
     surrogate: str = "resnet18"
     surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
@@ -90,9 +92,8 @@ class RobustErrorMinimizing(Attack):
     seeded = True
 
     def defensive_noise(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """min over noise of E_T max over adversary of the loss, from a fresh uniform start."""
+        """min over noise of E_T max over adversary of the loss, from a fresh uniform start (surrogate frozen)."""
         c = self.config
-        model.eval()
         delta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * c.eps
         for _ in range(c.steps):
             grad = torch.zeros_like(delta)
@@ -117,12 +118,12 @@ class RobustErrorMinimizing(Attack):
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         deltas = DeltaStore(images.shape, c.eps, device)
         g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir)
-        state = checkpoint.load(device)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        state = checkpoint.load(device, (*SNAPSHOT_KEYS, "delta", "step", "order"))
         start, order = 0, []
         if state is not None:
             restore(state, model, opt, g)
-            deltas.q, start, order = state["delta"], int(state["step"]), list(state.get("order", []))
+            deltas.q, start, order = state["delta"], int(state["step"]), list(state["order"])
             ctx.log(f"rem: resuming after step {start}")
         bar = ctx.bar(c.train_steps, "rem steps", initial=start)
         for step in range(start, c.train_steps):
@@ -131,10 +132,10 @@ class RobustErrorMinimizing(Attack):
                 order = list(torch.randperm(len(images), generator=g, device=device)[: full * c.batch_size].view(full, -1))
             idx = order.pop(0)
             x, y = to_unit(images[idx]), labels[idx]
-            deltas[idx] = self.defensive_noise(model, x, y, g)
-            view = crop_flip((x + deltas[idx]).clamp(0, 1), g)
-            adv = pgd_attack(model, view, y, c.adv_eps, c.adv_step_size, c.adv_steps, g)
-            model.train()
+            with frozen(model):  # as the official defender and attacker: eval mode, no parameter gradients
+                deltas[idx] = self.defensive_noise(model, x, y, g)
+                view = crop_flip((x + deltas[idx]).clamp(0, 1), g)
+                adv = pgd_attack(model, view, y, c.adv_eps, c.adv_step_size, c.adv_steps, g)
             for group in opt.param_groups:
                 group["lr"] = c.lr * c.lr_decay ** (step // c.lr_decay_every)
             loss = F.cross_entropy(model(adv), y)
@@ -147,6 +148,7 @@ class RobustErrorMinimizing(Attack):
                 checkpoint.save(snapshot(model, opt, g, delta=deltas.q, step=step + 1, order=rest))
                 ctx.log(f"rem step {step + 1}/{c.train_steps}: adversarial loss on poisoned batch {loss.item():.3f}")
         bar.close()
-        for idx in batches(len(images), c.batch_size, device):
-            deltas[idx] = self.defensive_noise(model, to_unit(images[idx]), labels[idx], g)
+        with frozen(model):
+            for idx in batches(len(images), c.batch_size, device):
+                deltas[idx] = self.defensive_noise(model, to_unit(images[idx]), labels[idx], g)
         return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)

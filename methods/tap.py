@@ -30,6 +30,7 @@ class TAPConfig:
     augment: bool = True  # differentiable shift + flip during the attack (official default)
     surrogate: str = "resnet18"
     surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     surrogate_epochs: int = 40  # clean training of the surrogate (official: 40)
     surrogate_lr: float = 0.1
     surrogate_batch_size: int = 128
@@ -74,7 +75,10 @@ class TargetedAdversarialPoisoning(Attack):
     one with the lowest total target loss is kept. The loop order is per batch (all steps for one
     batch, then the next): the model is fixed, so this is the official attack with better locality.
     Differences: the surrogate trains with our crop+flip loop and takes inputs in [0, 1] (the
-    official one normalises by the CIFAR mean/std in the data pipeline).
+    official one normalises by the CIFAR mean/std in the data pipeline); a restart is scored by the
+    summed target loss of its final poisons under one fresh augmentation draw, where the official
+    loop keeps the mean batch loss seen during its last step (one step earlier): the per-batch loop
+    order leaves no "last step" over the whole set to read it from.
     """
 
     Config = TAPConfig
@@ -90,7 +94,7 @@ class TargetedAdversarialPoisoning(Attack):
         model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
         recipe = Recipe(epochs=c.surrogate_epochs, batch_size=c.surrogate_batch_size, lr=c.surrogate_lr,
                         nesterov=True, weight_decay=5e-4, schedule="multistep",
-                        milestones=(14 / 40, 25 / 40, 35 / 40), gamma=0.1)
+                        milestones=(14 / 40, 25 / 40, 35 / 40), gamma=0.1, bf16=c.bf16)
         data_hash = hashlib.sha256(data.images.cpu().numpy().tobytes() + data.labels.cpu().numpy().tobytes()).hexdigest()
         key = canonical_hash({"data": data_hash, "arch": c.surrogate, "width": c.surrogate_width,
                               "recipe": recipe.__dict__, "seed": ctx.seed})
@@ -126,8 +130,8 @@ class TargetedAdversarialPoisoning(Attack):
         def target_loss(m, x, y):
             return F.cross_entropy(m(x), y)
 
-        checkpoint = Checkpoint(ctx.work_dir)
-        state = checkpoint.load(device)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        state = checkpoint.load(device, ("best", "current", "best_loss", "trial", "batch", "trial_loss", "rng"))
         best, current = DeltaStore(images.shape, c.eps, device), DeltaStore(images.shape, c.eps, device)
         best_loss, trial, next_batch, trial_loss = float("inf"), 0, 0, 0.0
         if state is not None:

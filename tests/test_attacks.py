@@ -178,3 +178,57 @@ def test_external_reads_a_png_folder_and_its_budget_is_checked(tiny_set, tmp_pat
     assert torch.equal(poison.images, shifted)
     with pytest.raises(BudgetError, match="linf budget"):
         ATTACKS.create("external", {"path": str(folder), "eps": 8 / 255})(tiny_set, RunContext())
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "fp32-cpu"])
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_surrogate_attacks_generate_in_bf16_where_the_device_has_it(name, native, tiny_set, tmp_path, monkeypatch):
+    """The attacks with a `bf16` field run their passes under bf16 autocast on native hardware; the
+    others, and any attack with `bf16 = false`, stay in fp32 (model-free attacks must not lose precision)."""
+    import bench.train
+
+    monkeypatch.setattr(bench.train, "cpu_has_bf16_matmul", lambda: native)
+    attack = ATTACKS.create(name, attack_overrides(name, tmp_path, tiny_set))
+    seen = []
+    generate = attack.generate
+    monkeypatch.setattr(attack, "generate", lambda data, ctx: seen.append(torch.is_autocast_enabled("cpu")) or generate(data, ctx))
+    attack(tiny_set, RunContext(seed=0))
+    wants = getattr(attack.config, "bf16", False)
+    assert attack.precision(torch.device("cpu")) == ("bf16" if wants and native else "fp32")
+    assert seen == [wants and native]
+    if wants:
+        fp32 = ATTACKS.create(name, {**attack_overrides(name, tmp_path, tiny_set), "bf16": False})
+        assert fp32.precision(torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("name", ["em", "em_classwise"])
+def test_em_resumed_after_meeting_its_stop_rule_is_already_done(name, tiny_set, tmp_path, monkeypatch):
+    """A generation that met its stop rule and was then interrupted (before its poison was stored)
+    ends where it was on the rerun: no further round, the same poison."""
+    from methods import bilevel
+
+    attack = ATTACKS.create(name, {**TINY[name], "max_rounds": 3, "stop_accuracy": 0.01})  # met after round 1
+    ctx = RunContext(seed=0, work_dir=tmp_path, checkpoint_every_s=0)
+    first = attack(tiny_set, ctx)
+    saves = []
+    monkeypatch.setattr(bilevel.Checkpoint, "save", lambda self, state: saves.append(state))
+    again = attack(tiny_set, ctx)
+    assert saves == [], "the resumed generation trained another round"
+    assert torch.equal(first.images, again.images)
+
+
+def test_a_checkpoint_without_its_header_or_with_another_layout_is_not_used(tmp_path, caplog):
+    import logging
+
+    from methods import bilevel
+
+    ckpt = bilevel.Checkpoint(tmp_path)
+    ckpt.save({"round": torch.tensor(3)})
+    assert ckpt.load(torch.device("cpu"), ("round",))["round"] == 3
+    with caplog.at_level(logging.WARNING, "bench"):
+        assert ckpt.load(torch.device("cpu"), ("round", "acc")) is None
+    assert "lacks acc" in caplog.text
+    data = bytearray(ckpt.path.read_bytes())
+    data[64:65] = b" "  # the hash still matches the payload, but the file is not what save wrote
+    ckpt.path.write_bytes(bytes(data))
+    assert ckpt.load(torch.device("cpu")) is None

@@ -68,13 +68,14 @@ def test_interrupted_generation_resumes_to_the_same_poison(name, tiny_set, tmp_p
 
     monkeypatch.setattr(bilevel.Checkpoint, "save", counting_save)
     die_after = 0
-    unbroken = attack(tiny_set, RunContext(seed=3, work_dir=tmp_path / "unbroken"))
+    # checkpoint_every_s=0: a checkpoint at every chance, so that the kill below lands after a known one.
+    unbroken = attack(tiny_set, RunContext(seed=3, work_dir=tmp_path / "unbroken", checkpoint_every_s=0))
     total = len(saves)
     assert total >= 3, "the generation must checkpoint more than twice for this test to mean anything"
 
     saves.clear()
     die_after = 2
-    ctx = RunContext(seed=3, work_dir=tmp_path / "work")
+    ctx = RunContext(seed=3, work_dir=tmp_path / "work", checkpoint_every_s=0)
     with pytest.raises(Interrupted):
         attack(tiny_set, ctx)
     saves.clear()

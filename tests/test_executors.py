@@ -261,3 +261,20 @@ def test_a_malicious_checkpoint_with_a_matching_hash_runs_no_code(tmp_path, monk
     ckpt.path.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
     assert ckpt.load(torch.device("cpu")) is None
     assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoints_are_written_at_most_once_per_interval(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(bilevel.time, "monotonic", lambda: clock[0])
+    ckpt = bilevel.Checkpoint(tmp_path, every_s=60)
+    ckpt.save({"round": torch.tensor(1)})
+    clock[0] += 59
+    ckpt.save({"round": torch.tensor(2)})  # within the interval: skipped
+    assert ckpt.load(torch.device("cpu"))["round"] == 1
+    clock[0] += 1
+    ckpt.save({"round": torch.tensor(3)})
+    assert ckpt.load(torch.device("cpu"))["round"] == 3
+    every_call = bilevel.Checkpoint(tmp_path / "all")
+    for r in range(3):
+        every_call.save({"round": torch.tensor(r)})
+        assert every_call.load(torch.device("cpu"))["round"] == r

@@ -111,3 +111,92 @@ def test_throughput_is_steady_state_training_and_the_first_epoch_overhead_is_sep
     single = _trained(compile=False, epochs=1)
     assert single.compile_seconds is None  # nothing steady to compare the first epoch with
     assert single.images_per_second == pytest.approx(96 / single.history[0]["train_seconds"])
+
+
+@pytest.mark.parametrize("name", ["at", "ueraser"])
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_adversary_of_a_defense_runs_in_the_training_steps_precision(name, bf16, monkeypatch):
+    """AT's PGD steps and UEraser's loss picks see the same autocast as the training step they feed."""
+    import bench.train
+    from bench.registry import create_defense
+
+    monkeypatch.setattr(bench.train, "cpu_has_bf16_matmul", lambda: True)
+    model = ARCHS.create("tiny_cnn", num_classes=2, width=8)
+    states = {"train": set(), "eval": set()}
+    model.register_forward_pre_hook(
+        lambda m, args: states["train" if m.training else "eval"].add(torch.is_autocast_enabled("cpu")))
+    config = {"steps": 1} if name == "at" else {"repeats": 2}
+    defense = create_defense(name, config, num_classes=2)
+    train_model(model, _blobs(32, 0), _blobs(16, 1), Recipe(epochs=1, batch_size=16, bf16=bf16),
+                augment=defense.augment, adversary=defense.adversary)
+    # "train": the training steps; "eval": the adversary's passes (AT's PGD runs in eval mode,
+    # UEraser's picks run in train mode) and the evaluation after the epoch.
+    assert states["train"] == {bf16}
+    assert states["eval"] == {bf16}
+
+
+def test_a_bf16_region_spanning_optimizer_steps_computes_with_the_current_weights():
+    """An attack's whole `generate` is one autocast region; each step must see the last step's update
+    (autocast's weight cache would keep the first bf16 copy of each weight until the region ends)."""
+    from bench.train import autocast_to
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)  # each step moves every output by about 0.8
+    x = torch.randn(2, 8)
+    with autocast_to("bf16", torch.device("cpu")):
+        for _ in range(3):
+            out = layer(x)
+            with torch.autocast("cpu", torch.bfloat16, enabled=False):
+                expected = (x.bfloat16() @ layer.weight.bfloat16().T + layer.bias.bfloat16()).float()
+            assert torch.allclose(out.float(), expected, atol=0.05), "computed with stale weights"
+            out.float().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_to_float_scales_to_the_unit_interval_in_the_asked_layout():
+    from bench.train import to_float
+
+    x = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for channels_last in (True, False):
+        out = to_float(x, channels_last)
+        assert out.dtype == torch.float32 and torch.equal(out, x.float() / 255)
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_compiled_training_uses_one_static_graph_per_batch_shape(monkeypatch):
+    """The epoch's short last batch gets a graph of its own; the full batches keep theirs in every epoch.
+
+    With dynamo's default (dynamic=None) the short batch would build a batch-generic graph that
+    then serves the full batches too. Dynamo traces for real here; the graphs run eagerly.
+    """
+    import bench.train
+
+    graphs, calls = [], []
+
+    def backend(gm, example_inputs):
+        batches = [t.shape for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] == 3
+                   and tuple(t.shape[2:]) == (32, 32)]
+        graph = len(graphs)
+        graphs.append(batches[0])
+
+        def run(*args):
+            calls.append((graph, next(a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() == 4
+                                      and tuple(a.shape[1:]) == (3, 32, 32))))
+            return gm(*args)
+        return run
+
+    real_compile = torch.compile
+    monkeypatch.setattr(bench.train, "compile_failure", lambda device_type: None)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=backend, **kw))
+    torch._dynamo.reset()
+    try:
+        torch.manual_seed(0)
+        model = ARCHS.create("tiny_cnn", num_classes=2, width=8)
+        train_model(model, _blobs(96, 0), _blobs(16, 1), Recipe(epochs=3, batch_size=40), compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert sorted(int(shape[0]) for shape in graphs) == [16, 40]
+    built_for = {int(shape[0]): graph for graph, shape in enumerate(graphs)}
+    assert len(calls) == 3 * 3 and all(graph == built_for[batch] for graph, batch in calls)
