@@ -201,12 +201,28 @@ def list_(kind: str | None, pattern: str) -> None:
 @click.option("--memory", is_flag=True, help="Also peak host/GPU memory of each attack's generation on 50,000 images.")
 @click.option("--full", is_flag=True, help="Also a 60-epoch ResNet-18 cell and EM (official settings) on all of "
                                            "CIFAR-10: for a GPU; days on a CPU.")
-def bench_(device: str, quick: bool, memory: bool, full: bool) -> None:
+@click.option("--only", "only", default=None, metavar="PARTS",
+              help="Run just these parts, comma-separated: training, compile, jpeg, defenses, generation, report, "
+                   "concurrent, memory, cell, em.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures to this JSON file.")
+def bench_(device: str, quick: bool, memory: bool, full: bool, only: str | None, json_path: Path | None) -> None:
     """Speed on this machine: our training loop beside the conventional one, JPEG, defenses, generation, report."""
-    from bench.perf import run_benchmarks
+    import json
+
+    from bench.perf import parse_parts, plan_for, run_benchmarks
     from bench.runner import pick_device
 
-    run_benchmarks(pick_device(device), quick=quick, memory=memory, full=full, echo=click.echo)
+    torch_device = pick_device(device)
+    try:
+        parts = parse_parts(only) if only else plan_for(torch_device, quick).parts
+    except ValueError as err:
+        raise click.BadParameter(str(err).removeprefix("--only: "), param_hint="--only") from None
+    parts += ("memory",) * memory + ("cell", "em") * full
+    figures = run_benchmarks(torch_device, quick=quick, parts=tuple(dict.fromkeys(parts)), echo=click.echo)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=1, default=str))
+        click.echo(f"figures written to {json_path}")
 
 
 if __name__ == "__main__":

@@ -80,14 +80,92 @@ def test_each_loop_trains_its_model_for_one_window(loop):
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, run.model.parameters()))
 
 
-def test_bench_command_prints_every_figure(monkeypatch):
-    tiny = Plan((TrainingWindow("tiny_cnn", 32, 1, batch_size=32),), num_workers=0, compile_arch=None,
-                generation=False, compile_images=0, jpeg_images=20, jpeg_repeats=1, defense_images=20,
-                generation_images=8, report_records=20)
-    monkeypatch.setattr(bench.perf, "plan_for", lambda device, quick: tiny)
+TINY_PLAN = Plan(("training", "jpeg", "defenses", "report"), (TrainingWindow("tiny_cnn", 32, 1, batch_size=32),),
+                 num_workers=0, compile_arch="tiny_cnn", compile_images=0, jpeg_images=20, jpeg_repeats=1,
+                 defense_images=20, generation_images=8, report_records=20, concurrent_arch="tiny_cnn",
+                 concurrent_images=64, concurrent_copies=(1, 2))
+
+
+def test_bench_command_prints_every_figure(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench.perf, "plan_for", lambda device, quick: TINY_PLAN)
     monkeypatch.setattr(bench.perf, "training_images", lambda n, device, echo: synthetic_set(n, device))
-    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--quick"])
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--quick", "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     for line in ("tiny_cnn  batch 32", "ratio", "JPEG quality 10, 20 images", "set-level defenses", "jpeg",
                  "report over 20 records"):
         assert line in result.output
+    import json
+
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert list(figures) == ["device", "torch", "training", "jpeg", "defenses", "report"]
+    assert figures["training"]["tiny_cnn"]["ours"]["best"] > 0 and figures["report"] > 0
+
+
+def test_bench_only_runs_the_named_parts_and_refuses_unknown_ones(monkeypatch):
+    monkeypatch.setattr(bench.perf, "plan_for", lambda device, quick: TINY_PLAN)
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--only", "report"])
+    assert result.exit_code == 0, result.output
+    assert "report over 20 records" in result.output and "JPEG" not in result.output and "training" not in result.output
+    bad = CliRunner().invoke(main, ["bench", "--device", "cpu", "--only", "report,speed"])
+    assert bad.exit_code == 2 and "unknown part 'speed'" in bad.output and "concurrent" in bad.output
+
+
+def test_concurrent_copies_train_at_once_and_report_each_throughput():
+    """Two processes of `concurrent_training` on the CPU: both train, each reports its own images/s."""
+    run = bench.perf.concurrent_training("tiny_cnn", 64, torch.device("cpu"), copies=2, epochs=2)
+    assert run["copies"] == 2 and len(run["per_copy"]) == 2 and all(r > 0 for r in run["per_copy"])
+    assert run["aggregate"] == pytest.approx(sum(run["per_copy"]))
+
+
+def test_set_level_jpeg_returns_a_contiguous_set_whatever_the_input_layout():
+    images = _photos(12).contiguous(memory_format=torch.channels_last)
+    out = create_defense("jpeg", {"quality": 10}).prepare(images, torch.zeros(12, dtype=torch.long))
+    assert out.is_contiguous() and torch.equal(out, pil_jpeg(images, 10))
+
+
+def test_our_loop_times_its_training_steps_only(monkeypatch):
+    """A window is one epoch of steps: no test, no set-up; model and optimizer persist as the conventional loop's."""
+    import bench.train
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a window must not evaluate")
+
+    monkeypatch.setattr(bench.train, "evaluate", no_evaluation)
+    run = OurLoop("tiny_cnn", synthetic_set(64), bench.perf.replace(bench.perf.SPEED_RECIPE, batch_size=32))
+    optimizer = run.trainer.optimizer
+    assert run() > 0 and run() > 0
+    assert run.trainer.step == 4 and run.trainer.optimizer is optimizer
+    assert all("momentum_buffer" in optimizer.state[p] for p in run.model.parameters())
+
+
+def test_timers_wait_for_the_device(monkeypatch):
+    """`seconds_of` empties the device queue before and after the work; `synchronized` after it."""
+    events = []
+    monkeypatch.setattr(bench.perf, "synchronize", lambda device: events.append(("sync", str(device))))
+    seconds = bench.perf.seconds_of(lambda: events.append("work"), "cuda")
+    assert events == [("sync", "cuda"), "work", ("sync", "cuda")] and seconds >= 0
+    events.clear()
+    work = bench.perf.synchronized(lambda a, b=0: events.append(("work", a, b)) or a + b, "cuda")
+    assert work(1, b=2) == 3 and events == [("work", 1, 2), ("sync", "cuda")]
+
+
+def test_compile_cost_says_so_where_torch_compile_cannot_work(monkeypatch):
+    """Not eager figures under the name "compiled" (train_model would fall back to eager there)."""
+    real_train, compile_flags = bench.perf.train_model, []
+
+    def train_model(*args, compile=False, **kwargs):
+        compile_flags.append(compile)
+        return real_train(*args, compile=compile, **kwargs)
+
+    monkeypatch.setattr(bench.perf, "compile_failure", lambda device_type: "CppCompileError: no C++ compiler")
+    monkeypatch.setattr(bench.perf, "train_model", train_model)
+    cost = bench.perf.compile_cost("tiny_cnn", synthetic_set(64), epochs=2,
+                                   recipe=bench.perf.replace(bench.perf.SPEED_RECIPE, batch_size=32))
+    assert compile_flags == [False]
+    assert cost["compiled"] == {"unavailable": "CppCompileError: no C++ compiler"}
+    assert cost["eager"]["images_per_second"] > 0 and cost["eager"]["first_epoch_overhead_s"] is not None
+    lines = []
+    monkeypatch.setattr(bench.perf, "compile_cost", lambda arch, data: cost)
+    monkeypatch.setattr(bench.perf, "training_images", lambda n, device, echo: synthetic_set(n, device))
+    bench.perf.part_compile(torch.device("cpu"), TINY_PLAN, lines.append)
+    assert any("compiled not measured: torch.compile does not work here (CppCompileError" in line for line in lines)

@@ -1,7 +1,7 @@
 """Each set-level defense over 10,000 CIFAR-10 images, and set-level JPEG beside a per-image PIL loop."""
 import pytest
 
-from bench.perf import jpeg_speed, pil_jpeg, ratio, set_level_defenses
+from bench.perf import jpeg_speed, pil_jpeg, ratio, set_level_defenses, synchronized
 from bench.registry import create_defense
 
 JPEG_RATIO = 3.0  # set-level JPEG over the per-image PIL loop, quality 10 (issue 7)
@@ -12,7 +12,8 @@ def test_prepare(benchmark, name, plan, cifar):
     data = cifar(plan.defense_images)
     defense = create_defense(name, num_classes=data.num_classes)
     benchmark.group = f"set-level defense, {plan.defense_images} images"
-    out = benchmark.pedantic(defense.prepare, args=(data.images, data.labels), rounds=3, iterations=1)
+    out = benchmark.pedantic(synchronized(defense.prepare, data.device), args=(data.images, data.labels), rounds=3,
+                             warmup_rounds=1, iterations=1)
     assert out.shape == data.images.shape
 
 

@@ -12,5 +12,5 @@ def records(plan):
 
 def test_write_report(benchmark, records, tmp_path):
     benchmark.group = f"report over {len(records)} records"
-    paths = benchmark.pedantic(write_report, args=(records, tmp_path, "perf"), rounds=3, iterations=1)
-    assert paths["csv"].stat().st_size > 0
+    report = benchmark.pedantic(write_report, args=(records, tmp_path, "perf"), rounds=3, iterations=1)
+    assert report.paths["csv"].stat().st_size > 0

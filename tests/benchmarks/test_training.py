@@ -28,8 +28,9 @@ def test_window(benchmark, loop, arch, plan, cifar):
     extra = {"num_workers": plan.num_workers} if loop == "conventional" else {}
     run = LOOPS[loop](arch, cifar(window.images), recipe, **extra)
     benchmark.group = f"training {arch}: one window of {window.images} images, batch {window.batch_size}"
-    benchmark.pedantic(run, rounds=window.repeats, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["images_per_second"] = window.images / benchmark.stats.stats.min
+    seconds = []  # each window's own timing, device synchronised: also there under --benchmark-disable (one run)
+    benchmark.pedantic(lambda: seconds.append(run()), rounds=window.repeats, warmup_rounds=1, iterations=1)
+    benchmark.extra_info["images_per_second"] = window.images / min(seconds[-window.repeats:])
 
 
 @pytest.mark.parametrize("arch", ["tiny_cnn", "resnet18"])
@@ -52,8 +53,11 @@ def test_ratio(benchmark, arch, plan, cifar, device):
 
 
 def test_compile_cost(benchmark, plan, cifar):
-    arch = plan.compile_arch or "tiny_cnn"
-    benchmark.group = f"torch.compile, {arch}"
-    cost = benchmark.pedantic(compile_cost, args=(arch, cifar(plan.compile_images or 1024)), rounds=1, iterations=1)
+    benchmark.group = f"torch.compile, {plan.compile_arch}"
+    cost = benchmark.pedantic(compile_cost, args=(plan.compile_arch, cifar(plan.compile_images)), rounds=1,
+                              iterations=1)
     benchmark.extra_info.update({f"{mode}_{k}": v for mode, c in cost.items() for k, v in c.items()})
-    assert all(c["first_epoch_overhead_s"] is not None for c in cost.values())
+    if "unavailable" in cost["compiled"]:
+        pytest.skip(f"torch.compile does not work here: {cost['compiled']['unavailable']}")
+    for c in cost.values():
+        assert c["images_per_second"] > 0 and c["first_epoch_overhead_s"] is not None
