@@ -102,6 +102,7 @@ BIBTEX = {
 }""",
 }
 
+_ENTRY_START = re.compile(r"(?=@\w+\s*\{)")  # splits a .bib text before each entry
 _ENTRY_KEY = re.compile(r"@\w+\s*\{\s*([^,\s]+)\s*,")
 
 
@@ -113,8 +114,8 @@ class Citation:
 
 def plugin_citation(plugin: object) -> Citation:
     """The keys and entries a plugin class names through `cite` and `bibtex`."""
-    own = {m.group(1): entry.strip() for entry in _split_entries(getattr(plugin, "bibtex", "") or "")
-           for m in [_ENTRY_KEY.search(entry)] if m}
+    pieces = [piece.strip() for piece in _ENTRY_START.split(getattr(plugin, "bibtex", "") or "")]
+    own = {key.group(1): piece for piece in pieces if (key := _ENTRY_KEY.match(piece))}
     cite = getattr(plugin, "cite", "") or ""
     keys = tuple(k.strip() for k in cite.split(",") if k.strip()) if cite else tuple(own)
     entries = {key: own.get(key) or BIBTEX.get(key) for key in keys}
@@ -123,11 +124,6 @@ def plugin_citation(plugin: object) -> Citation:
         raise ConfigError(f"{getattr(plugin, 'name', plugin)}.cite: no BibTeX entry for {missing[0]!r}; "
                           f"use a key of bench.citations.BIBTEX ({', '.join(sorted(BIBTEX))}) or give the entry in `bibtex`")
     return Citation(keys, entries)
-
-
-def _split_entries(text: str) -> list[str]:
-    starts = [m.start() for m in re.finditer(r"@\w+\s*\{", text)]
-    return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
 
 
 def citation(kind: str, name: str) -> Citation:

@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-STYLE = ["tableau-colorblind10", {
+CYCLE = "tableau-colorblind10"
+STYLE = [CYCLE, {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
     "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 4,
     "pdf.fonttype": 42,  # TrueType in the PDF, so the text stays editable in a paper's figure tools
 }]
+COLOURS = matplotlib.style.library[CYCLE]["axes.prop_cycle"].by_key()["color"]
 MARKERS = "osD^v<>pPX*h"
 PNG_DPI = 200
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
@@ -38,10 +40,8 @@ class AttackStyle:
     attacks: tuple[str, ...]
 
     def __call__(self, attack: str) -> dict:
-        with matplotlib.style.context(STYLE):
-            colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
         i = self.attacks.index(attack) if attack in self.attacks else len(self.attacks)
-        return {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)]}
+        return {"color": COLOURS[i % len(COLOURS)], "marker": MARKERS[i % len(MARKERS)]}
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
@@ -61,7 +61,7 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, 
     return fig, axes
 
 
-def accuracy_heatmap(means: dict[str, pd.DataFrame], title: str = ACCURACY_LABEL) -> Figure:
+def accuracy_heatmap(means: dict[str, pd.DataFrame], colorbar_label: str = ACCURACY_LABEL) -> Figure:
     """One panel per table (title -> attacks x defenses of mean accuracy in %), annotated."""
     panels = [(name, table) for name, table in means.items() if not table.empty]
     if not panels:
@@ -81,7 +81,7 @@ def accuracy_heatmap(means: dict[str, pd.DataFrame], title: str = ACCURACY_LABEL
                 if not math.isnan(v):
                     # cividis runs dark to light: dark text on the light upper half.
                     ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="black" if v > 60 else "white")
-            fig.colorbar(image, ax=ax, label=title, shrink=0.9)
+            fig.colorbar(image, ax=ax, label=colorbar_label, shrink=0.9)
     return fig
 
 
@@ -121,8 +121,8 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     """The MI-UE paper's figure: MI (both estimators) and test accuracy against depth, a line per attack.
 
     `cells` has one row per (attack, arch) with columns attack, arch and the means of MI_PANELS'
-    metrics, plus `<metric>_std` where there are several seeds. Architectures of one family share
-    a line; another family is drawn dashed. Without depths in the names the x axis is categorical.
+    metrics, plus `<metric>_std` (error bars; NaN or absent for one seed). Architectures of one family
+    share a line; another family is drawn dashed. Without depths in the names the x axis is categorical.
     """
     if cells.empty:
         raise ValueError("no MI analysis to plot")
@@ -132,14 +132,17 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     order = list(dict.fromkeys(cells.arch))
     cells["x"] = depths if numeric else cells.arch.map(order.index)
     fig, axes = _figure(1, len(MI_PANELS), 2.6 * len(MI_PANELS), 2.6)
-    families = list(dict.fromkeys(cells.arch.map(arch_family)))
+    cells["family"] = cells.arch.map(arch_family)
+    families = list(dict.fromkeys(cells.family))
     with matplotlib.style.context(STYLE):
         for ax, (metric, label) in zip(axes[0], MI_PANELS):
-            for (attack, family), line in cells.groupby(["attack", cells.arch.map(arch_family)], sort=False):
+            in_legend = set()  # each attack once, on its first line, whatever family that is
+            for (attack, family), line in cells.groupby(["attack", "family"], sort=False):
                 line = line.sort_values("x")
-                dashed = families.index(family) > 0
                 ax.errorbar(line.x, line[metric], yerr=line.get(f"{metric}_std"), capsize=2,
-                            linestyle="--" if dashed else "-", label=attack if not dashed else None, **style(attack))
+                            linestyle="--" if families.index(family) > 0 else "-",
+                            label=None if attack in in_legend else attack, **style(attack))
+                in_legend.add(attack)
             ax.set_ylabel(label)
             ax.set_xlabel("depth (layers)" if numeric else "architecture")
             if not numeric:

@@ -31,6 +31,7 @@ from scipy.special import digamma
 from sklearn.covariance import ledoit_wolf
 
 from bench.config import require
+from bench.train import to_float  # images enter the model as they did in training
 
 MAX_IMAGES = 5000  # images per cell; at 5,000 samples GaussianMI is within 2% of the closed form at 8 dims (docs/reports.md)
 RELATIVE_RANK_TOL = 1e-6  # principal components below this fraction of the largest singular value are numerical zeros
@@ -172,7 +173,7 @@ class MISettings:
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        GaussianMI(self.gaussian_dims), KSGMI(self.ksg_dims, self.ksg_k)  # check their fields
+        self.estimators()  # their own checks name the field
 
     def estimators(self) -> dict:
         return {"gaussian": GaussianMI(self.gaussian_dims), "ksg": KSGMI(self.ksg_dims, self.ksg_k, self.seed)}
@@ -185,7 +186,8 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, device: torch
     was_training = model.training
     model.eval()
     try:
-        out = [model.features(batch.to(device).float().div_(255)).float().cpu() for batch in images.split(batch_size)]
+        out = [model.features(to_float(batch.to(device), channels_last=False)).float().cpu()
+               for batch in images.split(batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out).double().numpy()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
@@ -121,6 +121,14 @@ class TableLayout:
         return tuple(f for f in FACTORS if f not in (self.rows, self.columns))
 
 
+def mean_std(mean, std, digits: int = 2):
+    """Per element of two Series or DataFrames: 'mean ± std' where std is known (several seeds), 'mean'
+    where it is NaN (one seed), MISSING where there is no mean."""
+    number = f"{{:.{digits}f}}".format
+    text = mean.map(number).where(std.isna(), mean.map(number) + " ± " + std.map(number))
+    return text.where(mean.notna(), MISSING)
+
+
 def attack_label(attack: str, budget: str) -> str:
     return f"{attack} ({budget})" if budget else attack
 
@@ -130,44 +138,60 @@ class SummaryTable:
     """One table: mean, std and number of seeds per (row, column), for one value of the group factors."""
 
     layout: TableLayout
-    group: dict  # group factor -> value
-    mean: pd.DataFrame
-    std: pd.DataFrame
-    seeds: pd.DataFrame
-    names: dict = field(default_factory=dict)  # row or column label -> (factor, plugin or recipe name)
-    attacks: tuple[str, ...] = ()  # the attacks in this table, by plugin name
+    group: dict  # group factor -> value (an attack's value is its label, with the budget)
+    mean: pd.DataFrame  # layout.rows x layout.columns, NaN where no record has the cell
+    std: pd.DataFrame  # sample std over seeds, NaN for one seed
+    seeds: pd.DataFrame  # 0 where no record has the cell
+    budgets: dict = field(default_factory=dict)  # attack plugin name -> its budget labels in this table, grid order
+
+    @property
+    def attack_names(self) -> dict[str, str]:
+        """Attack label ('em (Linf 8/255)') -> plugin name ('em')."""
+        return {attack_label(a, b): a for a, budgets in self.budgets.items() for b in budgets}
+
+    def plugin(self, factor: str, label: str) -> str:
+        """The plugin (or recipe, dataset) name behind a row, column or group label of `factor`."""
+        return self.attack_names.get(label, label) if factor == "attack" else label
+
+    def labels(self, factor: str) -> list[str]:
+        """The labels of `factor` in this table: its rows, its columns, or its one group value."""
+        return {self.layout.rows: list(self.mean.index), self.layout.columns: list(self.mean.columns)}.get(
+            factor, [self.group[factor]])
 
     def text(self, bold: str = "{}") -> pd.DataFrame:
         """'mean' or 'mean ± std' per cell, the best of each column wrapped in `bold`."""
-        best = self.best()
-        out = self.mean.copy().astype(object)
-        for r in self.mean.index:
-            for c in self.mean.columns:
-                m, s, n = self.mean.at[r, c], self.std.at[r, c], self.seeds.at[r, c]
-                if pd.isna(m):
-                    out.at[r, c] = MISSING
-                    continue
-                value = f"{m:.2f}" if n < 2 else f"{m:.2f} ± {s:.2f}"
-                out.at[r, c] = bold.format(value) if best.at[r, c] else value
-        return out
+        text = mean_std(self.mean, self.std)
+        return text.where(~self.best(), text.map(bold.format))
 
     def best(self) -> pd.DataFrame:
-        """True where a cell has the lowest mean of its column, among rows that are not a baseline."""
-        contenders = [label for label in self.mean.index if self.names.get(label, ("", ""))[1] not in BASELINE_ATTACKS
-                      or self.layout.rows != "attack"]
-        lowest = self.mean.loc[contenders].min() if contenders else pd.Series(dtype=float)
-        rounded = self.mean.round(2)
-        mask = rounded.eq(lowest.round(2), axis=1) & self.mean.index.isin(contenders)[:, None]
-        return mask.fillna(False)
+        """True where a cell has the lowest mean of its column (at the two decimals shown), baseline rows aside."""
+        contenders = self.mean
+        if self.layout.rows == "attack":
+            contenders = self.mean[[self.plugin("attack", r) not in BASELINE_ATTACKS for r in self.mean.index]]
+        bold = self.mean.round(2).eq(contenders.min().round(2), axis="columns")
+        bold.loc[~bold.index.isin(contenders.index)] = False
+        return bold
 
     def seed_counts(self) -> tuple[int, int]:
-        counts = self.seeds.stack()
+        """Fewest and most seeds of a cell that has a value."""
+        counts = self.seeds.to_numpy()
+        counts = counts[counts > 0]
         return int(counts.min()), int(counts.max())
 
 
-def _ordered(values: Iterable[str], order: Iterable[str] | None) -> list[str]:
-    rank = {v: i for i, v in enumerate(order or [])}
-    return sorted(dict.fromkeys(values), key=lambda v: (rank.get(v, len(rank)), v))
+def _rank(order, value: str) -> int:
+    order = list(order or [])
+    return order.index(value) if value in order else len(order)
+
+
+def _ordered(labels: Iterable[str], order: Iterable[str] | None, name=lambda label: label) -> list[str]:
+    """The distinct `labels` in `order` (grid order) of their plugin `name`, then alphabetically."""
+    return sorted(dict.fromkeys(labels), key=lambda label: (_rank(order, name(label)), label))
+
+
+def _positions(column: pd.Series, order: Iterable[str] | None) -> pd.Series:
+    """Each value's position in `_ordered(column, order)`: a `sort_values` key for grid order."""
+    return column.map({value: i for i, value in enumerate(_ordered(column, order))})
 
 
 def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: TableLayout = TableLayout(),
@@ -179,43 +203,39 @@ def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: Tabl
         return []
     sub["attack_name"] = sub["attack"]
     sub["attack"] = [attack_label(a, b) for a, b in zip(sub.attack, sub.budget)]
+    attack_names = dict(zip(sub.attack, sub.attack_name))
+
+    def ordered(factor: str, labels: Iterable[str]) -> list[str]:
+        return _ordered(labels, orders.get(factor), attack_names.get if factor == "attack" else lambda label: label)
+
     tables = []
     groups = list(layout.groups)
     for key, part in sub.groupby(groups, sort=False):
-        stats = part.groupby([layout.rows, layout.columns], sort=False)["value"].agg(["mean", "std", "count"])
-        name_of = {}
-        for factor in (layout.rows, layout.columns):
-            column = "attack_name" if factor == "attack" else factor
-            name_of.update({label: (factor, name) for label, name in zip(part[factor], part[column])})
-        rows = sorted(stats.index.get_level_values(0).unique(),
-                      key=lambda l: (_rank(orders.get(layout.rows), name_of[l][1]), l))
-        cols = sorted(stats.index.get_level_values(1).unique(),
-                      key=lambda l: (_rank(orders.get(layout.columns), name_of[l][1]), l))
-        frames = {s: stats[s].unstack().reindex(index=rows, columns=cols) for s in ("mean", "std", "count")}
-        for frame in frames.values():
-            frame.index.name, frame.columns.name = layout.rows, layout.columns
-        tables.append(SummaryTable(layout, dict(zip(groups, key)), frames["mean"], frames["std"],
-                                   frames["count"].fillna(0).astype(int), name_of,
-                                   tuple(_ordered(part.attack_name, orders.get("attack")))))
-    order_of_groups = {g: orders.get(g) for g in groups}
-    return sorted(tables, key=lambda t: tuple(_rank(order_of_groups[g], t.group[g]) for g in groups))
-
-
-def _rank(order, value: str) -> int:
-    order = list(order or [])
-    return order.index(value) if value in order else len(order)
+        stats = part.groupby([layout.rows, layout.columns])["value"].agg(["mean", "std", "count"])
+        rows, columns = ordered(layout.rows, part[layout.rows]), ordered(layout.columns, part[layout.columns])
+        mean, std, count = (stats[s].unstack().reindex(index=rows, columns=columns)
+                            .rename_axis(index=layout.rows, columns=layout.columns) for s in ("mean", "std", "count"))
+        budgets = {a: tuple(dict.fromkeys(part.budget[part.attack_name == a]))
+                   for a in _ordered(part.attack_name, orders.get("attack"))}
+        tables.append(SummaryTable(layout, dict(zip(groups, key)), mean, std, count.fillna(0).astype(int), budgets))
+    group_order = {g: ordered(g, sub[g]) for g in groups}
+    return sorted(tables, key=lambda t: tuple(group_order[g].index(t.group[g]) for g in groups))
 
 
 # --- captions and rendering ---------------------------------------------------------------------
-def caption(table: SummaryTable, metric: str, recipes: dict[str, str], budgets: dict[str, str]) -> str:
-    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold means."""
+def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
+    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold means.
+
+    `recipes` maps a recipe label (tidy's `recipe` column) to its description in words.
+    """
     group = ", ".join(f"{k} {v}" for k, v in table.group.items() if k != "recipe")
     lo, hi = table.seed_counts()
     seeds = "one seed" if hi == 1 else f"mean ± std over {lo} seeds" if lo == hi else f"mean ± std over {lo}-{hi} seeds"
-    shown = [table.group["recipe"]] if "recipe" in table.group else [n for f, n in table.names.values() if f == "recipe"]
-    recipe_text = "; ".join(recipes[r] for r in dict.fromkeys(shown) if r in recipes)
-    budget_text = ", ".join(f"{a} {budgets[a]}" for a in table.attacks if budgets.get(a))
-    aside = " (clean baseline aside)" if table.layout.rows == "attack" and set(table.attacks) & set(BASELINE_ATTACKS) else ""
+    recipe_text = "; ".join(recipes[r] for r in table.labels("recipe") if r in recipes)
+    budget_text = ", ".join(f"{a} {' and '.join(b for b in budgets if b)}" for a, budgets in table.budgets.items()
+                            if any(budgets))
+    has_baseline_row = table.layout.rows == "attack" and bool(set(table.budgets) & set(BASELINE_ATTACKS))
+    aside = " (clean baseline aside)" if has_baseline_row else ""
     parts = [METRIC_WORDS[metric].capitalize() + (f", {group}" if group else ""),
              f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
              seeds, f"lowest per column in bold{aside}"]
@@ -246,52 +266,49 @@ def _cite(keys: tuple[str, ...]) -> str:
 
 
 def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict) -> str:
-    """booktabs LaTeX via pandas' Styler; `citations` maps (factor, name) -> Citation."""
+    """booktabs LaTeX; `citations` maps (factor, plugin name) -> Citation, cited after each row and column label."""
+    def cited(factor: str, text: str) -> str:
+        found = citations.get((factor, table.plugin(factor, text)))
+        return latex_text(text) + _cite(found.keys if found else ())
+
     body = table.text().map(latex_text)
-
-    def header(label_: str) -> str:
-        factor, name = table.names.get(label_, ("", label_))
-        found = citations.get((factor, name))
-        return latex_text(label_) + _cite(found.keys if found else ())
-
-    body.index = [header(r) for r in body.index]
-    body.columns = [header(c) for c in body.columns]
-    bold = table.best().to_numpy()
-    styler = body.style.apply(lambda frame: pd.DataFrame(
-        [["textbf:--rwrap;" if b else "" for b in row] for row in bold], index=frame.index, columns=frame.columns),
-        axis=None)
-    return styler.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
-                           position_float="centering", column_format="l" + "r" * len(body.columns))
+    body = body.where(~table.best(), r"\textbf{" + body + "}")
+    body.index = [cited(table.layout.rows, r) for r in body.index]
+    body.columns = [cited(table.layout.columns, c) for c in body.columns]
+    return _booktabs(body, caption_text, label)
 
 
 def frame_to_latex(frame: pd.DataFrame, caption_text: str, label: str) -> str:
     """A plain table (no bold, no citations) in the same booktabs style."""
-    body = frame.copy().astype(str).map(latex_text)
-    body.index = [latex_text(i) if not isinstance(i, tuple) else " / ".join(map(latex_text, i)) for i in body.index]
+    body = frame.astype(str).map(latex_text)
+    body.index = [latex_text(i) for i in body.index]
     body.columns = [latex_text(c) for c in body.columns]
+    return _booktabs(body, caption_text, label)
+
+
+def _booktabs(body: pd.DataFrame, caption_text: str, label: str) -> str:
+    """Every table's LaTeX (`body` already LaTeX): booktabs rules, caption and label, floated at the top,
+    labels left, numbers right."""
     return body.style.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
                                position_float="centering", column_format="l" + "r" * len(body.columns))
 
 
 # --- the MI analysis -----------------------------------------------------------------------------
 def analysis_cells(df: pd.DataFrame, orders: dict | None = None) -> pd.DataFrame:
-    """Per (attack, arch, defense, dataset, recipe): mean and std over seeds of accuracy and the MI metrics."""
+    """Per (dataset, recipe, defense, attack, budget, arch) with MI: mean and `<metric>_std` over seeds of
+    accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid) order."""
     wanted = ["test_acc_last", *ANALYSIS_METRICS]
     sub = df[df.metric.isin(wanted)]
-    with_mi = set(sub[sub.metric == "mi_gaussian"].cell_id)
-    sub = sub[sub.cell_id.isin(with_mi)]
+    sub = sub[sub.cell_id.isin(sub[sub.metric == "mi_gaussian"].cell_id)]
     if sub.empty:
         return pd.DataFrame()
     keys = ["dataset", "recipe", "defense", "attack", "budget", "arch"]
-    stats = sub.groupby(keys + ["metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    cells = stats.pivot_table(index=keys, columns="metric", values="mean", sort=False)
-    stds = stats.pivot_table(index=keys, columns="metric", values="std", sort=False).add_suffix("_std")
-    counts = stats[stats.metric == "mi_gaussian"].set_index(keys)["count"].rename("seeds")
-    cells = cells.join(stds).join(counts).reset_index()
+    stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
+    cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
+    cells = cells.rename_axis(columns=None).reset_index()
     orders = orders or {}
-    cells["_a"] = cells.attack.map(lambda a: _rank(orders.get("attack"), a))
-    cells["_r"] = cells.arch.map(lambda a: _rank(orders.get("arch"), a))
-    return cells.sort_values(["dataset", "recipe", "defense", "_a", "attack", "_r", "arch"]).drop(columns=["_a", "_r"])
+    return cells.sort_values(keys, ignore_index=True, key=lambda column: _positions(column, orders.get(column.name))
+                             if column.name in ("attack", "arch") else column)
 
 
 def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -299,34 +316,30 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
     columns = {"test_acc_last": ("test acc. (%)", 2), "mi_gaussian": ("MI Gaussian (nats)", 3),
                "mi_ksg": ("MI KSG (nats)", 3), "cond_cov_ratio": ("cond. cov. ratio", 3),
                "intra_class_cosine": ("intra-class cosine", 3)}
-    out = pd.DataFrame(index=pd.Index([attack_label(a, b) + f" / {arch}" for a, b, arch in
-                                       zip(cells.attack, cells.budget, cells.arch)], name="attack / arch"))
-    for metric, (title, digits) in columns.items():
-        means, stds = cells[metric].to_numpy(), cells.get(f"{metric}_std", pd.Series([float("nan")] * len(cells)))
-        out[title] = [MISSING if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-                      for m, s in zip(means, stds.to_numpy())]
-    return out
+    index = pd.Index([f"{attack_label(a, b)} / {arch}" for a, b, arch in zip(cells.attack, cells.budget, cells.arch)],
+                     name="attack / arch")
+    return pd.DataFrame({title: mean_std(cells[metric], cells[f"{metric}_std"], digits).to_numpy()
+                         for metric, (title, digits) in columns.items()}, index=index)
 
 
 def estimator_calibration(records: list[dict]) -> pd.DataFrame:
-    """bench.mi's estimators on correlated Gaussians at the settings and sample size the records used."""
-    from bench.mi import GaussianMI, KSGMI, calibration
+    """bench.mi's estimators on correlated Gaussians at the settings (of the first record with MI) and the
+    smallest sample size the records used."""
+    from bench.mi import MISettings, calibration
 
-    settings = [r["analysis"] for r in records if r.get("status") == "done" and r.get("analysis")]
-    if not settings:
+    analyses = [r["analysis"] for r in records if r.get("status") == "done" and r.get("analysis")]
+    if not analyses:
         return pd.DataFrame()
-    first = settings[0]
-    gaussian, ksg = GaussianMI(int(first["gaussian_dims"])), KSGMI(int(first["ksg_dims"]), int(first["ksg_k"]))
-    n = int(min(s["n_images"] for s in settings))
-    dims = sorted({1, ksg.dims, gaussian.dims})
-    return calibration({"gaussian": gaussian, "ksg": ksg}, n=n, dims=dims)
+    settings = MISettings(**{f.name: int(analyses[0][f.name]) for f in fields(MISettings) if f.name in analyses[0]})
+    n = int(min(a["n_images"] for a in analyses))
+    return calibration(settings.estimators(), n=n, dims=sorted({1, settings.ksg_dims, settings.gaussian_dims}))
 
 
 def calibration_summary(table: pd.DataFrame) -> str:
-    n_text = ", ".join(f"{name}: largest |error| {abs(part.error).max():.3f} nats "
+    errors = ", ".join(f"{name}: largest |error| {abs(part.error).max():.3f} nats "
                        f"({100 * (abs(part.error) / part['true']).max():.0f}% of the true MI)"
                        for name, part in table.groupby("estimator", sort=False))
-    return f"Estimator error on correlated Gaussians with known MI ({n_text})."
+    return f"Estimator error on correlated Gaussians with known MI ({errors})."
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -354,12 +367,15 @@ def histories_frame(records: list[dict], df: pd.DataFrame, query: str | None, or
             first = _ordered(chosen[factor], orders.get(factor))[0]
             chosen = chosen[chosen[factor] == first]
         chosen = chosen[chosen.seed == chosen.seed.min()]
+    if chosen.empty:
+        return pd.DataFrame(), ""
     factors = ("attack", "defense", "arch", "dataset", "recipe", "seed")
     varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
-    title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying and not chosen.empty)
+    title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying)
     by_id = {r["cell_id"]: r for r in records}
     rows = []
-    for cell in chosen.sort_values("attack", key=lambda s: s.map(lambda a: _rank(orders.get("attack"), a))).itertuples():
+    in_grid_order = chosen.sort_values("attack", kind="stable", key=lambda c: _positions(c, orders.get("attack")))
+    for cell in in_grid_order.itertuples():
         label = " / ".join(str(getattr(cell, f)) for f in varying)
         for h in by_id[cell.cell_id].get("history", []):
             if "test_acc" in h:
@@ -380,9 +396,10 @@ def gallery_images(records: list[dict], store, attack_order) -> tuple[object, di
 
     if store is None:
         return None, {}, ["gallery: skipped, no results store given"]
-    first_of: dict[str, dict] = {}
+    first_of: dict[str, dict] = {}  # attack -> its first finished record with a cached, non-zero poison
     for r in records:
-        if r.get("status") == "done" and r.get("poison", {}).get("budget", 0) > 0 and r.get("poison", {}).get("key"):
+        poison = r.get("poison", {})
+        if r.get("status") == "done" and poison.get("budget", 0) > 0 and poison.get("key"):
             first_of.setdefault(r["spec"]["attack"], r)
     if not first_of:
         return None, {}, ["gallery: skipped, no record of a perturbing attack with a cached poison key"]
@@ -393,7 +410,10 @@ def gallery_images(records: list[dict], store, attack_order) -> tuple[object, di
         return None, {}, [f"gallery: skipped, the clean images of {data_spec['name']} are not available ({err})"]
     labels = train.labels.numpy()
     index = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:GALLERY_IMAGES]]
-    to_hwc = lambda x: np.ascontiguousarray(np.asarray(x)[index].transpose(0, 2, 3, 1))  # noqa: E731
+
+    def to_hwc(images) -> np.ndarray:  # the gallery's images of an (N, C, H, W) set, as matplotlib wants them
+        return np.ascontiguousarray(np.asarray(images)[index].transpose(0, 2, 3, 1))
+
     clean, poisoned, notes = to_hwc(train.images.numpy()), {}, []
     for attack in _ordered(first_of, attack_order):
         record = first_of[attack]
@@ -412,15 +432,40 @@ def gallery_images(records: list[dict], store, attack_order) -> tuple[object, di
     return clean, poisoned, notes
 
 
+MI_CAPTION = ("Mutual information I(Z_clean; Z_poisoned) between the trained model's penultimate features of the "
+              "clean and the poisoned version of the same training images (bench.mi; nats), the mean per-class "
+              "conditional covariance of poisoned features over their total covariance, and their mean intra-class "
+              "cosine similarity; mean ± std over seeds.")
+
+
+def table_sections(df: pd.DataFrame, metric: str, layout: TableLayout, orders: dict, recipes: dict[str, str],
+                   citations: dict, name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and LaTeX tables of `metric`, one table per value of the group factors."""
+    md, tex = [], []
+    for i, table in enumerate(summary_tables(df, metric, layout, orders)):
+        text = caption(table, metric, recipes)
+        md += [f"### {group_title(table.group)}", "", text, "", to_markdown(table.text("**{}**"), layout.rows), ""]
+        tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
+    return md or ["No finished cells yet.\n"], tex
+
+
+def mi_section(cells: pd.DataFrame, done: list[dict], name: str) -> tuple[list[str], list[str], pd.DataFrame]:
+    """Markdown lines and the LaTeX table of the MI analysis (`analysis_cells`), and the estimators' calibration."""
+    if cells.empty:
+        return [], [], pd.DataFrame()
+    calibration = estimator_calibration(done)
+    table = analysis_table(cells)
+    md = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, "", to_markdown(table, table.index.name), "",
+          calibration_summary(calibration), "",
+          to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
+    return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")], calibration
+
+
 @dataclass(frozen=True)
 class Report:
     paths: dict  # kind -> Path of every file written
     markdown: str
     notes: tuple[str, ...]  # what was skipped and why
-
-    def __getitem__(self, kind: str) -> Path:
-        """`report["csv"]`: the path of one file, as when write_report returned only the paths."""
-        return self.paths[kind]
 
 
 def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order=None, defense_order=None,
@@ -441,35 +486,17 @@ def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order
     orders = {"attack": list(attack_order or []), "defense": list(defense_order or []), "arch": list(arch_order or [])}
     done = [r for r in records if r.get("status") == "done"]
     recipes = {recipe_label(r["spec"]): recipe_description(r["spec"]) for r in done}
-    budgets = dict(zip(df.attack, df.budget))
     citations = {("attack", a): citation("attack", a) for a in df.attack.unique()}
     citations.update({("defense", d): citation("defense", d) for d in df.defense.unique()})
+
+    md, tex = table_sections(df, metric, layout, orders, recipes, citations, name)
+    cells = analysis_cells(df, orders)
+    mi_md, mi_tex, calibration = mi_section(cells, done, name)
+    md += mi_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex]
+
     paths: dict[str, Path] = {}
     notes: list[str] = []
-
-    md, tex = [], ["% needs \\usepackage{booktabs}; cite keys resolve with " + f"{name}.bib"]
-    tables = summary_tables(df, metric, layout, orders)
-    for i, table in enumerate(tables):
-        text = caption(table, metric, recipes, budgets)
-        md += [f"### {group_title(table.group)}", "", text, "", to_markdown(table.text("**{}**"), layout.rows), ""]
-        tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
-    if not tables:
-        md.append("No finished cells yet.\n")
-
-    cells = analysis_cells(df, orders)
-    calibration = pd.DataFrame()
-    if not cells.empty:
-        calibration = estimator_calibration(done)
-        mi_text = ("Mutual information I(Z_clean; Z_poisoned) between the trained model's penultimate features of "
-                   "the clean and the poisoned version of the same training images (bench.mi; nats), the mean "
-                   "per-class conditional covariance of poisoned features over their total covariance, and their "
-                   "mean intra-class cosine similarity; mean ± std over seeds.")
-        table = analysis_table(cells)
-        md += ["### Mutual information (MI-UE analysis)", "", mi_text, "", to_markdown(table, table.index.name), "",
-               calibration_summary(calibration), "",
-               to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
-        tex.append(frame_to_latex(table, mi_text, f"tab:{name}-mi"))
-
     if "fig" in formats:
         fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells)
         paths.update(fig_paths)

@@ -2,8 +2,8 @@
 
 Specs come from a real grid (so they follow `CellSpec.to_dict`), poisons from the real attack
 plugins on a tiny dataset, saved in the store's cache under each cell's poison key. Accuracies and
-MI values are made up by formulas the tests can recompute: each cell's accuracy is BASE +- 1 over
-the two seeds, so its mean is BASE and its std sqrt(2).
+MI values are made up by formulas the tests can recompute (`accuracy`, `mi`): a cell's two seeds are
+1 point either side of its mean, so its sample std is sqrt(2).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def write_npz(path: Path) -> Path:
     return path
 
 
-def build(root: Path, npz: Path, with_poisons: bool = True) -> tuple[Store, list[dict], Grid]:
+def build(root: Path, npz: Path) -> tuple[Store, list[dict], Grid]:
     """A store under `root` with one record per cell (MI analysis on the `none` cells) and one failed record."""
     store, g = Store(root), grid(npz)
     data = load_dataset(DataSpec(name=str(npz)))
@@ -62,7 +62,7 @@ def build(root: Path, npz: Path, with_poisons: bool = True) -> tuple[Store, list
     for cell in g.cells():
         if cell.poison_key not in poisons:
             poison = poisons[cell.poison_key] = ATTACKS.create(cell.attack)(data.train, RunContext(seed=cell.seed))
-            if with_poisons and poison.budget > 0:
+            if poison.budget > 0:
                 store.save_poison(cell.poison_key, poison.images.numpy(), {"norm": poison.norm, "budget": poison.budget})
         poison = poisons[cell.poison_key]
         acc = accuracy(cell.attack, cell.defense, cell.arch, cell.seed)
@@ -85,6 +85,11 @@ def build(root: Path, npz: Path, with_poisons: bool = True) -> tuple[Store, list
     failed = {**records[0], "cell_id": "f" * 16, "status": "failed", "error": {"type": "RuntimeError", "message": "x"}}
     store.write_record(failed)
     return store, records + [failed], g
+
+
+def build_under(root: Path) -> tuple[Store, list[dict], Grid]:
+    """`build` with the store and the dataset under `root` (a module fixture's temporary folder)."""
+    return build(root / "results", write_npz(root / "tiny.npz"))
 
 
 def sample_std(a: float, b: float) -> float:

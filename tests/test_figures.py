@@ -15,8 +15,7 @@ FIGURES = ("heatmap", "curves", "gallery", "mi_depth", "mi_chain")
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stored")
-    return sr.build(root / "results", sr.write_npz(root / "tiny.npz"))
+    return sr.build_under(tmp_path_factory.mktemp("stored"))
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +58,13 @@ def test_mi_figure_plots_the_mean_over_seeds_against_depth(stored):
     dashed = [line for line in mi_axes.lines if line.get_linestyle() == "--"]
     assert {tuple(line.get_xdata()) for line in dashed} == {(11,)}  # vgg11, one point per attack
     assert fig.axes[2].get_ylabel() == figures.ACCURACY_LABEL
+
+
+def test_mi_figure_names_every_attack_once_even_one_run_only_on_the_dashed_family():
+    cells = pd.DataFrame({"attack": ["em", "em", "ops"], "arch": ["resnet18", "vgg11", "vgg11"],
+                          **{metric: [1.0, 2.0, 3.0] for metric, _ in figures.MI_PANELS}})
+    fig = figures.mi_against_depth(cells, figures.AttackStyle(("em", "ops")))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["em", "ops"]
 
 
 def test_colours_and_markers_follow_the_attack_everywhere():

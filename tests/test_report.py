@@ -15,14 +15,13 @@ from bench.citations import BIBTEX, Citation, citation, plugin_citation
 from bench.cli import main
 from bench.config import ConfigError
 from bench.registry import ATTACKS, DEFENSES
-from bench.report import TableLayout, parse_formats, summary_tables, tidy, write_report
+from bench.report import TableLayout, caption, parse_formats, summary_tables, tidy, write_report
 
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """Built once for the module; tests write their reports elsewhere or only read it."""
-    root = tmp_path_factory.mktemp("stored")
-    return sr.build(root / "results", sr.write_npz(root / "tiny.npz"))
+    return sr.build_under(tmp_path_factory.mktemp("stored"))
 
 
 def tables_only(stored, out, **kwargs):
@@ -91,6 +90,36 @@ def test_caption_states_recipe_budgets_and_seeds(stored, tmp_path):
     assert "cpu_smoke*: 3 epochs of SGD (lr 0.05, momentum 0.9, weight decay 0.0005, batch 128, cosine schedule)" in caption
     assert "budgets: random_noise Linf 8/255, ops L0 1 px" in caption
     assert "mean ± std over 2 seeds" in caption and "bold (clean baseline aside)" in caption
+
+
+def tidy_rows(cells, metric="test_acc_last"):
+    """A tidy frame of one value per (attack, budget, arch, defense, seed), everything else fixed."""
+    return pd.DataFrame([{"cell_id": "-".join(map(str, c)), "grid": "g", "dataset": "d", "arch": arch, "recipe": "r",
+                          "attack": attack, "budget": budget, "defense": defense, "seed": seed, "metric": metric,
+                          "value": value, "unit": "%"} for c in cells for attack, budget, arch, defense, seed, value in [c]])
+
+
+def test_caption_counts_seeds_only_where_a_cell_has_a_value():
+    df = tidy_rows([("em", "", "a", d, s, 50.0 + s) for d in ("none", "jpeg") for s in (0, 1)]
+                   + [("ops", "", "a", "none", s, 40.0 + s) for s in (0, 1)])  # ops under jpeg is missing
+    (table,) = summary_tables(df)
+    assert table.text().at["ops", "jpeg"] == "–"
+    assert "mean ± std over 2 seeds;" in caption(table, "test_acc_last", {})
+
+
+def test_caption_names_each_budget_of_an_attack_in_its_table():
+    df = tidy_rows([("em", "Linf 8/255", "a", "none", 0, 50.0), ("em", "Linf 16/255", "a", "none", 0, 40.0),
+                    ("em", "Linf 8/255", "b", "none", 0, 50.0), ("ops", "L0 1 px", "a", "none", 0, 30.0)])
+    tables = summary_tables(df, orders={"arch": ["a", "b"]})
+    assert "budgets: em Linf 8/255 and Linf 16/255, ops L0 1 px;" in caption(tables[0], "test_acc_last", {})
+    assert "budgets: em Linf 8/255;" in caption(tables[1], "test_acc_last", {})
+
+
+def test_tables_grouped_by_attack_follow_the_grid_order():
+    df = tidy_rows([(a, b, arch, "none", 0, 50.0) for a, b in (("em", "Linf 8/255"), ("ops", "L0 1 px"))
+                    for arch in ("a", "b")])
+    tables = summary_tables(df, layout=TableLayout(rows="arch", columns="defense"), orders={"attack": ["ops", "em"]})
+    assert [t.group["attack"] for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
 
 
 def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
