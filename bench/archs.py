@@ -3,7 +3,7 @@
 `model.features(x)` returns the (N, D) penultimate representation used by MI-UE and the
 mutual-information analysis; `model(x)` is `model.classifier(model.features(x))`. Inputs are
 not normalised, as in the evaluation code of EM, APBench, OPS and LSP (`ToTensor()` only); a model
-that needs normalisation (MI-UE's surrogate) passes `mean` and `std` to `Classifier`.
+that needs normalisation (MI-UE's surrogate) calls `Classifier.normalize_inputs(mean, std)`.
 """
 from __future__ import annotations
 
@@ -20,15 +20,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Classifier(nn.Module):
     """(Optional input normalisation) -> feature extractor -> linear head."""
 
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, mean=None, std=None):
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
         super().__init__()
-        self.normalize = mean is not None
-        if self.normalize:
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.normalize = False
         self.body = body
         self.feature_dim = feature_dim
         self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def normalize_inputs(self, mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
+        """Standardise inputs per channel inside the model, before the body (MI-UE's surrogate)."""
+        device = self.classifier.weight.device
+        self.register_buffer("mean", torch.tensor(mean, device=device).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, device=device).view(1, -1, 1, 1))
+        self.normalize = True
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std if self.normalize else x)
@@ -193,26 +198,51 @@ def densenet121(num_classes: int = 10) -> Classifier:
     return Classifier(body, net.classifier.in_features, num_classes)
 
 
-# torchvision's (expansion t, channels c, blocks n, stride s) with the CIFAR change: the 24-channel
-# stage keeps stride 1, so with the stride-1 stem the last stage works at 4x4 instead of 1x1.
-MOBILENETV2_CIFAR = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block as in kuangliu/pytorch-cifar: 1x1 expand (always, even for t = 1), 3x3
+    depthwise, 1x1 linear projection, ReLU; on stride 1 a shortcut, projected by 1x1 conv + BN where
+    the width changes."""
+
+    def __init__(self, in_planes: int, out_planes: int, expansion: int, stride: int):
+        super().__init__()
+        planes = expansion * in_planes
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, groups=planes, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = _shortcut(in_planes, out_planes, 1) if stride == 1 else None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return out if self.shortcut is None else out + self.shortcut(x)
+
+
+# (expansion t, channels c, blocks n, stride s) of the paper, with the CIFAR change of kuangliu/APBench:
+# the 24-channel stage keeps stride 1, so with the stride-1 stem the last stage works at 4x4.
+MOBILENETV2_CIFAR = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
 @register_arch("mobilenetv2", paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018")
 def mobilenetv2(num_classes: int = 10) -> Classifier:
-    """MobileNetV2 (width 1.0) for 32x32 inputs; 1280-d features.
+    """MobileNetV2 (width 1.0) for 32x32 inputs, as APBench's `mobilenetv2` (kuangliu/pytorch-cifar); 1280-d features.
 
-    torchvision's MobileNetV2 with a stride-1 first convolution and stride 1 in the second stage
-    (the common CIFAR variant, as APBench's `mobilenetv2`); no dropout before the linear head.
+    Stride-1 3x3 stem (32 channels), the stages above, 1x1 conv to 1280, BN, ReLU, global pooling;
+    2,296,922 parameters with 10 classes. Unlike torchvision's ImageNet model it uses ReLU (not
+    ReLU6), expands in every block and adds projection shortcuts, as the reference CIFAR code does.
     """
-    from torchvision.models import MobileNetV2
-    from torchvision.ops.misc import Conv2dNormActivation
-
-    net = MobileNetV2(inverted_residual_setting=MOBILENETV2_CIFAR)
-    stem = Conv2dNormActivation(3, 32, stride=1, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
-    nn.init.kaiming_normal_(stem[0].weight, mode="fan_out")
-    net.features[0] = stem
-    return Classifier(nn.Sequential(net.features, *_global_pool()), net.last_channel, num_classes)
+    modules: list[nn.Module] = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True)]
+    in_planes = 32
+    for expansion, planes, blocks, stride in MOBILENETV2_CIFAR:
+        for j in range(blocks):
+            modules.append(InvertedResidual(in_planes, planes, expansion, stride if j == 0 else 1))
+            in_planes = planes
+    modules += [nn.Conv2d(in_planes, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU(inplace=True), *_global_pool()]
+    return Classifier(nn.Sequential(*modules), 1280, num_classes)
 
 
 class WideBasic(nn.Module):

@@ -37,13 +37,13 @@ from typing import Any
 
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
-from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense, defense_parts
+from bench.registry import ARCHS, ATTACKS, REGISTRIES, create_defense, defense_parts
 from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
 ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
-PLUGIN_LISTS = ("attacks", "defenses", "archs")
+PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
 
 
 def cell_label(attack: str, defense: str, arch: str, seed: int) -> str:
@@ -154,16 +154,15 @@ def parse_grid(raw: dict, name: str) -> Grid:
     if unknown:
         raise ConfigError(f"grid {name}: unknown key {unknown[0]!r}; allowed keys: {', '.join(GRID_KEYS)}")
     lists = {}
-    for key, registry in zip(PLUGIN_LISTS, (ATTACKS, DEFENSES, ARCHS)):
+    for key, registry in REGISTRIES.items():
         values = raw.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
-        for value in values:
-            for part in defense_parts(value) if registry is DEFENSES else [value]:
-                registry.entry(part)  # raises with the known names
         lists[key] = tuple(values)
-    # The registered plugins the grid names: a composed defense names each of its parts.
-    named = {**lists, "defenses": tuple(dict.fromkeys(p for d in lists["defenses"] for p in defense_parts(d)))}
+    named = _named_plugins(raw)
+    for key, registry in REGISTRIES.items():
+        for plugin in named[key]:
+            registry.entry(plugin)  # raises with the known names
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"grid {name}: seeds must be a non-empty list of whole numbers >= 0, got {seeds!r}")
@@ -180,8 +179,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
         raise ConfigError(f"grid {name}: config must be tables [config.NAME] of field = value")
     config = {}
     for plugin, overrides in raw.get("config", {}).items():
-        registry = next((r for key, r in (("attacks", ATTACKS), ("defenses", DEFENSES), ("archs", ARCHS))
-                         if plugin in named[key]), None)
+        registry = next((REGISTRIES[key] for key in PLUGIN_LISTS if plugin in named[key]), None)
         if registry is None:
             raise ConfigError(f"grid {name}: [config.{plugin}] names no attack, defense or arch of this grid")
         if not isinstance(overrides, dict):
@@ -191,7 +189,8 @@ def parse_grid(raw: dict, name: str) -> Grid:
         else:
             config[plugin] = as_dict(registry.config(plugin, overrides))
     # A plugin without overrides still records its full default config, so ids change with defaults.
-    for key, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
+    for key in ("attacks", "defenses"):  # an arch records only its overrides: its arguments, not a config
+        registry = REGISTRIES[key]
         for plugin in named[key]:
             if plugin not in config:
                 config[plugin] = as_dict(registry.config(plugin))
@@ -208,7 +207,7 @@ def _analysis(value: Any, grid: str) -> tuple[str, ...]:
     for item in value:
         if item not in ANALYSES:
             raise ConfigError(f"grid {grid}: unknown analysis {item!r}; allowed: {', '.join(ANALYSES)}")
-    return tuple(dict.fromkeys(value))
+    return tuple(sorted(set(value)))  # order-free, so the cell id does not depend on how the list is written
 
 
 def _arch_arguments(arch: str, overrides: dict) -> dict:
@@ -250,7 +249,7 @@ class GridOverrides:
             raw[key] = list(getattr(self, key))
         if self.seeds is not None:
             raw["seeds"] = list(self.seeds)
-        named = _named_plugins(raw)
+        named = list(dict.fromkeys(plugin for plugins in _named_plugins(raw).values() for plugin in plugins))
         if replaced and isinstance(raw.get("config"), dict):  # a plugin's table leaves with the plugin
             raw["config"] = {plugin: table for plugin, table in raw["config"].items() if plugin in named}
         for assignment in self.sets:
@@ -273,14 +272,15 @@ class GridOverrides:
         return raw
 
 
-def _named_plugins(raw: dict) -> list[str]:
-    """The plugin names a raw grid lists (each part of a composed defense), for `--set` targets."""
-    names = []
+def _named_plugins(raw: dict) -> dict[str, tuple[str, ...]]:
+    """The registered plugins a raw grid names, by list: each part of a composed defense, once.
+    What is not a list of names is skipped here and left for `parse_grid` to name."""
+    named = {}
     for key in PLUGIN_LISTS:
         values = raw.get(key)
-        for value in values if isinstance(values, list) else []:
-            names += defense_parts(value) if key == "defenses" and isinstance(value, str) else [value]
-    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
+        values = [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
+        named[key] = tuple(dict.fromkeys(p for v in values for p in (defense_parts(v) if key == "defenses" else [v])))
+    return named
 
 
 def _assignment(text: str) -> tuple[str, str, str]:

@@ -127,9 +127,9 @@ class Estimate:
 
 def estimate(states: Iterable[CellState], poisons: Iterable[CellSpec], timings: Timings) -> Estimate:
     todo = [s.cell for s in states if s.status != "done"]
+    poisons = list(poisons)  # counted twice below: an iterator would be empty the second time
     train = [t for t in map(timings.train_seconds, todo) if t is not None]
     generate = [t for t in map(timings.poison_seconds, poisons) if t is not None]
-    poisons = list(poisons)
     return Estimate(sum(train) + sum(generate), len(train), len(generate), len(todo) - len(train),
                     len(poisons) - len(generate))
 

@@ -35,10 +35,32 @@ def test_cifar_stem_has_no_maxpool_and_a_3x3_first_conv(name):
 
 
 # Parameter counts of the reference CIFAR implementations with 10 classes: the DenseNet-121 and
-# MobileNetV2 of APBench (after kuangliu/pytorch-cifar) and the WRN-34-10 of TRADES (46.16M).
-@pytest.mark.parametrize("name,count", [("densenet121", 6_956_298), ("mobilenetv2", 2_236_682), ("wrn34_10", 46_160_474)])
+# MobileNetV2 of APBench (kuangliu/pytorch-cifar's models, built and counted: 6,956,298 and
+# 2,296,922) and the WRN-34-10 of TRADES (46.16M).
+@pytest.mark.parametrize("name,count", [("densenet121", 6_956_298), ("mobilenetv2", 2_296_922), ("wrn34_10", 46_160_474)])
 def test_cifar_variants_match_the_reference_implementations(name, count):
     assert sum(p.numel() for p in ARCHS.create(name).parameters()) == count
+
+
+def test_mobilenetv2_blocks_are_the_reference_cifar_blocks():
+    """kuangliu's block: ReLU (not ReLU6), a 1x1 expansion even where t = 1, projection shortcuts."""
+    model = ARCHS.create("mobilenetv2")
+    assert not any(isinstance(m, torch.nn.ReLU6) for m in model.modules())
+    first = model.body[3]  # after the stem's conv, BN and ReLU: t = 1, 32 -> 16 channels, stride 1
+    assert first.conv1.kernel_size == (1, 1) and first.conv1.out_channels == 32
+    assert isinstance(first.shortcut, torch.nn.Sequential)  # 32 -> 16 channels: projected
+
+
+def test_normalize_inputs_standardises_before_the_body():
+    torch.manual_seed(0)
+    model = ARCHS.create("tiny_cnn", num_classes=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    with torch.no_grad():
+        expected = model.features((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+        assert not torch.allclose(model.features(x), expected)
+        assert torch.allclose(model.normalize_inputs(mean, std).features(x), expected)
+    assert set(model.state_dict()) >= {"mean", "std"}  # saved and restored with the model's checkpoint
 
 
 def test_vit_small_cuts_32x32_images_into_64_patches_of_4x4():

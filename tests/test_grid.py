@@ -72,6 +72,9 @@ def test_cells_without_analysis_keep_the_ids_of_stored_records():
                      "analysis": ["mi"]}, "g").cells()[0]
     assert mi.analysis == ("mi",) and mi.to_dict()["analysis"] == ["mi"]
     assert mi.cell_id != cell.cell_id and mi.poison_key == cell.poison_key
+    twice = parse_grid({**BASE, "attacks": ["clean"], "defenses": ["none"], "data": {"name": "cifar10", "train_size": 100},
+                        "analysis": ["mi", "mi"]}, "g").cells()[0]
+    assert twice.cell_id == mi.cell_id, "analysis is a set: listing one twice (or in another order) keeps the id"
 
 
 @pytest.mark.parametrize("change,message", [

@@ -134,3 +134,14 @@ def test_status_counts_each_grid_and_names_each_failure_in_one_line(grid):
 @pytest.mark.parametrize("seconds,text", [(42, "42 s"), (61, "1 min"), (3600 * 26 + 60 * 5, "26 h 05 min")])
 def test_durations_read_like_a_person_would_say_them(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_estimate_takes_the_poisons_as_any_iterable(tmp_path, grid):
+    """Poisons given as an iterator are counted once each, known or not (not exhausted by the first count)."""
+    cells = by_label(grid.cells())
+    timings = Timings.from_records([record(cells["ops / none / tiny_cnn / seed 0"], generate_s=30.0)])
+    states = cell_states(grid.cells(), {})
+    poisons = poisons_to_generate(states, Store(tmp_path))
+    assert [c.attack for c in poisons] == ["clean", "ops"]
+    assert estimate(states, iter(poisons), timings) == estimate(states, poisons, timings)
+    assert (estimate(states, iter(poisons), timings).poisons, estimate(states, iter(poisons), timings).poisons_unknown) == (1, 1)
