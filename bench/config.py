@@ -9,11 +9,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 
 class ConfigError(ValueError):
     """A bad plugin name, config field or value. The message names the field and what is allowed."""
+
+
+def comma_choices(text: str | Iterable[str], allowed: Iterable[str], option: str, noun: str) -> tuple[str, ...]:
+    """'a,b' (or ['a', 'b']) -> ('a', 'b'): each one of `allowed`, in the given order, once.
+
+    Anything else is a ValueError that names `option` and the allowed names.
+    """
+    allowed = tuple(allowed)
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        problem = f"unknown {noun} {unknown[0]!r}" if unknown else f"name at least one {noun}"
+        raise ValueError(f"{option}: {problem}; allowed: {', '.join(allowed)} (any comma-separated subset)")
+    return tuple(dict.fromkeys(names))
 
 
 def build_config(cls: type, overrides: Mapping[str, Any] | None, owner: str):

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, VisionDataset
 
+from bench.config import comma_choices
 from bench.data import ImageSet
 from bench.registry import ARCHS, ATTACKS, DEFENSES, create_defense
 from bench.train import Recipe, Trainer, compile_failure, precision, train_model
@@ -598,12 +599,7 @@ PARTS: dict[str, Callable[[torch.device, Plan, Echo], object]] = {
 
 def parse_parts(text: str) -> tuple[str, ...]:
     """'training,em' -> ('training', 'em'); an unknown name is an error that lists the allowed ones."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PARTS]
-    if unknown or not names:
-        problem = f"unknown part {unknown[0]!r}" if unknown else "name at least one part"
-        raise ValueError(f"--only: {problem}; allowed: {', '.join(PARTS)} (any comma-separated subset)")
-    return tuple(dict.fromkeys(names))
+    return comma_choices(text, PARTS, "--only", "part")
 
 
 def run_benchmarks(device: torch.device, quick: bool = False, parts: Iterable[str] | None = None,

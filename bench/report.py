@@ -25,6 +25,7 @@ from typing import Iterable
 import pandas as pd
 
 from bench.citations import bibliography, citation
+from bench.config import comma_choices
 
 log = logging.getLogger("bench")
 
@@ -43,12 +44,7 @@ GALLERY_IMAGES = 4  # images per attack in the gallery: the first image of each 
 
 def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
     """'latex,csv' -> ('latex', 'csv'); an unknown name is an error that lists the allowed ones."""
-    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in FORMATS]
-    if unknown or not names:
-        problem = f"unknown format {unknown[0]!r}" if unknown else "name at least one format"
-        raise ValueError(f"--format: {problem}; allowed: {', '.join(FORMATS)} (any comma-separated subset)")
-    return tuple(dict.fromkeys(names))
+    return comma_choices(text, FORMATS, "--format", "format")
 
 
 def budget_label(norm: str, budget: float) -> str:

@@ -151,8 +151,12 @@ class Checkpoint:
             log.warning("checkpoint %s is not usable (%s); generating from the start", self.path, err)
             return None
 
+    def due(self) -> bool:
+        """Whether `save` would write now: for callers whose state costs something to build."""
+        return self.path is not None and time.monotonic() - self._last_write >= self.every_s
+
     def save(self, state: dict) -> None:
-        if self.path is None or time.monotonic() - self._last_write < self.every_s:
+        if not self.due():
             return
         self._last_write = time.monotonic()
         buffer = io.BytesIO()

@@ -111,7 +111,9 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
     poisoned set reaches 99%. Differences from the official code: images are clamped to [0, 1]
     wherever noise is added (the official training step adds it unclamped), and the published
     poison is clean + noise rounded to uint8, where the official loader clamps the *noise* at zero
-    and so drops its negative half (acknowledged by the authors in their issue #13).
+    and so drops its negative half (acknowledged by the authors in their issue #13); and
+    the surrogate runs in bf16 autocast with channels_last weights where the device computes bf16
+    natively (`bf16 = false` runs fp32, as the official code; docs/attacks.md has the measured effect).
     """
 
     Config = EMConfig

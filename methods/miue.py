@@ -68,7 +68,9 @@ class MutualInformationUE(Attack):
     the surrogate is this project's CIFAR ResNet-18 with PyTorch's default initialisation (the
     official torchvision-style one draws its convolutions He-normal over fan-out), and its training
     inputs are clamped to [0, 1] (the official loop adds the noise unclamped, which only matters
-    where a flip moved the noise off the pixels it was fitted to).
+    where a flip moved the noise off the pixels it was fitted to); and the surrogate runs in bf16
+    autocast with channels_last weights where the device computes bf16 natively (`bf16 = false`
+    runs fp32, as the official code; docs/attacks.md has the measured effect).
     """
 
     Config = MIUEConfig

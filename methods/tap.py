@@ -78,7 +78,10 @@ class TargetedAdversarialPoisoning(Attack):
     official one normalises by the CIFAR mean/std in the data pipeline); a restart is scored by the
     summed target loss of its final poisons under one fresh augmentation draw, where the official
     loop keeps the mean batch loss seen during its last step (one step earlier): the per-batch loop
-    order leaves no "last step" over the whole set to read it from.
+    order leaves no "last step" over the whole set to read it from; and the surrogate, its clean
+    training included, runs in bf16 autocast with channels_last weights where the device computes
+    bf16 natively (`bf16 = false` runs fp32, as the official code; docs/attacks.md has the measured
+    effect).
     """
 
     Config = TAPConfig

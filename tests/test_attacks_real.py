@@ -49,7 +49,7 @@ def test_interrupted_generation_resumes_to_the_same_poison(name, tiny_set, tmp_p
     """Killed after its second checkpoint, a generation resumes there and ends where an unbroken one does."""
     overrides = {**TINY[name]}
     if name == "rem":
-        overrides.update(train_steps=4, checkpoint_every=1)
+        overrides.update(train_steps=4)
     if name in ("em", "em_classwise"):
         overrides.update(max_rounds=4, stop_accuracy=1.0)
     if name == "miue":

@@ -267,8 +267,10 @@ def test_checkpoints_are_written_at_most_once_per_interval(tmp_path, monkeypatch
     clock = [100.0]
     monkeypatch.setattr(bilevel.time, "monotonic", lambda: clock[0])
     ckpt = bilevel.Checkpoint(tmp_path, every_s=60)
+    assert ckpt.due()
     ckpt.save({"round": torch.tensor(1)})
     clock[0] += 59
+    assert not ckpt.due()
     ckpt.save({"round": torch.tensor(2)})  # within the interval: skipped
     assert ckpt.load(torch.device("cpu"))["round"] == 1
     clock[0] += 1
