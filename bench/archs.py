@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.config import ConfigError
 from bench.registry import register_arch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,11 +84,14 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
-def _resnet(block: type, layers: list[int], num_classes: int) -> Classifier:
+def _resnet(block: type, layers: list[int], num_classes: int, width: int = 64) -> Classifier:
     # CIFAR stem (He et al. 2016, Sec. 4.2 variant used by EM/REM/TAP/MI-UE): 3x3 conv, no max-pool.
-    modules: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
-    in_planes = 64
-    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+    # `width` is the first stage's channels (64 in the paper); the stages double it, as the paper's do.
+    require_width(width)
+    modules: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    in_planes = width
+    for i, blocks in enumerate(layers):
+        planes = width * 2**i
         for j in range(blocks):
             modules.append(block(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
             in_planes = planes * block.expansion
@@ -95,26 +99,32 @@ def _resnet(block: type, layers: list[int], num_classes: int) -> Classifier:
     return Classifier(nn.Sequential(*modules), in_planes, num_classes)
 
 
+def require_width(width: int) -> None:
+    # A ConfigError, not a crash inside nn.Conv2d, so a grid with a bad width fails on load.
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"width: must be a whole number of channels >= 1, got {width!r}")
+
+
 PAPER_RESNET = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
 PAPER_VGG = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, ICLR 2015"
 
 
 @register_arch("resnet18", paper=PAPER_RESNET)
-def resnet18(num_classes: int = 10) -> Classifier:
-    """ResNet-18 with the CIFAR stem (3x3 first conv, no max-pool); 512-d features."""
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes)
+def resnet18(num_classes: int = 10, width: int = 64) -> Classifier:
+    """ResNet-18 with the CIFAR stem (3x3 first conv, no max-pool); 8*width-d features (512 at the paper's width 64)."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
 @register_arch("resnet34", paper=PAPER_RESNET)
-def resnet34(num_classes: int = 10) -> Classifier:
-    """ResNet-34 with the CIFAR stem; 512-d features."""
-    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes)
+def resnet34(num_classes: int = 10, width: int = 64) -> Classifier:
+    """ResNet-34 with the CIFAR stem; 8*width-d features (512 at width 64)."""
+    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, width)
 
 
 @register_arch("resnet50", paper=PAPER_RESNET)
-def resnet50(num_classes: int = 10) -> Classifier:
-    """ResNet-50 (bottleneck blocks) with the CIFAR stem; 2048-d features."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes)
+def resnet50(num_classes: int = 10, width: int = 64) -> Classifier:
+    """ResNet-50 (bottleneck blocks) with the CIFAR stem; 32*width-d features (2048 at width 64)."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, width)
 
 
 VGG_LAYOUTS = {
@@ -125,25 +135,29 @@ VGG_LAYOUTS = {
 }
 
 
-def _vgg(layout: list, num_classes: int) -> Classifier:
-    # CIFAR VGG with batch norm: five pools take 32x32 to 1x1, one linear head on 512-d features.
+def _vgg(layout: list, num_classes: int, width: int = 64) -> Classifier:
+    # CIFAR VGG with batch norm: five pools take 32x32 to 1x1, one linear head on the last conv's features.
+    # `width` is the first block's channels (64 in the paper); every layer keeps the paper's ratio to it.
+    require_width(width)
     modules: list[nn.Module] = []
     in_channels = 3
     for item in layout:
         if item == "M":
             modules.append(nn.MaxPool2d(2))
         else:
-            modules += [nn.Conv2d(in_channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
-            in_channels = item
+            channels = item * width // 64
+            modules += [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                        nn.ReLU(inplace=True)]
+            in_channels = channels
     modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return Classifier(nn.Sequential(*modules), in_channels, num_classes)
 
 
 def _register_vgg(name: str, depth: int) -> None:
-    def build(num_classes: int = 10) -> Classifier:
-        return _vgg(VGG_LAYOUTS[name], num_classes)
+    def build(num_classes: int = 10, width: int = 64) -> Classifier:
+        return _vgg(VGG_LAYOUTS[name], num_classes, width)
 
-    build.__doc__ = f"VGG-{depth} with batch norm for 32x32 inputs; 512-d features."
+    build.__doc__ = (f"VGG-{depth} with batch norm for 32x32 inputs; 8*width-d features (512 at the paper's width 64).")
     build.__name__ = name
     register_arch(name, paper=PAPER_VGG)(build)
 
@@ -155,6 +169,7 @@ for _name, _depth in (("vgg11", 11), ("vgg13", 13), ("vgg16", 16), ("vgg19", 19)
 @register_arch("tiny_cnn", paper="")
 def tiny_cnn(num_classes: int = 10, width: int = 32) -> Classifier:
     """A four-conv CNN for tests and the CPU smoke grid (about 0.3M parameters); 4*width-d features."""
+    require_width(width)
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]

@@ -112,17 +112,29 @@ def arch_family(arch: str) -> str:
     return re.sub(r"\d+$", "", arch)
 
 
-MI_PANELS = (("mi_gaussian", "I(Z_clean; Z_poisoned), Gaussian (nats)"),
-             ("mi_ksg", "I(Z_clean; Z_poisoned), KSG (nats)"),
-             ("test_acc_last", ACCURACY_LABEL))
+MI_LABELS = {"mi_cca": "I(Z_clean; Z_poisoned), CCA (nats)", "mi_gaussian": "I(Z_clean; Z_poisoned), Gaussian (nats)",
+             "mi_ksg": "I(Z_clean; Z_poisoned), KSG (nats)"}
+
+
+def mi_panels(cells: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, axis label) of each MI estimate the cells have (CCA, the default, first), then accuracy."""
+    present = [(m, label) for m, label in MI_LABELS.items() if m in cells and cells[m].notna().any()]
+    return [*present, ("test_acc_last", ACCURACY_LABEL)]
+
+
+def lead_mi(cells: pd.DataFrame) -> str:
+    """The MI estimate a single-estimate panel shows: the first of MI_LABELS the cells have."""
+    return mi_panels(cells)[0][0]
 
 
 def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
-    """The MI-UE paper's figure: MI (both estimators) and test accuracy against depth, a line per attack.
+    """The MI-UE paper's figure: MI (each estimator its own panel) and test accuracy against depth, a
+    line per attack.
 
-    `cells` has one row per (attack, arch) with columns attack, arch and the means of MI_PANELS'
-    metrics, plus `<metric>_std` (error bars; NaN or absent for one seed). Architectures of one family
-    share a line; another family is drawn dashed. Without depths in the names the x axis is categorical.
+    `cells` has one row per (attack, arch) with columns attack, arch and the means of the metrics in
+    `mi_panels`, plus `<metric>_std` (error bars; NaN or absent for one seed). Architectures of one
+    family share a line; another family is drawn dashed. Without depths in the names the x axis is
+    categorical.
     """
     if cells.empty:
         raise ValueError("no MI analysis to plot")
@@ -131,11 +143,12 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     numeric = depths.notna().all()
     order = list(dict.fromkeys(cells.arch))
     cells["x"] = depths if numeric else cells.arch.map(order.index)
-    fig, axes = _figure(1, len(MI_PANELS), 2.6 * len(MI_PANELS), 2.6)
+    panels = mi_panels(cells)
+    fig, axes = _figure(1, len(panels), 2.6 * len(panels), 2.6)
     cells["family"] = cells.arch.map(arch_family)
     families = list(dict.fromkeys(cells.family))
     with matplotlib.style.context(STYLE):
-        for ax, (metric, label) in zip(axes[0], MI_PANELS):
+        for ax, (metric, label) in zip(axes[0], panels):
             in_legend = set()  # each attack once, on its first line, whatever family that is
             for (attack, family), line in cells.groupby(["attack", "family"], sort=False):
                 line = line.sort_values("x")
@@ -145,7 +158,9 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
                 in_legend.add(attack)
             ax.set_ylabel(label)
             ax.set_xlabel("depth (layers)" if numeric else "architecture")
-            if not numeric:
+            if numeric:
+                ax.set_xticks(sorted(set(cells.x)))
+            else:
                 ax.set_xticks(range(len(order)), order)
         axes[0, 0].legend(frameon=False, loc="best")
         if len(families) > 1:
@@ -153,18 +168,48 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     return fig
 
 
-CHAIN_PANELS = (("intra_class_cosine", "cond_cov_ratio", "intra-class cosine similarity", "conditional covariance ratio"),
-                ("cond_cov_ratio", "mi_gaussian", "conditional covariance ratio", "MI, Gaussian (nats)"),
-                ("mi_gaussian", "test_acc_last", "MI, Gaussian (nats)", ACCURACY_LABEL))
+def mi_by_attack(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+    """MI (each estimator its own panel) and test accuracy per attack, as bars: one bar per attack and
+    architecture, hatched by architecture where there are several, with the std over seeds."""
+    if cells.empty:
+        raise ValueError("no MI analysis to plot")
+    attacks = list(dict.fromkeys(cells.attack))
+    archs = list(dict.fromkeys(cells.arch))
+    panels = mi_panels(cells)
+    width = 0.8 / len(archs)
+    fig, axes = _figure(1, len(panels), max(2.6, 0.35 * len(attacks) * len(archs) + 1) * len(panels) / 1.6, 2.6)
+    hatches = ["", "//", "..", "xx", "\\\\", "oo", "++"]
+    with matplotlib.style.context(STYLE):
+        for ax, (metric, label) in zip(axes[0], panels):
+            for j, arch in enumerate(archs):
+                part = cells[cells.arch == arch].set_index("attack").reindex(attacks)
+                x = np.arange(len(attacks)) + (j - (len(archs) - 1) / 2) * width
+                std = part.get(f"{metric}_std")
+                ax.bar(x, part[metric], width, yerr=None if std is None or std.isna().all() else std, capsize=2,
+                       color=[style(a)["color"] for a in attacks], hatch=hatches[j % len(hatches)],
+                       edgecolor="black", linewidth=0.4, label=arch)
+            ax.set_xticks(range(len(attacks)), attacks, rotation=40, ha="right")
+            ax.set_ylabel(label)
+            ax.grid(axis="x", visible=False)
+        if len(archs) > 1:
+            axes[0, 0].legend(frameon=False, loc="best")
+        else:
+            fig.suptitle(archs[0])
+    return fig
 
 
 def mi_chain(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     """The MI-UE argument link by link, one point per (attack, arch): cosine -> covariance -> MI -> accuracy."""
     if cells.empty:
         raise ValueError("no MI analysis to plot")
-    fig, axes = _figure(1, len(CHAIN_PANELS), 2.6 * len(CHAIN_PANELS), 2.6)
+    lead = lead_mi(cells)
+    mi_label = MI_LABELS[lead].replace("I(Z_clean; Z_poisoned), ", "MI, ")
+    links = (("intra_class_cosine", "cond_cov_ratio", "intra-class cosine similarity", "conditional covariance ratio"),
+             ("cond_cov_ratio", lead, "conditional covariance ratio", mi_label),
+             (lead, "test_acc_last", mi_label, ACCURACY_LABEL))
+    fig, axes = _figure(1, len(links), 2.6 * len(links), 2.6)
     with matplotlib.style.context(STYLE):
-        for ax, (x, y, xlabel, ylabel) in zip(axes[0], CHAIN_PANELS):
+        for ax, (x, y, xlabel, ylabel) in zip(axes[0], links):
             for attack, points in cells.groupby("attack", sort=False):
                 ax.plot(points[x], points[y], linestyle="none", label=attack, **style(attack))
             ax.set_xlabel(xlabel)

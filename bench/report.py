@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -34,8 +35,10 @@ METRICS = ("test_acc_last", "test_acc_best", "train_acc")
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
                 "train_acc": "training accuracy (%, last epoch)"}
 ANALYSIS_METRICS = {  # key in record["analysis"] -> unit
-    "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "", "intra_class_cosine": "",
+    "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
+    "intra_class_cosine": "",
 }
+MI_METRICS = ("mi_cca", "mi_gaussian", "mi_ksg")  # bench.mi's estimates; the first present leads (PRIMARY)
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
 BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
 MISSING = "–"
@@ -290,15 +293,34 @@ def _booktabs(body: pd.DataFrame, caption_text: str, label: str) -> str:
 
 
 # --- the MI analysis -----------------------------------------------------------------------------
-def analysis_cells(df: pd.DataFrame, orders: dict | None = None) -> pd.DataFrame:
-    """Per (dataset, recipe, defense, attack, budget, arch) with MI: mean and `<metric>_std` over seeds of
-    accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid) order."""
+def mi_setup(record: dict) -> str:
+    """What a record's MI was measured on and how (bench.mi.SETUP_KEYS), as one comparable string;
+    a key the record lacks (written before it existed) reads `None`."""
+    from bench.mi import SETUP_KEYS
+
+    analysis = record.get("analysis") or {}
+    return json.dumps({key: analysis.get(key) for key in SETUP_KEYS}, sort_keys=True)
+
+
+def setup_differences(setups: Iterable[str]) -> str:
+    """'n_images 200.0 / 400.0, layer None / features': the fields where MI setups disagree."""
+    parsed = [json.loads(s) for s in dict.fromkeys(setups)]
+    differing = [k for k in parsed[0] if len({json.dumps(p.get(k)) for p in parsed}) > 1]
+    return ", ".join(f"{k} {' / '.join(str(p.get(k)) for p in parsed)}" for k in differing)
+
+
+def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per (dataset, recipe, defense, attack, budget, arch, MI setup) with MI: mean and `<metric>_std` over
+    seeds of accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid)
+    order. `setups` maps a cell id to its `mi_setup` (records measured differently stay apart)."""
     wanted = ["test_acc_last", *ANALYSIS_METRICS]
-    sub = df[df.metric.isin(wanted)]
-    sub = sub[sub.cell_id.isin(sub[sub.metric == "mi_gaussian"].cell_id)]
+    sub = df[df.metric.isin(wanted)].copy()
+    sub = sub[sub.cell_id.isin(sub[sub.metric.isin(MI_METRICS)].cell_id)]
     if sub.empty:
         return pd.DataFrame()
-    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch"]
+    setups = setups or {}
+    sub["mi_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
+    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "mi_setup"]
     stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
     cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
     cells = cells.rename_axis(columns=None).reset_index()
@@ -308,10 +330,11 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None) -> pd.DataFrame
 
 
 def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """The MI-UE chain per (attack, arch): accuracy, both MI estimates, covariance and cosine, as text."""
-    columns = {"test_acc_last": ("test acc. (%)", 2), "mi_gaussian": ("MI Gaussian (nats)", 3),
-               "mi_ksg": ("MI KSG (nats)", 3), "cond_cov_ratio": ("cond. cov. ratio", 3),
-               "intra_class_cosine": ("intra-class cosine", 3)}
+    """The MI-UE chain per (attack, arch): accuracy, the MI estimates, covariance and cosine, as text."""
+    columns = {"test_acc_last": ("test acc. (%)", 2), "mi_cca": ("MI CCA (nats)", 3),
+               "mi_gaussian": ("MI Gaussian (nats)", 3), "mi_ksg": ("MI KSG (nats)", 3),
+               "cond_cov_ratio": ("cond. cov. ratio", 3), "intra_class_cosine": ("intra-class cosine", 3)}
+    columns = {metric: spec for metric, spec in columns.items() if cells[metric].notna().any()}
     index = pd.Index([f"{attack_label(a, b)} / {arch}" for a, b, arch in zip(cells.attack, cells.budget, cells.arch)],
                      name="attack / arch")
     return pd.DataFrame({title: mean_std(cells[metric], cells[f"{metric}_std"], digits).to_numpy()
@@ -332,10 +355,19 @@ def estimator_calibration(records: list[dict]) -> pd.DataFrame:
 
 
 def calibration_summary(table: pd.DataFrame) -> str:
-    errors = ", ".join(f"{name}: largest |error| {abs(part.error).max():.3f} nats "
-                       f"({100 * (abs(part.error) / part['true']).max():.0f}% of the true MI)"
-                       for name, part in table.groupby("estimator", sort=False))
-    return f"Estimator error on correlated Gaussians with known MI ({errors})."
+    def worst(part: pd.DataFrame) -> str:
+        return (f"largest |error| {abs(part.error).max():.3f} nats "
+                f"({100 * (abs(part.error) / part['true']).max():.0f}% of the true MI)")
+
+    isotropic = table[table.case == "isotropic"]
+    errors = ", ".join(f"{name}: {worst(part)}" for name, part in isotropic.groupby("estimator", sort=False))
+    text = f"Estimator error on correlated Gaussians with known MI ({errors})."
+    hidden = table[table.case != "isotropic"]
+    if not hidden.empty:
+        truth = hidden["true"].iloc[0]
+        found = ", ".join(f"{row.estimator} {row.estimate:.2f}" for row in hidden.itertuples())
+        text += f" With {hidden.case.iloc[0]} (true MI {truth:.2f} nats): {found}."
+    return text
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -486,7 +518,7 @@ def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order
     citations.update({("defense", d): citation("defense", d) for d in df.defense.unique()})
 
     md, tex = table_sections(df, metric, layout, orders, recipes, citations, name)
-    cells = analysis_cells(df, orders)
+    cells = analysis_cells(df, orders, {r["cell_id"]: mi_setup(r) for r in done if r.get("analysis")})
     mi_md, mi_tex, calibration = mi_section(cells, done, name)
     md += mi_md
     tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex]
@@ -549,6 +581,12 @@ def write_figures(records: list[dict], df: pd.DataFrame, folder: Path, orders: d
         parts = list(cells.groupby(["dataset", "recipe", "defense"], sort=False))
         for key, part in parts:
             suffix = "" if len(parts) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
-            emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style))
+            if part.mi_setup.nunique() > 1:
+                notes.append(f"MI figures for {', '.join(key)}: not drawn, the records measured MI differently "
+                             f"({setup_differences(part.mi_setup)}); run them again with one setting")
+                continue
+            if part.arch.nunique() > 1:
+                emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style))
+            emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style))
             emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
     return paths, notes

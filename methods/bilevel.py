@@ -34,7 +34,7 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 def make_surrogate(config, num_classes: int, device: torch.device, seed: int) -> nn.Module:
-    """A fresh surrogate from an attack config's `surrogate` arch (and `surrogate_width`, for tiny_cnn).
+    """A fresh surrogate from an attack config's `surrogate` arch (and `surrogate_width`, its `width` argument: tiny_cnn, resnet*, vgg*).
 
     Its weights are channels_last, so its convolutions run channels_last whatever the input's layout
     (1.2-1.4x per step on this project's CPU, and the layout tensor cores want on CUDA).

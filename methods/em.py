@@ -31,7 +31,7 @@ class EMConfig:
     max_rounds: int = 200  # cap on rounds if the stop rule is never met
     random_start: bool = False  # official default: noise starts at zero
     surrogate: str = "resnet18"  # a registered architecture
-    surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
     bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):

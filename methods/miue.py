@@ -34,7 +34,7 @@ class MIUEConfig:
     weight_decay: float = 1e-4
     post_aug: bool = True  # add the noise to a randomly flipped view of each clean image
     surrogate: str = "resnet18"
-    surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
     bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     normalize: bool = True  # ImageNet mean/std inside the surrogate, as the official model
 

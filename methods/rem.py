@@ -36,7 +36,7 @@ class REMConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     surrogate: str = "resnet18"
-    surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
     bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):

@@ -29,7 +29,7 @@ class TAPConfig:
     shift: int = 4  # differentiable augmentation: random translation up to this many pixels
     augment: bool = True  # differentiable shift + flip during the attack (official default)
     surrogate: str = "resnet18"
-    surrogate_width: int = 0  # width of tiny_cnn surrogates (0 = the arch's default)
+    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
     bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     surrogate_epochs: int = 40  # clean training of the surrogate (official: 40)
     surrogate_lr: float = 0.1

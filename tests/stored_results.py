@@ -76,10 +76,12 @@ def build(root: Path, npz: Path) -> tuple[Store, list[dict], Grid]:
         }
         if cell.defense == "none":
             value = mi(cell.attack, cell.arch, cell.seed)
-            record["analysis"] = {"mi_gaussian": value, "mi_ksg": value / 2, "gaussian_shrinkage": 0.01,
-                                  "cond_cov_trace": 1.0, "cond_cov_ratio": value / 10,
-                                  "intra_class_cosine": 1 - value / 10, "n_images": 200.0, "feature_dim": 512.0,
-                                  "gaussian_dims": 8.0, "ksg_dims": 4.0, "ksg_k": 3.0, "batch_size": 256.0, "seed": 0.0}
+            record["analysis"] = {"mi_cca": value, "mi_gaussian": value, "mi_ksg": value / 2, "cca_ridge": 1e-6,
+                                  "gaussian_shrinkage": 0.01, "cond_cov_trace": 1.0, "cond_cov_ratio": value / 10,
+                                  "intra_class_cosine": 1 - value / 10, "max_images": 5000.0, "n_images": 200.0,
+                                  "feature_dim": 512.0, "gaussian_dims": 8.0, "ksg_dims": 4.0, "ksg_k": 3.0,
+                                  "cca_components": 16.0, "cca_folds": 5.0, "batch_size": 256.0, "seed": 0.0,
+                                  "images": "train", "model": "victim", "layer": "features"}
         store.write_record(record)
         records.append(record)
     failed = {**records[0], "cell_id": "f" * 16, "status": "failed", "error": {"type": "RuntimeError", "message": "x"}}

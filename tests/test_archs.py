@@ -73,3 +73,29 @@ def test_depths_differ_in_parameter_count():
     counts = {n: sum(p.numel() for p in ARCHS.create(n).parameters()) for n in ("resnet18", "resnet34", "vgg11", "vgg16")}
     assert counts["resnet18"] < counts["resnet34"] and counts["vgg11"] < counts["vgg16"]
     assert 11.0e6 < counts["resnet18"] < 11.4e6  # the CIFAR ResNet-18 has 11.17M parameters
+
+
+# The paper-width models, counted before `width` existed: the default must build exactly these.
+@pytest.mark.parametrize("name,count", [("resnet18", 11_173_962), ("resnet34", 21_282_122), ("resnet50", 23_520_842),
+                                        ("vgg11", 9_228_362), ("vgg19", 20_035_018)])
+def test_width_defaults_to_the_paper_models(name, count):
+    assert sum(p.numel() for p in ARCHS.create(name).parameters()) == count
+    assert [tuple(p.shape) for p in ARCHS.create(name, {"width": 64}).parameters()] == \
+           [tuple(p.shape) for p in ARCHS.create(name).parameters()]
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 128), ("resnet50", 512), ("vgg11", 128), ("vgg16", 128),
+                                      ("tiny_cnn", 64)])
+def test_width_scales_every_stage(name, dim):
+    model = ARCHS.create(name, {"width": 16}, num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels == 16 and model.feature_dim == dim
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0, -8, 2.5, True])
+def test_a_bad_width_is_a_config_error_naming_the_field(width):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"width: must be a whole number of channels >= 1"):
+        ARCHS.create("vgg11", {"width": width})

@@ -139,14 +139,21 @@ def test_killed_grid_resumes_without_losing_finished_cells(tmp_path, tiny_npz):
     assert "0 cells run, 8 already done" in again
 
 
+# The smoke grid's model-based attacks, shrunk again so the test takes about a minute: same code paths.
+SMOKE_TEST_SHRINK = {"em": {"max_rounds": 2}, "tap": {"surrogate_epochs": 1, "steps": 2}, "miue": {"epochs": 1, "steps": 2}}
+
+
 @pytest.mark.slow
 def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
-    """The shipped smoke grid, shrunk to 1,000 images and 3 epochs, through run and report."""
+    """The shipped smoke grid, shrunk to 1,000 images and 3 epochs, through run and report, MI included."""
     smoke = tomllib.loads((ROOT / "bench" / "grids" / "smoke.toml").read_text())
-    defense_config = "".join(f"[config.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
-                             for name, table in smoke.get("config", {}).items() if name in smoke["defenses"])
+    plugins = set(smoke["attacks"]) | set(smoke["defenses"])
+    tables = {name: {**table, **SMOKE_TEST_SHRINK.get(name, {})} for name, table in smoke.get("config", {}).items()
+              if name in plugins}
+    config = "".join(f"[config.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+                     for name, table in tables.items())
     grid = write_grid(tmp_path / "smoke_small.toml", cifar10_npz, smoke["attacks"], smoke["defenses"], epochs=3,
-                      extra=defense_config)
+                      extra=f"analysis = {json.dumps(smoke['analysis'])}\n" + config)
     text = grid.read_text().replace("[data]\n", "[data]\ntrain_size = 1000\ntest_size = 500\n")
     grid.write_text(text)
     out = tmp_path / "out"
@@ -156,13 +163,17 @@ def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
     assert len(done) == n_cells and all(r["status"] == "done" for r in done)
     assert all(0 <= r["metrics"]["test_acc_last"] <= 1 and len(r["history"]) == 3 for r in done)
     assert {r["poison"]["norm"] for r in done} == {"linf", "l2", "l0"}
+    assert all(r["analysis"]["mi_cca"] >= 0 and r["analysis"]["n_images"] == 1000 for r in done)
     report = bench("report", "--grid", str(grid), "--out", str(out)).stdout
     for attack in smoke["attacks"]:
         assert re.search(rf"^\| {attack}\b", report, re.M), f"no row for {attack}"
+        assert re.search(rf"^\| {attack}\b.* / tiny_cnn \|", report, re.M), f"no MI row for {attack}"
+    assert "### Mutual information (MI-UE analysis)" in report
+    assert (out / "reports" / "smoke_small_figures" / "mi_attacks.png").is_file()
     tex = (out / "reports" / "smoke_small.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "random\\_noise" in tex
     csv = (out / "reports" / "smoke_small.csv").read_text().splitlines()
-    assert len(csv) == 1 + n_cells * 3  # one row per cell and metric
+    assert len(csv) == 1 + n_cells * (3 + 6)  # one row per cell and metric: 3 accuracies, 6 MI-analysis values
 
 
 GOOD_GRID = 'attacks = ["clean", "random_noise"]\ndefenses = ["none"]\narchs = ["tiny_cnn"]\nrecipe = {preset = "cpu_smoke", epochs = 1}\n'

@@ -10,7 +10,7 @@ import stored_results as sr
 from bench import figures
 from bench.report import analysis_cells, tidy, write_report
 
-FIGURES = ("heatmap", "curves", "gallery", "mi_depth", "mi_chain")
+FIGURES = ("heatmap", "curves", "gallery", "mi_depth", "mi_attacks", "mi_chain")
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,50 @@ def test_mi_figure_plots_the_mean_over_seeds_against_depth(stored):
     assert list(y) == pytest.approx([(sr.mi("ops", a, 0) + sr.mi("ops", a, 1)) / 2 for a in ("resnet18", "resnet34")])
     dashed = [line for line in mi_axes.lines if line.get_linestyle() == "--"]
     assert {tuple(line.get_xdata()) for line in dashed} == {(11,)}  # vgg11, one point per attack
-    assert fig.axes[2].get_ylabel() == figures.ACCURACY_LABEL
+    assert [ax.get_ylabel() for ax in fig.axes] == [*figures.MI_LABELS.values(), figures.ACCURACY_LABEL]
+    assert mi_axes.get_ylabel() == figures.MI_LABELS["mi_cca"]  # the default estimator leads
 
 
 def test_mi_figure_names_every_attack_once_even_one_run_only_on_the_dashed_family():
     cells = pd.DataFrame({"attack": ["em", "em", "ops"], "arch": ["resnet18", "vgg11", "vgg11"],
-                          **{metric: [1.0, 2.0, 3.0] for metric, _ in figures.MI_PANELS}})
+                          **{metric: [1.0, 2.0, 3.0] for metric in (*figures.MI_LABELS, "test_acc_last")}})
     fig = figures.mi_against_depth(cells, figures.AttackStyle(("em", "ops")))
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["em", "ops"]
+
+
+def test_mi_by_attack_draws_one_bar_per_attack_and_arch_at_the_mean(stored):
+    _, records, grid = stored
+    cells = analysis_cells(tidy(records), {"attack": grid.attacks, "arch": grid.archs})
+    fig = figures.mi_by_attack(cells, figures.AttackStyle(grid.attacks))
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == list(grid.archs)
+    heights = [patch.get_height() for patch in bars[0].patches]  # resnet18, attacks in grid order
+    assert heights == pytest.approx([(sr.mi(a, "resnet18", 0) + sr.mi(a, "resnet18", 1)) / 2 for a in grid.attacks])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(grid.attacks)
+
+
+def test_records_from_before_the_cca_estimator_still_draw_with_the_estimators_they_have(stored, tmp_path):
+    store, records, grid = stored
+    old = [{**r, "analysis": {k: v for k, v in r["analysis"].items() if k not in ("mi_cca", "cca_ridge")}}
+           if r.get("analysis") else r for r in records]
+    cells = analysis_cells(tidy(old), {"attack": grid.attacks, "arch": grid.archs})
+    fig = figures.mi_against_depth(cells, figures.AttackStyle(grid.attacks))
+    assert [ax.get_ylabel() for ax in fig.axes] == [figures.MI_LABELS["mi_gaussian"], figures.MI_LABELS["mi_ksg"],
+                                                    figures.ACCURACY_LABEL]
+    report = write_report(old, tmp_path / "r", "g", grid.attacks, formats="fig,md", arch_order=grid.archs, store=store)
+    assert "mi_depth.png" in report.paths and "MI CCA" not in report.markdown
+
+
+def test_the_report_refuses_an_mi_figure_that_mixes_measurement_settings(stored, tmp_path):
+    store, records, grid = stored
+    mixed = [dict(r) for r in records]
+    first = next(r for r in mixed if r.get("analysis"))
+    first["analysis"] = {**first["analysis"], "n_images": 400.0}
+    report = write_report(mixed, tmp_path / "r", "g", grid.attacks, formats="fig", arch_order=grid.archs, store=store)
+    assert not any(kind.startswith("mi_") for kind in report.paths) and "heatmap.png" in report.paths
+    assert any("not drawn, the records measured MI differently (n_images 200.0 / 400.0)" in n for n in report.notes)
 
 
 def test_colours_and_markers_follow_the_attack_everywhere():

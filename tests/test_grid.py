@@ -172,6 +172,19 @@ def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
     assert all(not c.analysis for c in grids["paper"].cells())
 
 
+def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_and_share_their_poisons():
+    smoke, depth = load_grid("smoke"), load_grid("depth_cpu")
+    assert {"clean", "random_noise", "em", "miue", "lsp", "ops"} <= set(smoke.attacks) & set(depth.attacks)
+    assert {"none", "jpeg", "iss_gray"} <= set(smoke.defenses) and smoke.analysis == depth.analysis == ("mi",)
+    # One family at four depths, all at one CPU width.
+    assert depth.archs == ("vgg11", "vgg13", "vgg16", "vgg19") and depth.defenses == ("none",)
+    assert {arch: depth.config[arch] for arch in depth.archs} == {arch: {"width": 16} for arch in depth.archs}
+    smoke_keys = {c.attack: c.poison_key for c in smoke.cells()}
+    assert all(smoke_keys[c.attack] == c.poison_key for c in depth.cells())  # generated once for both grids
+    for grid in (smoke, depth):  # the model-based attacks run their CPU surrogates
+        assert all(grid.config[a]["surrogate"] == "tiny_cnn" for a in ("em", "miue"))
+
+
 def test_docs_state_each_shipped_grids_cell_count():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "grids.md").read_text()
     for name in shipped_grids():

@@ -35,7 +35,7 @@ def test_tidy_has_one_row_per_finished_cell_and_metric(stored):
     df = tidy(records)
     cells = len(sr.ATTACKS_) * len(sr.DEFENSES_) * len(sr.ARCHS_) * len(sr.SEEDS)  # the failed record is left out
     analysed = cells // len(sr.DEFENSES_)
-    assert len(df) == cells * 3 + analysed * 5
+    assert len(df) == cells * 3 + analysed * 6  # 3 accuracies; 3 MI estimates, covariance trace and ratio, cosine
     assert df.cell_id.nunique() == cells
     row = df[(df.attack == "ops") & (df.defense == "jpeg") & (df.arch == "vgg11") & (df.seed == 1) & (df.metric == "test_acc_last")]
     assert row.value.item() == pytest.approx(sr.accuracy("ops", "jpeg", "vgg11", 1)) and row.unit.item() == "%"
@@ -167,9 +167,10 @@ def test_mi_section_shows_the_chain_and_the_estimators_error(stored, tmp_path):
     assert "### Mutual information (MI-UE analysis)" in md
     value = (sr.mi("ops", "vgg11", 0) + sr.mi("ops", "vgg11", 1)) / 2
     assert re.search(rf"^\| ops \(L0 1 px\) / vgg11 \| [^|]+ \| {value:.3f} ± ", md, re.M)
-    assert "Estimator error on correlated Gaussians with known MI (gaussian: largest |error|" in md
+    assert "Estimator error on correlated Gaussians with known MI (cca: largest |error|" in md
     calibration = pd.read_csv(report.paths["mi_calibration"])
-    assert set(calibration.estimator) == {"gaussian", "ksg"} and set(calibration.dims) == {1, 4, 8}
+    assert set(calibration.estimator) == {"cca", "gaussian", "ksg"} and set(calibration.dims) == {1, 4, 8}
+    assert "With 8 shared dims under 200 louder ones (true MI 6.64 nats): cca " in md
 
 
 def test_the_report_skips_what_it_cannot_make_and_says_why(tmp_path):
