@@ -109,10 +109,22 @@ PAPER_RESNET = "He et al., Deep Residual Learning for Image Recognition, CVPR 20
 PAPER_VGG = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, ICLR 2015"
 
 
+@register_arch("resnet10", paper=PAPER_RESNET)
+def resnet10(num_classes: int = 10, width: int = 64) -> Classifier:
+    """ResNet-10 (one basic block per stage) with the CIFAR stem; 8*width-d features (512 at width 64)."""
+    return _resnet(BasicBlock, [1, 1, 1, 1], num_classes, width)
+
+
 @register_arch("resnet18", paper=PAPER_RESNET)
 def resnet18(num_classes: int = 10, width: int = 64) -> Classifier:
     """ResNet-18 with the CIFAR stem (3x3 first conv, no max-pool); 8*width-d features (512 at the paper's width 64)."""
     return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, width)
+
+
+@register_arch("resnet26", paper=PAPER_RESNET)
+def resnet26(num_classes: int = 10, width: int = 64) -> Classifier:
+    """ResNet-26 (three basic blocks per stage: between ResNet-18 and -34) with the CIFAR stem; 8*width-d features."""
+    return _resnet(BasicBlock, [3, 3, 3, 3], num_classes, width)
 
 
 @register_arch("resnet34", paper=PAPER_RESNET)

@@ -127,7 +127,7 @@ def lead_mi(cells: pd.DataFrame) -> str:
     return mi_panels(cells)[0][0]
 
 
-def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+def mi_against_depth(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
     """The MI-UE paper's figure: MI (each estimator its own panel) and test accuracy against depth, a
     line per attack.
 
@@ -163,12 +163,13 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle) -> Figure:
             else:
                 ax.set_xticks(range(len(order)), order)
         axes[0, 0].legend(frameon=False, loc="best")
-        if len(families) > 1:
-            fig.suptitle("solid: " + families[0] + ", dashed: " + ", ".join(families[1:]))
+        lines = "solid: " + families[0] + ", dashed: " + ", ".join(families[1:]) if len(families) > 1 else ""
+        if title or lines:
+            fig.suptitle("; ".join(t for t in (title, lines) if t))
     return fig
 
 
-def mi_by_attack(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+def mi_by_attack(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
     """MI (each estimator its own panel) and test accuracy per attack, as bars: one bar per attack and
     architecture, hatched by architecture where there are several, with the std over seeds."""
     if cells.empty:
@@ -193,8 +194,7 @@ def mi_by_attack(cells: pd.DataFrame, style: AttackStyle) -> Figure:
             ax.grid(axis="x", visible=False)
         if len(archs) > 1:
             axes[0, 0].legend(frameon=False, loc="best")
-        else:
-            fig.suptitle(archs[0])
+        fig.suptitle("; ".join(t for t in (title, archs[0] if len(archs) == 1 else "") if t))
     return fig
 
 

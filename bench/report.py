@@ -326,7 +326,7 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[st
     cells = cells.rename_axis(columns=None).reset_index()
     orders = orders or {}
     return cells.sort_values(keys, ignore_index=True, key=lambda column: _positions(column, orders.get(column.name))
-                             if column.name in ("attack", "arch") else column)
+                             if column.name in ("attack", "arch", "defense") else column)
 
 
 def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -335,8 +335,11 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
                "mi_gaussian": ("MI Gaussian (nats)", 3), "mi_ksg": ("MI KSG (nats)", 3),
                "cond_cov_ratio": ("cond. cov. ratio", 3), "intra_class_cosine": ("intra-class cosine", 3)}
     columns = {metric: spec for metric, spec in columns.items() if cells[metric].notna().any()}
-    index = pd.Index([f"{attack_label(a, b)} / {arch}" for a, b, arch in zip(cells.attack, cells.budget, cells.arch)],
-                     name="attack / arch")
+    # Rows name the attack and arch, and each other factor that varies (the smoke grid's defenses).
+    varying = [f for f in ("defense", "dataset", "recipe") if cells[f].nunique() > 1]
+    labels = [" / ".join([attack_label(row.attack, row.budget), row.arch, *(str(getattr(row, f)) for f in varying)])
+              for row in cells.itertuples()]
+    index = pd.Index(labels, name=" / ".join(["attack", "arch", *varying]))
     return pd.DataFrame({title: mean_std(cells[metric], cells[f"{metric}_std"], digits).to_numpy()
                          for metric, (title, digits) in columns.items()}, index=index)
 
@@ -585,8 +588,9 @@ def write_figures(records: list[dict], df: pd.DataFrame, folder: Path, orders: d
                 notes.append(f"MI figures for {', '.join(key)}: not drawn, the records measured MI differently "
                              f"({setup_differences(part.mi_setup)}); run them again with one setting")
                 continue
+            title = ", ".join([*key[:2], f"defense {key[2]}"])
             if part.arch.nunique() > 1:
-                emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style))
-            emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style))
+                emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style, title))
+            emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style, title))
             emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
     return paths, notes

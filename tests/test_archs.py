@@ -19,7 +19,7 @@ def test_logits_and_penultimate_features(name):
     assert torch.allclose(model.classifier(features), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("vgg11", 512), ("vgg19", 512),
+@pytest.mark.parametrize("name,dim", [("resnet10", 512), ("resnet18", 512), ("resnet26", 512), ("resnet34", 512), ("resnet50", 2048), ("vgg11", 512), ("vgg19", 512),
                                       ("tiny_cnn", 128), ("densenet121", 1024), ("mobilenetv2", 1280), ("wrn34_10", 640),
                                       ("vit_small", 512)])
 def test_feature_dimensions(name, dim):
@@ -70,8 +70,13 @@ def test_vit_small_cuts_32x32_images_into_64_patches_of_4x4():
 
 
 def test_depths_differ_in_parameter_count():
-    counts = {n: sum(p.numel() for p in ARCHS.create(n).parameters()) for n in ("resnet18", "resnet34", "vgg11", "vgg16")}
-    assert counts["resnet18"] < counts["resnet34"] and counts["vgg11"] < counts["vgg16"]
+    names = ("resnet10", "resnet18", "resnet26", "resnet34", "vgg11", "vgg16")
+    counts = {n: sum(p.numel() for p in ARCHS.create(n).parameters()) for n in names}
+    assert counts["resnet10"] < counts["resnet18"] < counts["resnet26"] < counts["resnet34"]
+    assert counts["vgg11"] < counts["vgg16"]
+    convs = {n: sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in ARCHS.create(n).modules())
+             for n in names[:4]}
+    assert convs == {"resnet10": 9, "resnet18": 17, "resnet26": 25, "resnet34": 33}  # + the linear head = the depth
     assert 11.0e6 < counts["resnet18"] < 11.4e6  # the CIFAR ResNet-18 has 11.17M parameters
 
 

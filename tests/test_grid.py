@@ -177,8 +177,8 @@ def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_and_share_their_p
     assert {"clean", "random_noise", "em", "miue", "lsp", "ops"} <= set(smoke.attacks) & set(depth.attacks)
     assert {"none", "jpeg", "iss_gray"} <= set(smoke.defenses) and smoke.analysis == depth.analysis == ("mi",)
     # One family at four depths, all at one CPU width.
-    assert depth.archs == ("vgg11", "vgg13", "vgg16", "vgg19") and depth.defenses == ("none",)
-    assert {arch: depth.config[arch] for arch in depth.archs} == {arch: {"width": 16} for arch in depth.archs}
+    assert depth.archs == ("resnet10", "resnet18", "resnet26", "resnet34") and depth.defenses == ("none",)
+    assert {arch: depth.config[arch] for arch in depth.archs} == {arch: {"width": 8} for arch in depth.archs}
     smoke_keys = {c.attack: c.poison_key for c in smoke.cells()}
     assert all(smoke_keys[c.attack] == c.poison_key for c in depth.cells())  # generated once for both grids
     for grid in (smoke, depth):  # the model-based attacks run their CPU surrogates

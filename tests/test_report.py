@@ -173,6 +173,19 @@ def test_mi_section_shows_the_chain_and_the_estimators_error(stored, tmp_path):
     assert "With 8 shared dims under 200 louder ones (true MI 6.64 nats): cca " in md
 
 
+def test_mi_rows_name_the_defense_where_the_records_have_several(stored):
+    from bench.report import analysis_cells, analysis_table
+
+    _, records, grid = stored
+    # As the smoke grid: the analysis on every defense's cells, not only on `none`.
+    with_mi = next(r for r in records if r.get("analysis"))["analysis"]
+    everywhere = [{**r, "analysis": with_mi} if r.get("status") == "done" else r for r in records]
+    table = analysis_table(analysis_cells(tidy(everywhere), {"attack": grid.attacks, "arch": grid.archs}))
+    assert table.index.name == "attack / arch / defense"
+    assert {"ops (L0 1 px) / vgg11 / none", "ops (L0 1 px) / vgg11 / jpeg"} <= set(table.index)
+    assert table.index.is_unique
+
+
 def test_the_report_skips_what_it_cannot_make_and_says_why(tmp_path):
     report = write_report([], tmp_path / "r", "empty", formats="md")
     assert "No finished cells yet." in report.markdown and set(report.paths) == {"md"}
