@@ -162,7 +162,9 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle, title: str = "") -
                 ax.set_xticks(sorted(set(cells.x)))
             else:
                 ax.set_xticks(range(len(order)), order)
-        axes[0, 0].legend(frameon=False, loc="best")
+        # One legend for all panels, below them, so it never covers a line.
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False)
         lines = "solid: " + families[0] + ", dashed: " + ", ".join(families[1:]) if len(families) > 1 else ""
         if title or lines:
             fig.suptitle("; ".join(t for t in (title, lines) if t))

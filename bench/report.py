@@ -339,6 +339,9 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
     varying = [f for f in ("defense", "dataset", "recipe") if cells[f].nunique() > 1]
     labels = [" / ".join([attack_label(row.attack, row.budget), row.arch, *(str(getattr(row, f)) for f in varying)])
               for row in cells.itertuples()]
+    if "mi_setup" in cells and cells.mi_setup.nunique() > 1:  # records measured differently: say which is which
+        numbers = {setup: i + 1 for i, setup in enumerate(dict.fromkeys(cells.mi_setup))}
+        labels = [f"{label} / setup {numbers[setup]}" for label, setup in zip(labels, cells.mi_setup)]
     index = pd.Index(labels, name=" / ".join(["attack", "arch", *varying]))
     return pd.DataFrame({title: mean_std(cells[metric], cells[f"{metric}_std"], digits).to_numpy()
                          for metric, (title, digits) in columns.items()}, index=index)

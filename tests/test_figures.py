@@ -65,7 +65,7 @@ def test_mi_figure_names_every_attack_once_even_one_run_only_on_the_dashed_famil
     cells = pd.DataFrame({"attack": ["em", "em", "ops"], "arch": ["resnet18", "vgg11", "vgg11"],
                           **{metric: [1.0, 2.0, 3.0] for metric in (*figures.MI_LABELS, "test_acc_last")}})
     fig = figures.mi_against_depth(cells, figures.AttackStyle(("em", "ops")))
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["em", "ops"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["em", "ops"]
 
 
 def test_mi_by_attack_draws_one_bar_per_attack_and_arch_at_the_mean(stored):
@@ -101,6 +101,7 @@ def test_the_report_refuses_an_mi_figure_that_mixes_measurement_settings(stored,
     report = write_report(mixed, tmp_path / "r", "g", grid.attacks, formats="fig", arch_order=grid.archs, store=store)
     assert not any(kind.startswith("mi_") for kind in report.paths) and "heatmap.png" in report.paths
     assert any("not drawn, the records measured MI differently (n_images 200.0 / 400.0)" in n for n in report.notes)
+    assert " / setup 2 |" in write_report(mixed, tmp_path / "t", "g", formats="md").markdown  # the table keeps both
 
 
 def test_colours_and_markers_follow_the_attack_everywhere():
