@@ -6,7 +6,9 @@
     python3 dev.py bench    # timings: pytest-benchmark over tests/benchmarks on this machine's device
     python3 dev.py setup    # only the environment
 
-Needs nothing but Python 3.11+. The environment is (re)installed only when pyproject.toml changed.
+Needs nothing but Python 3.11+. The environment is (re)installed only when pyproject.toml or
+constraints.txt changed; constraints.txt pins torch and torchvision to the versions this project
+tests (the package itself accepts a range).
 Extra arguments go to `bench run` (smoke) or pytest (test).
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("BENCH_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+CONSTRAINTS = ROOT / "constraints.txt"
 
 
 def sh(*args: str | Path) -> None:
@@ -37,10 +40,12 @@ def setup() -> None:
         print(f"creating virtual environment {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     stamp = VENV / ".bench-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
     if not stamp.exists() or stamp.read_text() != wanted:
         # Plain pip on purpose: it takes the pinned torch wheels from a local cache where there is one.
-        sh(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[dev]")
+        # The package accepts a range of torch versions; constraints.txt pins the ones tested here.
+        sh(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", CONSTRAINTS,
+           "-e", ".[dev]")
         stamp.write_text(wanted)
 
 

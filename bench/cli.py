@@ -1,4 +1,8 @@
-"""The `bench` command: run grids, write reports, list what is registered."""
+"""The `bench` command: run grids, write reports, list what is registered.
+
+Each command imports the layers it uses when it runs (the executors, the report, `bench bench`), so
+that `bench --help` and `bench list` do not load what they do not need.
+"""
 from __future__ import annotations
 
 import functools
@@ -78,9 +82,9 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
         compile_: bool, ray_address: str | None, slurm_partition: str | None, slurm_timeout: int, dry_run: bool,
         overrides) -> None:
     """Run every cell of a grid that has no finished record yet."""
-    from bench.executors import make_executor
+    from bench.environment import pick_device
+    from bench.executors import make_executor, run_grid
     from bench.grid import load_grid
-    from bench.runner import pick_device, run_grid
     from bench.store import Store
 
     options = {"local": {"workers": workers, "cells_per_gpu": cells_per_gpu},
@@ -211,7 +215,7 @@ def bench_(device: str, quick: bool, memory: bool, full: bool, only: str | None,
     import json
 
     from bench.perf import parse_parts, plan_for, run_benchmarks
-    from bench.runner import pick_device
+    from bench.environment import pick_device
 
     torch_device = pick_device(device)
     try:

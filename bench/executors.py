@@ -15,15 +15,20 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+from tqdm import tqdm
 
 from bench.config import ConfigError, require
-from bench.grid import CellSpec
+from bench.environment import pick_device, provenance
+from bench.grid import CellSpec, Grid
+from bench.plan import CellState, poisons_to_generate
+from bench.runner import CellWorker
 from bench.store import Store
 
 log = logging.getLogger("bench")
@@ -52,8 +57,6 @@ _POOL_DEVICE: str | None = None  # the device a pool worker was given when it st
 
 def execute(job: Job, settings: WorkerSettings) -> dict:
     """Run one job in this process; returns the cell's record (or the poison's summary)."""
-    from bench.runner import CellWorker, pick_device
-
     global _WORKER
     if _WORKER is None or _WORKER[0] != settings:
         device = pick_device(_POOL_DEVICE or settings.device)
@@ -66,8 +69,6 @@ def execute(job: Job, settings: WorkerSettings) -> dict:
 
 def poison_jobs(grid_name: str, cells: Iterable[CellSpec], store: Store) -> list[Job]:
     """One job per poison that the cells need and the cache lacks; an uncacheable one is made by its cell."""
-    from bench.plan import CellState, poisons_to_generate
-
     needed = poisons_to_generate([CellState(cell, "pending") for cell in cells], store)
     return [Job("poison", cell, grid_name) for cell in needed if cell.cacheable]
 
@@ -83,8 +84,6 @@ def settled(handles: Iterable, jobs: dict, result_of: Callable) -> Iterable[tupl
 
 def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, progress) -> None:
     """Record a cell that no worker could run (its poison failed, its worker died), unless it finished."""
-    from bench.runner import provenance
-
     record = store.read_record(cell.cell_id)
     if record is None or record.get("status") != "done":
         record = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "status": "failed",
@@ -145,8 +144,6 @@ class InProcess:
         return f"in this process on {device}"
 
     def run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
-        from bench.runner import CellWorker, pick_device
-
         worker = CellWorker(Store(settings.store_root), pick_device(settings.device), settings.retries, settings.compile)
         for cell in cells:
             progress.started(cell)
@@ -285,3 +282,49 @@ def make_executor(name: str, **options):
     if name not in EXECUTORS:
         raise ConfigError(f"executor: unknown {name!r}; allowed: {', '.join(EXECUTORS)}")
     return EXECUTORS[name](**options)
+
+
+class GridProgress:
+    """A bar over cells (done/total, rate, time left) with a live line for the running cell; log lines off a terminal."""
+
+    def __init__(self, grid_name: str, total: int, show: bool):
+        self.bar = tqdm(total=total, desc=f"grid {grid_name}", unit="cell", disable=not show, dynamic_ncols=True)
+        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+
+    def started(self, cell: CellSpec) -> None:
+        self.bar.set_postfix_str(cell.label)
+
+    def epoch(self, cell: CellSpec, rec: dict) -> None:
+        self.bar.set_postfix_str(f"{cell.label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
+
+    def finished(self, record: dict) -> None:
+        status = "skipped" if record.get("skipped") else record["status"]
+        self.counts[status] += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
+             executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
+    """Run every cell of `grid` that has no `done` record. Returns counts of done/failed/skipped.
+
+    `executor` is one of `bench.executors` (default: in this process on `device`).
+    """
+    cells = grid.cells()
+    pending = [c for c in cells if not store.is_done(c.cell_id)]
+    skipped = len(cells) - len(pending)
+    executor = executor or InProcess()
+    log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),
+             executor.describe(device))
+    if not pending:
+        return {"skipped": skipped, "done": 0, "failed": 0}
+    settings = WorkerSettings(str(store.root), str(device), retries, compile)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = GridProgress(grid.name, len(pending), show)
+    try:
+        executor.run(grid.name, pending, settings, bar)
+    finally:
+        bar.close()
+    return {**bar.counts, "skipped": bar.counts["skipped"] + skipped}

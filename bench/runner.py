@@ -1,6 +1,7 @@
-"""Run the cells of a grid, one record per finished cell, whichever executor runs them.
+"""One cell, start to record: its poison, its defended sets, training, retries and the record.
 
-The semantics live here, once, and every executor (`bench.executors`) gets them by calling
+The semantics live here, once, and every executor (`bench.executors`, the layer above, which also
+holds `run_grid`) gets them by calling
 `CellWorker.run`: a cell whose record says `done` is never run again; a failing cell is tried again
 up to `retries` times and then recorded as failed with its error and traceback, and the grid goes
 on; CUDA running out of memory halves the batch (and the learning rate with it) instead of failing.
@@ -13,23 +14,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import platform
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import replace
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-import bench
 from bench.context import RunContext
 from bench.data import DataSpec, Dataset, load_dataset
-from bench.grid import CellSpec, Grid
+from bench.environment import provenance
+from bench.grid import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.registry import ARCHS, ATTACKS, create_defense
 from bench.store import Store, canonical_hash
@@ -37,34 +32,6 @@ from bench.train import Recipe, TrainingDiverged, train_model
 from methods.base import BudgetError, Poison, check_budget
 
 log = logging.getLogger("bench")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def provenance(device: torch.device) -> dict:
-    return {
-        "package_version": bench.__version__,
-        "git_commit": _git_commit(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-    }
-
-
-def _git_commit() -> str | None:
-    root = Path(bench.__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class PoisonSource:
@@ -319,51 +286,3 @@ class CellWorker:
         if shrunk:
             outcome["out_of_memory"] = {"tried": shrunk, "batch_size": recipe.batch_size, "lr": recipe.lr}
         return outcome
-
-
-class GridProgress:
-    """A bar over cells (done/total, rate, time left) with a live line for the running cell; log lines off a terminal."""
-
-    def __init__(self, grid_name: str, total: int, show: bool):
-        self.bar = tqdm(total=total, desc=f"grid {grid_name}", unit="cell", disable=not show, dynamic_ncols=True)
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
-
-    def started(self, cell: CellSpec) -> None:
-        self.bar.set_postfix_str(cell.label)
-
-    def epoch(self, cell: CellSpec, rec: dict) -> None:
-        self.bar.set_postfix_str(f"{cell.label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
-
-    def finished(self, record: dict) -> None:
-        status = "skipped" if record.get("skipped") else record["status"]
-        self.counts[status] += 1
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
-             executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
-    """Run every cell of `grid` that has no `done` record. Returns counts of done/failed/skipped.
-
-    `executor` is one of `bench.executors` (default: in this process on `device`).
-    """
-    from bench.executors import InProcess, WorkerSettings
-
-    cells = grid.cells()
-    pending = [c for c in cells if not store.is_done(c.cell_id)]
-    skipped = len(cells) - len(pending)
-    executor = executor or InProcess()
-    log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),
-             executor.describe(device))
-    if not pending:
-        return {"skipped": skipped, "done": 0, "failed": 0}
-    settings = WorkerSettings(str(store.root), str(device), retries, compile)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = GridProgress(grid.name, len(pending), show)
-    try:
-        executor.run(grid.name, pending, settings, bar)
-    finally:
-        bar.close()
-    return {**bar.counts, "skipped": bar.counts["skipped"] + skipped}

@@ -7,7 +7,7 @@ import torch
 from bench.context import RunContext
 from bench.grid import parse_grid
 from bench.registry import ATTACKS
-from bench.runner import run_grid
+from bench.executors import run_grid
 from bench.store import Store
 from methods import bilevel
 from tests.test_attacks import TINY

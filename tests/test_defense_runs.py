@@ -6,7 +6,7 @@ import torch
 import pytest
 
 from bench.grid import parse_grid
-from bench.runner import run_grid
+from bench.executors import run_grid
 from bench.store import Store
 from defenses.basic import JPEG
 

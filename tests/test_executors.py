@@ -14,7 +14,7 @@ from bench.archs import Classifier
 from bench.executors import make_executor
 from bench.grid import parse_grid
 from bench.registry import ARCHS, Entry
-from bench.runner import run_grid
+from bench.executors import run_grid
 from bench.store import Store
 from methods import bilevel
 

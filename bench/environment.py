@@ -1,0 +1,43 @@
+"""Where cells run and what produced them: device choice and the provenance every record carries.
+
+Both the executors (a record for a cell no worker could run) and the cell layer (every record) use
+these, so they live below both.
+"""
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+import bench
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def provenance(device: torch.device) -> dict:
+    return {
+        "package_version": bench.__version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+    }
+
+
+def _git_commit() -> str | None:
+    root = Path(bench.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
