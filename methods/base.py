@@ -10,6 +10,8 @@ import torch
 from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
+from bench.registry import ARCHS
+from bench.train import autocast_to, precision_for
 
 Norm = Literal["linf", "l2", "l0"]
 NORMS = ("linf", "l2", "l0")
@@ -106,13 +108,9 @@ class Attack:
     def precision(self, device: torch.device) -> str:
         """What the attack's model passes run in on `device`: 'bf16' where its config asks for it
         (the `bf16` field of the surrogate-based attacks) and the device computes it natively."""
-        from bench.train import precision_for  # bench.train imports the archs; keep this module cheap
-
         return precision_for(getattr(self.config, "bf16", False), device)
 
     def __call__(self, data: ImageSet, ctx: RunContext) -> Poison:
-        from bench.train import autocast_to
-
         torch.manual_seed(ctx.seed)
         # Every surrogate forward and backward of `generate` runs under this autocast, as victim
         # training does: 3-5x faster per step on this project's AMX CPU, and bf16 on CUDA. It has no
@@ -138,8 +136,6 @@ class LinfConfig:
 
 def require_surrogate(config) -> None:
     """Checks for a config's `surrogate` (a registered arch) and `surrogate_width` (>= 0; 0 = the arch's default)."""
-    from bench.registry import ARCHS  # the registry loads the archs; keep importing this module cheap
-
     require(config.surrogate in ARCHS, "surrogate", f"unknown arch {config.surrogate!r}; known archs: {', '.join(ARCHS.names())}")
     require(config.surrogate_width >= 0, "surrogate_width", f"must be >= 0 (0 = the arch's default), got {config.surrogate_width}")
 

@@ -185,6 +185,18 @@ def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_and_share_their_p
         assert all(grid.config[a]["surrogate"] == "tiny_cnn" for a in ("em", "miue"))
 
 
+def test_resnet_and_vgg_cells_keep_the_ids_they_had_before_width_existed():
+    grid = parse_grid({"attacks": ["clean", "ops"], "defenses": ["none"], "archs": ["resnet18", "resnet50", "vgg16"],
+                       "recipe": "em60", "data": {"name": "cifar10"}}, "g")
+    # Computed by the code of commit 90632ed, before `width` was an argument of these archs.
+    assert {(c.attack, c.arch): c.cell_id for c in grid.cells()} == {
+        ("clean", "resnet18"): "307645ee984028a9", ("clean", "resnet50"): "097a5b62edc4710b",
+        ("clean", "vgg16"): "3000563cc68954bc", ("ops", "resnet18"): "2ee0637503a5c822",
+        ("ops", "resnet50"): "835c2edbc2c44de3", ("ops", "vgg16"): "3c576d6bb02c076e"}
+    assert parse_grid({**BASE, "archs": ["vgg16"], "config": {"vgg16": {"width": 16}}}, "g").cells()[0].arch_config == \
+           {"width": 16}
+
+
 def test_docs_state_each_shipped_grids_cell_count():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "grids.md").read_text()
     for name in shipped_grids():
