@@ -180,7 +180,8 @@ def mi_by_attack(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Fi
     archs = list(dict.fromkeys(cells.arch))
     panels = mi_panels(cells)
     width = 0.8 / len(archs)
-    fig, axes = _figure(1, len(panels), max(2.6, 0.35 * len(attacks) * len(archs) + 1) * len(panels) / 1.6, 2.6)
+    panel_width = max(2.6, 0.22 * len(attacks) * len(archs) + 0.6)  # room for every bar's label
+    fig, axes = _figure(1, len(panels), panel_width * len(panels), 2.6)
     hatches = ["", "//", "..", "xx", "\\\\", "oo", "++"]
     with matplotlib.style.context(STYLE):
         for ax, (metric, label) in zip(axes[0], panels):

@@ -14,7 +14,7 @@ model. The official MI-UE code ships no MI estimator, so the estimators here are
 - `KSGMI`: the k-nearest-neighbour estimator of Kraskov, Stoegbauer & Grassberger (Phys. Rev. E
   69, 066138, 2004, algorithm 1) on fewer principal components, with scipy's KD-tree. No
   Gaussian assumption, but biased low when the MI is large or the dimension high.
-- `CCAMI` (the default, `PRIMARY`): the Gaussian MI of canonical correlations, fitted and scored
+- `CCAMI` (the default, first in `MISettings.estimators`): the Gaussian MI of canonical correlations, fitted and scored
   on different folds. Both estimators above keep each side's top principal components, so a
   dependence carried by low-variance directions under louder independent ones is invisible to
   them (they give ~0 where the truth is several nats); canonical correlations find shared
@@ -137,21 +137,20 @@ class KSGMI:
 
 @dataclass(frozen=True)
 class CCAMI:
-    """Gaussian MI from regularised canonical correlations, fitted on one half of the samples and
-    scored on the other, in nats.
+    """Gaussian MI from regularised canonical correlations, fitted and scored on different folds, in nats.
 
     For jointly Gaussian X and Y, I(X; Y) = -1/2 sum_i log(1 - rho_i^2) over their canonical
     correlations rho_i (Gelfand & Yaglom 1957), wherever those directions lie: unlike `GaussianMI`,
     which keeps each side's top principal components, it sees a shared signal that has little
     variance next to large independent ones. Fitted and scored on the same samples, canonical
     correlations are biased far upward (at D / N = 0.1 every direction shows rho ~ 0.3-0.6 by
-    chance), so each half of a seeded split is fitted in turn, with ridge `r * mean variance` on
-    each side's covariance, and the Gaussian MI of the top `components` canonical pairs is measured
-    on the other half; the two halves are averaged, and the ridge with the highest held-out MI is
-    kept. Held-out scoring can only lose information (the directions are estimated), so the estimate
-    leans low, apart from the plug-in bias of at most components^2 / N nats of the held-out log-det.
-    Canonical correlations are capped at `max_correlation`, so identical sides give a large finite
-    value instead of infinity.
+    chance), so the samples are split into `folds` seeded parts; on all but one, each side's
+    covariance gets a ridge of `r * mean variance` and the top `components` canonical pairs are
+    fitted; on the part left out, each pair is scored by its own correlation; the parts are
+    averaged, and the ridge with the highest held-out MI is kept. Held-out scoring can only lose
+    what the fitted directions miss, so the estimate leans low, apart from about
+    components / (2 N_scored) nats of chance correlation. Canonical correlations are capped at
+    `max_correlation`, so identical sides give a large finite value instead of infinity.
     """
 
     components: int = 16  # canonical pairs scored on the held-out half
@@ -165,6 +164,7 @@ class CCAMI:
         require(len(self.ridges) >= 1 and all(r > 0 for r in self.ridges), "cca_ridges",
                 f"must be one or more positive fractions, got {self.ridges}")
         require(0 < self.max_correlation < 1, "max_correlation", f"must be in (0, 1), got {self.max_correlation}")
+        require(self.folds >= 2, "cca_folds", f"must be at least 2 (one to fit, one to score), got {self.folds}")
 
     def estimate(self, x: np.ndarray, y: np.ndarray) -> float:
         return self.estimate_with_ridge(x, y)[0]
@@ -172,7 +172,8 @@ class CCAMI:
     def estimate_with_ridge(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(MI in nats, the ridge fraction that gave it)."""
         x, y = _check_pair(x, y)
-        require(len(x) >= 8, "n_images", f"CCAMI needs at least 8 samples to split in halves, got {len(x)}")
+        require(len(x) >= 2 * self.folds, "n_images",
+                f"CCAMI needs at least 2 samples per fold ({2 * self.folds}), got {len(x)}")
         parts = np.array_split(np.random.default_rng(self.seed).permutation(len(x)), self.folds)
         folds = []
         for i, score in enumerate(parts):
@@ -249,7 +250,7 @@ def hidden_shared_signal(n: int, shared: int = 8, rho: float = 0.9, loud: int = 
     return x, y
 
 
-HIDDEN = "8 shared dims under 200 louder ones"
+HIDDEN = "8 shared dims under 200 louder ones"  # the calibration case of `hidden_shared_signal`'s defaults
 
 
 def calibration(estimators: dict, n: int, dims=(1, 4, 8), rhos=(0.3, 0.6, 0.9), seed: int = 0,
@@ -264,7 +265,7 @@ def calibration(estimators: dict, n: int, dims=(1, 4, 8), rhos=(0.3, 0.6, 0.9), 
     """
     cases = [("isotropic", d, rho, lambda d=d, rho=rho: correlated_gaussians(n, d, rho, seed)) for d in dims for rho in rhos]
     if hidden:
-        cases.append((HIDDEN, 8, 0.9, lambda: hidden_shared_signal(n, 8, 0.9, seed=seed)))
+        cases.append((HIDDEN, 8, 0.9, lambda: hidden_shared_signal(n, seed=seed)))
     rows = []
     for case, d, rho, draw in cases:
         x, y = draw()
@@ -292,16 +293,14 @@ class MISettings:
 
     def __post_init__(self):
         require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require(self.cca_folds >= 2, "cca_folds", f"must be at least 2, got {self.cca_folds}")
         self.estimators()  # their own checks name the field
 
     def estimators(self) -> dict:
-        """Name -> estimator, the default (PRIMARY) first."""
+        """Name -> estimator, the default (CCA) first: reports and figures lead with the first."""
         return {"cca": CCAMI(self.cca_components, folds=self.cca_folds, seed=self.seed),
                 "gaussian": GaussianMI(self.gaussian_dims), "ksg": KSGMI(self.ksg_dims, self.ksg_k, self.seed)}
 
 
-PRIMARY = "mi_cca"  # the estimate reports and figures lead with: the one that sees low-variance shared directions
 # What an MI value depends on besides the model: two records compare only where these agree.
 SETUP_KEYS = ("images", "model", "layer", "max_images", "n_images", *(f.name for f in fields(MISettings) if f.name != "batch_size"))
 
@@ -360,12 +359,13 @@ def analyze(model: torch.nn.Module, clean_images: torch.Tensor, poisoned_images:
     images is passed through `model.features` (penultimate features, eval mode, no grad, batched).
 
     Keys (every value a Python float, but the strings `images`, `model` and `layer`):
-      mi_cca, mi_gaussian, mi_ksg   I(Z_clean; Z_poisoned) in nats by CCAMI (PRIMARY), GaussianMI, KSGMI
+      mi_cca, mi_gaussian, mi_ksg   I(Z_clean; Z_poisoned) in nats by CCAMI (the default), GaussianMI, KSGMI
       cca_ridge, gaussian_shrinkage  the regularisation CCAMI chose and the Ledoit-Wolf intensity GaussianMI used
       cond_cov_trace, cond_cov_ratio, intra_class_cosine   `class_statistics` of the poisoned features
       images, model, layer, max_images, n_images, feature_dim and the MISettings fields   what was measured and how
     """
-    require(max_images >= 8, "max_images", f"must be at least 8, got {max_images}")
+    least = 2 * settings.cca_folds  # CCAMI scores every fold on at least two images
+    require(max_images >= least, "max_images", f"must be at least {least}, got {max_images}")
     if clean_images.shape != poisoned_images.shape or len(labels) != len(clean_images):
         raise ValueError(f"clean images {tuple(clean_images.shape)}, poisoned images {tuple(poisoned_images.shape)} "
                          f"and labels ({len(labels)},) must describe the same images")
