@@ -137,7 +137,7 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
         ids = {cell.cell_id for cell in grid.cells()}
-        records = [r for r in records if r["cell_id"] in ids]
+        records = [r for r in records if r.cell_id in ids]
         orders = {"attack_order": grid.attacks, "defense_order": grid.defenses, "arch_order": grid.archs}
         name = grid.name
     try:

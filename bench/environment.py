@@ -1,7 +1,7 @@
 """Where cells run and what produced them: device choice and the provenance every record carries.
 
-Both the executors (a record for a cell no worker could run) and the cell layer (every record) use
-these, so they live below both.
+The commands pick the device; the executors (a record for a cell no worker could run) and the
+cell layer (every record) write the provenance, so both live below all of them.
 """
 from __future__ import annotations
 

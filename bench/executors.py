@@ -18,16 +18,17 @@ import os
 import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from bench.config import ConfigError, require
-from bench.environment import pick_device, provenance
+from bench.environment import provenance
 from bench.grid import CellSpec, Grid
 from bench.plan import CellState, poisons_to_generate
+from bench.records import CellResult
 from bench.runner import CellWorker
 from bench.store import Store
 
@@ -36,12 +37,19 @@ log = logging.getLogger("bench")
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker process needs to rebuild a `CellWorker`: plain values, cheap to send."""
+    """What every worker builds its `CellWorker` from; sent as it is to worker processes (it pickles).
 
-    store_root: str
-    device: str  # "auto", "cpu", "cuda", "cuda:N"; a pool worker is given its own GPU instead
+    `device` is the one `run_grid` was given; executors whose workers get a device of their own (a
+    pool worker its GPU, a Ray or SLURM task the GPU it was allotted) replace it.
+    """
+
+    store: Store
+    device: torch.device
     retries: int = 1
     compile: bool = False
+
+    def worker(self) -> CellWorker:
+        return CellWorker(self.store, self.device, self.retries, self.compile)
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,13 @@ _WORKER = None  # (settings, CellWorker) of this process: data and poisons stay 
 _POOL_DEVICE: str | None = None  # the device a pool worker was given when it started
 
 
-def execute(job: Job, settings: WorkerSettings) -> dict:
+def execute(job: Job, settings: WorkerSettings) -> CellResult | dict:
     """Run one job in this process; returns the cell's record (or the poison's summary)."""
     global _WORKER
+    if _POOL_DEVICE is not None:
+        settings = replace(settings, device=torch.device(_POOL_DEVICE))
     if _WORKER is None or _WORKER[0] != settings:
-        device = pick_device(_POOL_DEVICE or settings.device)
-        _WORKER = (settings, CellWorker(Store(settings.store_root), device, settings.retries, settings.compile))
+        _WORKER = (settings, settings.worker())
     worker = _WORKER[1]
     if job.kind == "poison":
         return {"poison_key": job.cell.poison_key, **worker.make_poison(job.cell)}
@@ -85,9 +94,8 @@ def settled(handles: Iterable, jobs: dict, result_of: Callable) -> Iterable[tupl
 def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, progress) -> None:
     """Record a cell that no worker could run (its poison failed, its worker died), unless it finished."""
     record = store.read_record(cell.cell_id)
-    if record is None or record.get("status") != "done":
-        record = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "status": "failed",
-                  "attempts": 0, "error": error, "provenance": provenance(torch.device("cpu"))}
+    if record is None or not record.done:
+        record = CellResult.failed(cell, grid_name, error, provenance=provenance(torch.device("cpu")), attempts=0)
         store.write_record(record)
     log.error("cell %s (%s %s) failed: %s: %s", cell.cell_id, cell.attack, cell.defense, error["type"], error["message"])
     progress.finished(record)
@@ -108,7 +116,7 @@ class RemoteExecutor:
             self._run(grid_name, cells, settings, progress)
 
     def _run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
-        store = Store(settings.store_root)
+        store = settings.store
         poisons = poison_jobs(grid_name, cells, store)
         broken: dict[str, dict] = {}
         if poisons:
@@ -144,7 +152,7 @@ class InProcess:
         return f"in this process on {device}"
 
     def run(self, grid_name: str, cells: list[CellSpec], settings: WorkerSettings, progress) -> None:
-        worker = CellWorker(Store(settings.store_root), pick_device(settings.device), settings.retries, settings.compile)
+        worker = settings.worker()
         for cell in cells:
             progress.started(cell)
             progress.finished(worker.run(cell, grid_name, on_epoch=lambda rec, cell=cell: progress.epoch(cell, rec)))
@@ -219,7 +227,7 @@ class RayExecutor(RemoteExecutor):
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = ({"num_gpus": 1 / self.cells_per_gpu} if gpus else {"num_cpus": self.cpus_per_task})
         task = ray.remote(max_retries=settings.retries, **resources)(execute)
-        device_settings = WorkerSettings(settings.store_root, "cuda" if gpus else "cpu", settings.retries, settings.compile)
+        device_settings = replace(settings, device=torch.device("cuda" if gpus else "cpu"))  # the task's own GPU
         refs = {task.remote(job, device_settings): job for job in jobs}
         pending = list(refs)
         while pending:
@@ -248,7 +256,7 @@ class SlurmExecutor(RemoteExecutor):
         if not jobs:
             return
         submitit = _optional("submitit", "slurm")
-        executor = submitit.AutoExecutor(folder=os.path.join(settings.store_root, "slurm", "%j"), cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=os.path.join(settings.store.root, "slurm", "%j"), cluster=self.cluster)
         params = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task, "tasks_per_node": 1,
                   "slurm_array_parallelism": self.max_parallel}
         if self.gpus_per_task:
@@ -256,6 +264,8 @@ class SlurmExecutor(RemoteExecutor):
         if self.partition:
             params["slurm_partition"] = self.partition
         executor.update_parameters(**params)
+        # Each task gets the GPU it was allotted, whatever device the submitting machine (a login node) has.
+        settings = replace(settings, device=torch.device("cuda" if self.gpus_per_task else "cpu"))
         submitted = executor.map_array(execute, jobs, [settings] * len(jobs))
         yield from settled(submitit.helpers.as_completed(submitted), dict(zip(submitted, jobs)), lambda job: job.result())
 
@@ -297,8 +307,8 @@ class GridProgress:
     def epoch(self, cell: CellSpec, rec: dict) -> None:
         self.bar.set_postfix_str(f"{cell.label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
 
-    def finished(self, record: dict) -> None:
-        status = "skipped" if record.get("skipped") else record["status"]
+    def finished(self, record: CellResult) -> None:
+        status = "skipped" if record.skipped else record.status
         self.counts[status] += 1
         self.bar.update(1)
 
@@ -320,7 +330,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
              executor.describe(device))
     if not pending:
         return {"skipped": skipped, "done": 0, "failed": 0}
-    settings = WorkerSettings(str(store.root), str(device), retries, compile)
+    settings = WorkerSettings(store, device, retries, compile)
     show = sys.stderr.isatty() if progress is None else progress
     bar = GridProgress(grid.name, len(pending), show)
     try:

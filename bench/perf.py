@@ -265,10 +265,11 @@ def generation_seconds(name: str, data: ImageSet) -> float:
     return seconds_of(lambda: generate(name, data), data.device)
 
 
-def synthetic_records(n: int, seed: int = 0) -> list[dict]:
+def synthetic_records(n: int, seed: int = 0) -> list[CellResult]:
     """`n` finished-cell records as the runner writes them, over every registered attack and defense."""
     from bench.data import DataSpec
     from bench.grid import CellSpec
+    from bench.records import CellResult
 
     rng = np.random.default_rng(seed)
     attacks, defenses = ATTACKS.names(), DEFENSES.names()
@@ -278,15 +279,14 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
         cell = CellSpec(DataSpec(), attacks[i % len(attacks)], {}, defenses[i // len(attacks) % len(defenses)], {},
                         "resnet18", {}, Recipe(), "em60", seed_)
         acc = float(rng.uniform(0.1, 0.95))
-        records.append({
-            "cell_id": cell.cell_id, "grid": "perf", "spec": cell.to_dict(), "status": "done", "attempts": 1,
+        records.append(CellResult.finished(cell, "perf", {
             "metrics": {"test_acc_last": acc, "test_acc_best": acc, "best_epoch": 60, "train_acc": 1.0},
             "poison": {"norm": "linf", "budget": 8 / 255}, "history": [], "timings": {"train_s": 100.0},
-        })
+        }, provenance={}, attempts=1, earlier_errors=[], wall_seconds=100.0))
     return records
 
 
-def report_seconds(records: list[dict]) -> float:
+def report_seconds(records: list) -> float:
     from bench.report import write_report
 
     with tempfile.TemporaryDirectory() as out:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from bench.grid import CellSpec, Grid, cell_label
+from bench.records import CellResult
 from bench.store import Store, canonical_hash
 
 STATUSES = ("done", "failed", "pending")
@@ -33,16 +34,16 @@ def error_line(error: dict | None) -> str:
     return f"{error.get('type', 'Error')}: {message[:300]}"
 
 
-def records_by_cell(store: Store) -> dict[str, dict]:
-    return {record["cell_id"]: record for record in store.records() if "cell_id" in record}
+def records_by_cell(store: Store) -> dict[str, CellResult]:
+    return {record.cell_id: record for record in store.records()}
 
 
-def cell_states(cells: Iterable[CellSpec], records: Mapping[str, dict]) -> list[CellState]:
+def cell_states(cells: Iterable[CellSpec], records: Mapping[str, CellResult]) -> list[CellState]:
     states = []
     for cell in cells:
-        record = records.get(cell.cell_id) or {}
-        status = record.get("status") if record.get("status") in ("done", "failed") else "pending"
-        states.append(CellState(cell, status, record.get("error") if status == "failed" else None))
+        record = records.get(cell.cell_id)
+        status = record.status if record is not None and record.status in ("done", "failed") else "pending"
+        states.append(CellState(cell, status, record.error if status == "failed" else None))
     return states
 
 
@@ -91,20 +92,20 @@ class Timings:
     records: int
 
     @classmethod
-    def from_records(cls, records: Iterable[dict]) -> Timings:
+    def from_records(cls, records: Iterable[CellResult]) -> Timings:
         per_epoch, generate, devices, used = defaultdict(list), defaultdict(list), set(), 0
         for record in records:
-            spec, timings = record.get("spec") or {}, record.get("timings") or {}
+            spec, timings = record.spec, record.timings or {}
             epochs = (spec.get("recipe") or {}).get("epochs")
-            if record.get("status") != "done" or not timings.get("train_s") or not epochs:
+            if not record.done or not timings.get("train_s") or not epochs:
                 continue
             used += 1
             per_epoch[_train_key(spec)].append(timings["train_s"] / epochs)
             # generate_s is 0 where the cell found its poison cached; the poison's own cost is kept beside it.
-            made = timings.get("poison_generate_s") or (record.get("poison") or {}).get("generate_seconds")
+            made = timings.get("poison_generate_s") or (record.poison or {}).get("generate_seconds")
             if made:
                 generate[_poison_key(spec)].append(made)
-            devices.add((record.get("provenance") or {}).get("device") or "unknown device")
+            devices.add(record.provenance.get("device") or "unknown device")
         return cls({k: statistics.median(v) for k, v in per_epoch.items()},
                    {k: statistics.median(v) for k, v in generate.items()}, tuple(sorted(devices)), used)
 
@@ -204,29 +205,27 @@ class GridStatus:
     others: int = 0  # records naming this grid that it does not have as loaded (other overrides or versions)
 
 
-def grid_status(grid: Grid, records: Mapping[str, dict]) -> GridStatus:
+def grid_status(grid: Grid, records: Mapping[str, CellResult]) -> GridStatus:
     states = cell_states(grid.cells(), records)
     ids = {s.cell.cell_id for s in states}
-    others = sum(1 for cell_id, r in records.items() if r.get("grid") == grid.name and cell_id not in ids)
+    others = sum(1 for cell_id, r in records.items() if r.grid == grid.name and cell_id not in ids)
     failures = [(s.cell.label, error_line(s.error)) for s in states if s.status == "failed"]
     return GridStatus(grid.name, count(states), failures, others)
 
 
-def records_status(name: str, records: Mapping[str, dict]) -> GridStatus:
+def records_status(name: str, records: Mapping[str, CellResult]) -> GridStatus:
     """Done and failed counts of a grid known only from its records' `grid` field."""
-    mine = [r for r in records.values() if r.get("grid") == name]
-    failed = [r for r in mine if r.get("status") == "failed"]
-    failures = [(cell_label(*(r.get("spec", {}).get(k) for k in ("attack", "defense", "arch", "seed"))),
-                 error_line(r.get("error"))) for r in failed]
-    return GridStatus(name, {"done": sum(r.get("status") == "done" for r in mine), "failed": len(failed),
-                             "pending": None}, failures)
+    mine = [r for r in records.values() if r.grid == name]
+    failed = [r for r in mine if r.status == "failed"]
+    failures = [(cell_label(r.attack, r.defense, r.arch, r.seed), error_line(r.error)) for r in failed]
+    return GridStatus(name, {"done": sum(r.done for r in mine), "failed": len(failed), "pending": None}, failures)
 
 
-def store_status(records: Mapping[str, dict], shipped: Mapping[str, Grid]) -> list[GridStatus]:
+def store_status(records: Mapping[str, CellResult], shipped: Mapping[str, Grid]) -> list[GridStatus]:
     """`bench status` without --grid: each shipped grid with a record, then each other grid records name."""
     statuses = [grid_status(grid, records) for grid in shipped.values()]
     statuses = [s for s in statuses if s.counts["done"] or s.counts["failed"] or s.others]
-    named = sorted({r.get("grid") for r in records.values() if r.get("grid")} - set(shipped))
+    named = sorted({r.grid for r in records.values() if r.grid} - set(shipped))
     return statuses + [records_status(name, records) for name in named]
 
 

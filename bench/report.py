@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.citations import bibliography, citation
 from bench.config import comma_choices
+from bench.records import CellResult
 
 log = logging.getLogger("bench")
 
@@ -34,7 +35,7 @@ FORMATS = ("latex", "csv", "md", "fig")
 METRICS = ("test_acc_last", "test_acc_best", "train_acc")
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
                 "train_acc": "training accuracy (%, last epoch)"}
-ANALYSIS_METRICS = {  # key in record["analysis"] -> unit
+ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit
     "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
     "intra_class_cosine": "",
 }
@@ -77,24 +78,24 @@ def recipe_description(spec: dict) -> str:
             f"weight decay {r['weight_decay']:g}, batch {r['batch_size']}, {schedule} schedule{clip})")
 
 
-def tidy(records: Iterable[dict]) -> pd.DataFrame:
+def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
     """One row per finished cell and metric: accuracies in %, the MI analysis in its own units."""
     rows = []
     for r in records:
-        if r.get("status") != "done":
+        if not r.done:
             continue
-        spec, poison = r["spec"], r.get("poison", {})
+        spec, poison = r.spec, r.poison or {}
         train_size = spec["data"].get("train_size")
         base = {
-            "cell_id": r["cell_id"], "grid": r.get("grid", ""),
+            "cell_id": r.cell_id, "grid": r.grid,
             "dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""),
             "arch": spec["arch"], "recipe": recipe_label(spec),
             "attack": spec["attack"], "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)),
             "defense": spec["defense"], "seed": spec["seed"],
         }
         for metric in METRICS:
-            rows.append({**base, "metric": metric, "value": 100 * r["metrics"][metric], "unit": "%"})
-        for metric, value in (r.get("analysis") or {}).items():
+            rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%"})
+        for metric, value in (r.analysis or {}).items():
             if metric in ANALYSIS_METRICS:
                 rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric]})
     columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit"]
@@ -293,12 +294,12 @@ def _booktabs(body: pd.DataFrame, caption_text: str, label: str) -> str:
 
 
 # --- the MI analysis -----------------------------------------------------------------------------
-def mi_setup(record: dict) -> str:
+def mi_setup(record: CellResult) -> str:
     """What a record's MI was measured on and how (bench.mi.SETUP_KEYS), as one comparable string;
     a key the record lacks (written before it existed) reads `None`."""
     from bench.mi import SETUP_KEYS
 
-    analysis = record.get("analysis") or {}
+    analysis = record.analysis or {}
     return json.dumps({key: analysis.get(key) for key in SETUP_KEYS}, sort_keys=True)
 
 
@@ -347,12 +348,12 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
                          for metric, (title, digits) in columns.items()}, index=index)
 
 
-def estimator_calibration(records: list[dict]) -> pd.DataFrame:
+def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
     """bench.mi's estimators on correlated Gaussians at the settings (of the first record with MI) and the
     smallest sample size the records used."""
     from bench.mi import MISettings, calibration
 
-    analyses = [r["analysis"] for r in records if r.get("status") == "done" and r.get("analysis")]
+    analyses = [r.analysis for r in records if r.done and r.analysis]
     if not analyses:
         return pd.DataFrame()
     settings = MISettings(**{f.name: int(analyses[0][f.name]) for f in fields(MISettings) if f.name in analyses[0]})
@@ -381,7 +382,7 @@ def group_title(group: dict) -> str:
     return ", ".join(str(v) for v in group.values())
 
 
-def histories_frame(records: list[dict], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
+def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
     """Test accuracy per epoch (%) of the cells `query` selects (a pandas query over tidy's columns), and a title.
 
     Default: every attack under the first defense, on the first architecture, dataset, recipe and seed.
@@ -406,21 +407,21 @@ def histories_frame(records: list[dict], df: pd.DataFrame, query: str | None, or
     factors = ("attack", "defense", "arch", "dataset", "recipe", "seed")
     varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
     title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying)
-    by_id = {r["cell_id"]: r for r in records}
+    by_id = {r.cell_id: r for r in records}
     rows = []
     in_grid_order = chosen.sort_values("attack", kind="stable", key=lambda c: _positions(c, orders.get("attack")))
     for cell in in_grid_order.itertuples():
         label = " / ".join(str(getattr(cell, f)) for f in varying)
-        for h in by_id[cell.cell_id].get("history", []):
+        for h in by_id[cell.cell_id].history or []:
             if "test_acc" in h:
                 rows.append({"label": label, "attack": cell.attack, "epoch": h["epoch"], "test_acc": 100 * h["test_acc"]})
     return pd.DataFrame(rows, columns=["label", "attack", "epoch", "test_acc"]), title
 
 
-def gallery_images(records: list[dict], store, attack_order) -> tuple[object, dict, list[str]]:
+def gallery_images(records: list[CellResult], store, attack_order) -> tuple[object, dict, list[str]]:
     """(clean images, attack -> poisoned images, notes) for the gallery, or notes saying why not.
 
-    Poisons come from the store's cache (`record["poison"]["key"]`), clean images from the dataset
+    Poisons come from the store's cache (`record.poison["key"]`), clean images from the dataset
     named in the record's spec (offline where BENCH_CIFAR10 or an .npz path is given).
     """
     import numpy as np
@@ -430,14 +431,14 @@ def gallery_images(records: list[dict], store, attack_order) -> tuple[object, di
 
     if store is None:
         return None, {}, ["gallery: skipped, no results store given"]
-    first_of: dict[str, dict] = {}  # attack -> its first finished record with a cached, non-zero poison
+    first_of: dict[str, CellResult] = {}  # attack -> its first finished record with a cached, non-zero poison
     for r in records:
-        poison = r.get("poison", {})
-        if r.get("status") == "done" and poison.get("budget", 0) > 0 and poison.get("key"):
-            first_of.setdefault(r["spec"]["attack"], r)
+        poison = r.poison or {}
+        if r.done and poison.get("budget", 0) > 0 and poison.get("key"):
+            first_of.setdefault(r.attack, r)
     if not first_of:
         return None, {}, ["gallery: skipped, no record of a perturbing attack with a cached poison key"]
-    data_spec = next(iter(first_of.values()))["spec"]["data"]
+    data_spec = next(iter(first_of.values())).spec["data"]
     try:
         train = load_dataset(DataSpec(**data_spec)).train
     except (DataUnavailable, ConfigError, OSError) as err:
@@ -451,12 +452,12 @@ def gallery_images(records: list[dict], store, attack_order) -> tuple[object, di
     clean, poisoned, notes = to_hwc(train.images.numpy()), {}, []
     for attack in _ordered(first_of, attack_order):
         record = first_of[attack]
-        if record["spec"]["data"] != data_spec:
+        if record.spec["data"] != data_spec:
             notes.append(f"gallery: {attack} left out, its records use other data than {data_spec['name']}")
             continue
-        cached = store.load_poison(record["poison"]["key"])
+        cached = store.load_poison(record.poison["key"])
         if cached is None:
-            notes.append(f"gallery: {attack} left out, its poison {record['poison']['key']} is not in the cache "
+            notes.append(f"gallery: {attack} left out, its poison {record.poison['key']} is not in the cache "
                          f"({store.poisons_dir})")
             continue
         if cached[0].shape != tuple(train.images.shape):
@@ -502,7 +503,7 @@ class Report:
     notes: tuple[str, ...]  # what was skipped and why
 
 
-def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order=None, defense_order=None,
+def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack_order=None, defense_order=None,
                  metric: str = "test_acc_last", *, formats: Iterable[str] = FORMATS, layout: TableLayout = TableLayout(),
                  arch_order=None, store=None, curves: str | None = None) -> Report:
     """Write the report of `records` into `out_dir` as <name>.csv/.md/.tex/.bib and <name>_figures/.
@@ -518,13 +519,13 @@ def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order
     out_dir.mkdir(parents=True, exist_ok=True)
     df = tidy(records)
     orders = {"attack": list(attack_order or []), "defense": list(defense_order or []), "arch": list(arch_order or [])}
-    done = [r for r in records if r.get("status") == "done"]
-    recipes = {recipe_label(r["spec"]): recipe_description(r["spec"]) for r in done}
+    done = [r for r in records if r.done]
+    recipes = {recipe_label(r.spec): recipe_description(r.spec) for r in done}
     citations = {("attack", a): citation("attack", a) for a in df.attack.unique()}
     citations.update({("defense", d): citation("defense", d) for d in df.defense.unique()})
 
     md, tex = table_sections(df, metric, layout, orders, recipes, citations, name)
-    cells = analysis_cells(df, orders, {r["cell_id"]: mi_setup(r) for r in done if r.get("analysis")})
+    cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
     mi_md, mi_tex, calibration = mi_section(cells, done, name)
     md += mi_md
     tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex]
@@ -558,7 +559,7 @@ def write_report(records: Iterable[dict], out_dir: Path, name: str, attack_order
     return Report(paths, markdown, tuple(notes))
 
 
-def write_figures(records: list[dict], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
+def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
                   cells: pd.DataFrame) -> tuple[dict[str, Path], list[str]]:
     """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
     from bench import figures

@@ -26,6 +26,7 @@ from bench.data import DataSpec, Dataset, load_dataset
 from bench.environment import provenance
 from bench.grid import CellSpec
 from bench.config import ConfigError, as_dict, require
+from bench.records import CellResult
 from bench.registry import ARCHS, ATTACKS, create_defense
 from bench.store import Store, canonical_hash
 from bench.train import Recipe, TrainingDiverged, train_model
@@ -228,25 +229,28 @@ class CellWorker:
             return {"status": "failed", "attempts": len(errors), "error": errors[-1]}
         return {"status": "done", "attempts": len(errors) + 1, "cached": bool(meta.get("cached"))}
 
-    def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> dict:
-        """Run `cell` unless its record says done; write and return its record."""
+    def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> CellResult:
+        """Run `cell` unless its record says done; write and return its record.
+
+        `run_grid` only hands over cells it found pending, but the store is asked again here, at
+        the moment the work would start: another run on the same results folder, or an executor
+        retrying a task whose worker died after writing, may have finished the cell since.
+        """
         existing = self.store.read_record(cell.cell_id)
-        if existing is not None and existing.get("status") == "done":
-            return {**existing, "skipped": True}
-        base = {"cell_id": cell.cell_id, "grid": grid_name, "spec": cell.to_dict(), "provenance": self.env}
+        if existing is not None and existing.done:
+            return replace(existing, skipped=True)
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
         if outcome is None:
-            record = {**base, "status": "failed", "attempts": len(errors), "error": errors[-1],
-                      "earlier_errors": errors[:-1], "wall_seconds": time.perf_counter() - start}
+            record = CellResult.failed(cell, grid_name, errors[-1], provenance=self.env, attempts=len(errors),
+                                       earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start)
             log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
                       errors[-1]["type"], errors[-1]["message"])
         else:
-            record = {**base, "status": "done", "attempts": len(errors) + 1, "earlier_errors": errors,
-                      "wall_seconds": time.perf_counter() - start, **outcome}
+            record = CellResult.finished(cell, grid_name, outcome, provenance=self.env, attempts=len(errors) + 1,
+                                         earlier_errors=errors, wall_seconds=time.perf_counter() - start)
             log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,
-                     100 * outcome["metrics"]["test_acc_last"], 100 * outcome["metrics"]["test_acc_best"],
-                     record["wall_seconds"])
+                     100 * record.metrics["test_acc_last"], 100 * record.metrics["test_acc_best"], record.wall_seconds)
         self.store.write_record(record)
         return record
 

@@ -13,10 +13,13 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from bench.records import CellResult, RecordError
 
 log = logging.getLogger("bench")
 
@@ -50,36 +53,51 @@ def canonical_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+@dataclass(frozen=True)
 class Store:
-    """The results folder: `records/<cell_id>.json` and `cache/poisons/<key>.{npy,json}`."""
+    """The results folder: `records/<cell_id>.json` and `cache/poisons/<key>.{npy,json}`.
+
+    A value (its folder), so it is sent to worker processes as it is and two stores of one folder
+    are equal.
+    """
+
+    root: Path
 
     def __init__(self, root: Path | str):
-        self.root = Path(root)
-        self.records_dir = self.root / "records"
-        self.poisons_dir = self.root / "cache" / "poisons"
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def poisons_dir(self) -> Path:
+        return self.root / "cache" / "poisons"
 
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:
         return self.records_dir / f"{cell_id}.json"
 
-    def write_record(self, record: dict) -> None:
-        atomic_write_json(self.record_path(record["cell_id"]), record)
+    def write_record(self, record: CellResult) -> None:
+        atomic_write_json(self.record_path(record.cell_id), record.to_json())
 
-    def read_record(self, cell_id: str) -> dict | None:
+    def read_record(self, cell_id: str) -> CellResult | None:
+        """The stored record of `cell_id`; None where there is none or it cannot be read as one."""
         path = self.record_path(cell_id)
         try:
-            return json.loads(path.read_text())
+            return CellResult.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecordError) as err:
             log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)
             return None
 
     def is_done(self, cell_id: str) -> bool:
+        """Whether `cell_id` has a done record: the one test of "is this cell finished?" that every layer asks."""
         record = self.read_record(cell_id)
-        return record is not None and record.get("status") == "done"
+        return record is not None and record.done
 
-    def records(self) -> Iterator[dict]:
+    def records(self) -> Iterator[CellResult]:
         for path in sorted(self.records_dir.glob("*.json")):
             record = self.read_record(path.stem)
             if record is not None:

@@ -8,6 +8,7 @@ MI values are made up by formulas the tests can recompute (`accuracy`, `mi`): a 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from bench.context import RunContext
 from bench.data import DataSpec, load_dataset
 from bench.grid import Grid, parse_grid
+from bench.records import CellResult
 from bench.registry import ATTACKS
 from bench.store import Store
 
@@ -53,7 +55,7 @@ def write_npz(path: Path) -> Path:
     return path
 
 
-def build(root: Path, npz: Path) -> tuple[Store, list[dict], Grid]:
+def build(root: Path, npz: Path) -> tuple[Store, list[CellResult], Grid]:
     """A store under `root` with one record per cell (MI analysis on the `none` cells) and one failed record."""
     store, g = Store(root), grid(npz)
     data = load_dataset(DataSpec(name=str(npz)))
@@ -66,30 +68,30 @@ def build(root: Path, npz: Path) -> tuple[Store, list[dict], Grid]:
                 store.save_poison(cell.poison_key, poison.images.numpy(), {"norm": poison.norm, "budget": poison.budget})
         poison = poisons[cell.poison_key]
         acc = accuracy(cell.attack, cell.defense, cell.arch, cell.seed)
-        record = {
-            "cell_id": cell.cell_id, "grid": g.name, "spec": cell.to_dict(), "status": "done", "attempts": 1,
+        outcome = {
             "metrics": {"test_acc_last": acc / 100, "test_acc_best": (acc + 2) / 100, "best_epoch": EPOCHS,
                         "train_acc": 0.99},
             "history": [{"epoch": e, "test_acc": acc / 100 * e / EPOCHS} for e in range(1, EPOCHS + 1)],
             "poison": {"key": cell.poison_key, "norm": poison.norm, "budget": poison.budget},
-            "timings": {"train_s": 1.0}, "provenance": {},
+            "timings": {"train_s": 1.0},
         }
         if cell.defense == "none":
             value = mi(cell.attack, cell.arch, cell.seed)
-            record["analysis"] = {"mi_cca": value, "mi_gaussian": value, "mi_ksg": value / 2, "cca_ridge": 1e-6,
+            outcome["analysis"] = {"mi_cca": value, "mi_gaussian": value, "mi_ksg": value / 2, "cca_ridge": 1e-6,
                                   "gaussian_shrinkage": 0.01, "cond_cov_trace": 1.0, "cond_cov_ratio": value / 10,
                                   "intra_class_cosine": 1 - value / 10, "max_images": 5000.0, "n_images": 200.0,
                                   "feature_dim": 512.0, "gaussian_dims": 8.0, "ksg_dims": 4.0, "ksg_k": 3.0,
                                   "cca_components": 16.0, "cca_folds": 5.0, "batch_size": 256.0, "seed": 0.0,
                                   "images": "train", "model": "victim", "layer": "features"}
+        record = CellResult.finished(cell, g.name, outcome, provenance={}, attempts=1, earlier_errors=[], wall_seconds=1.0)
         store.write_record(record)
         records.append(record)
-    failed = {**records[0], "cell_id": "f" * 16, "status": "failed", "error": {"type": "RuntimeError", "message": "x"}}
+    failed = replace(records[0], cell_id="f" * 16, status="failed", error={"type": "RuntimeError", "message": "x"})
     store.write_record(failed)
     return store, records + [failed], g
 
 
-def build_under(root: Path) -> tuple[Store, list[dict], Grid]:
+def build_under(root: Path) -> tuple[Store, list[CellResult], Grid]:
     """`build` with the store and the dataset under `root` (a module fixture's temporary folder)."""
     return build(root / "results", write_npz(root / "tiny.npz"))
 

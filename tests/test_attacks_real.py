@@ -28,8 +28,8 @@ def real_results(cifar10_npz, tmp_path_factory) -> dict[str, float]:
     }, "attacks_real")
     store = Store(tmp_path_factory.mktemp("attacks_real"))
     counts = run_grid(grid, store, torch.device("cpu"), progress=False)
-    assert counts["failed"] == 0, [r.get("error") for r in store.records() if r["status"] == "failed"]
-    return {r["spec"]["attack"]: r["metrics"]["test_acc_last"] for r in store.records()}
+    assert counts["failed"] == 0, [r.error for r in store.records() if r.status == "failed"]
+    return {r.spec["attack"]: r.metrics["test_acc_last"] for r in store.records()}
 
 
 @pytest.mark.slow

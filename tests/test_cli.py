@@ -230,6 +230,7 @@ def test_bad_overrides_stop_with_one_line_before_any_work(tmp_path, tiny_npz, ar
 def _grid_with_records(tmp_path):
     """A grid whose data file does not exist (so nothing can load it) and a store with one done, one failed cell."""
     from bench.grid import load_grid
+    from bench.records import CellResult
     from bench.store import Store
 
     path = tmp_path / "g.toml"
@@ -237,10 +238,10 @@ def _grid_with_records(tmp_path):
     cells = {c.label: c for c in load_grid(str(path)).cells()}
     store = Store(tmp_path / "out")
     done, failed = cells["clean / none / tiny_cnn / seed 0"], cells["random_noise / none / tiny_cnn / seed 1"]
-    store.write_record({"cell_id": done.cell_id, "grid": "g", "spec": done.to_dict(), "status": "done",
-                        "provenance": {"device": "cpu"}, "timings": {"train_s": 12.0, "poison_generate_s": 0.5}})
-    store.write_record({"cell_id": failed.cell_id, "grid": "g", "spec": failed.to_dict(), "status": "failed",
-                        "error": {"type": "TrainingDiverged", "message": "training loss became nan in epoch 1"}})
+    store.write_record(CellResult.from_json({"cell_id": done.cell_id, "grid": "g", "spec": done.to_dict(), "status": "done",
+                        "provenance": {"device": "cpu"}, "timings": {"train_s": 12.0, "poison_generate_s": 0.5}}))
+    store.write_record(CellResult.from_json({"cell_id": failed.cell_id, "grid": "g", "spec": failed.to_dict(), "status": "failed",
+                        "error": {"type": "TrainingDiverged", "message": "training loss became nan in epoch 1"}}))
     return path, store
 
 

@@ -20,7 +20,7 @@ def _run(tmp_path, data, attacks, defenses, *, epochs=1, width=8, train_size=Non
     }, "g")
     store = Store(tmp_path / "out")
     counts = run_grid(grid, store, torch.device("cpu"), progress=False)
-    return counts, {(r["spec"]["attack"], r["spec"]["defense"]): r for r in store.records()}
+    return counts, {(r.spec["attack"], r.spec["defense"]): r for r in store.records()}
 
 
 def test_composed_defenses_run_in_a_grid_and_set_level_work_is_done_once(tmp_path, tiny_npz, monkeypatch):
@@ -29,8 +29,8 @@ def test_composed_defenses_run_in_a_grid_and_set_level_work_is_done_once(tmp_pat
     monkeypatch.setattr(JPEG, "prepare", lambda self, images, labels: calls.append(1) or prepare(self, images, labels))
     defenses = ["none", "jpeg", "jpeg+cutout", "iss_gray+at", "mixup"]
     counts, records = _run(tmp_path, tiny_npz, ["clean", "ops"], defenses, config={"at": {"steps": 1}})
-    assert counts == {"skipped": 0, "done": 10, "failed": 0}, [r.get("error") for r in records.values()]
-    assert records[("ops", "jpeg+cutout")]["spec"]["defense_config"] == {"jpeg": {"quality": 10}, "cutout": {"size": 16}}
+    assert counts == {"skipped": 0, "done": 10, "failed": 0}, [r.error for r in records.values()]
+    assert records[("ops", "jpeg+cutout")].spec["defense_config"] == {"jpeg": {"quality": 10}, "cutout": {"size": 16}}
     assert len(calls) == 2, "JPEG runs once per poison, shared by jpeg and jpeg+cutout"
     # A second run over fresh cells (other epochs) reads the compressed sets from the disk cache.
     counts, _ = _run(tmp_path, tiny_npz, ["clean", "ops"], ["jpeg", "jpeg+cutout"], epochs=2)
@@ -44,7 +44,7 @@ def test_iss_jpeg_recovers_accuracy_that_ops_removed_on_real_cifar10(tmp_path, c
     setting = dict(epochs=8, width=24, train_size=3000, test_size=1000)  # ~13 s a cell on 2 cores
     _run(tmp_path, cifar10_npz, ["clean"], ["none"], **setting)
     _, records = _run(tmp_path, cifar10_npz, ["ops"], ["none", "iss_jpeg"], **setting)  # same store: 3 cells in all
-    acc = {key: 100 * r["metrics"]["test_acc_last"] for key, r in records.items()}
+    acc = {key: 100 * r.metrics["test_acc_last"] for key, r in records.items()}
     clean, ops, ops_jpeg = acc[("clean", "none")], acc[("ops", "none")], acc[("ops", "iss_jpeg")]
     print(f"clean {clean:.1f}  ops {ops:.1f}  ops + iss_jpeg {ops_jpeg:.1f}")
     assert clean - ops >= 15, "the OPS poison must work before a defense can be judged against it"

@@ -62,13 +62,13 @@ def test_every_executor_finishes_a_grid_shares_poisons_and_never_reruns(name, tm
     grid, store = tiny_grid(tiny_npz), Store(tmp_path / "out")
     counts = run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name]())
     records = list(store.records())
-    assert counts == {"done": 4, "failed": 0, "skipped": 0}, [r.get("error") for r in records]
-    assert {r["status"] for r in records} == {"done"} and len(records) == 4
+    assert counts == {"done": 4, "failed": 0, "skipped": 0}, [r.error for r in records]
+    assert {r.status for r in records} == {"done"} and len(records) == 4
     # One poison per attack, made once and shared by both defenses' cells.
     files = [p.name for p in store.poisons_dir.glob("*.npy")]
     assert sum(not f.startswith("prepared-") for f in files) == 2, files
     assert sum(f.startswith("prepared-") for f in files) == 2, "one JPEG-compressed set per poison"
-    made_here = [r["spec"]["attack"] for r in records if r["timings"]["generate_s"] > 0]
+    made_here = [r.spec["attack"] for r in records if r.timings["generate_s"] > 0]
     assert len(made_here) <= 2 and len(set(made_here)) == len(made_here)
     before = {p.name: p.read_bytes() for p in store.records_dir.glob("*.json")}
     again = run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name]())
@@ -85,8 +85,8 @@ def test_a_failing_poison_fails_its_cells_with_the_error_and_the_grid_goes_on(na
     store = Store(tmp_path / "out")
     counts = run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name](), retries=1)
     assert counts == {"done": 1, "failed": 1, "skipped": 0}
-    failed = next(r for r in store.records() if r["status"] == "failed")
-    assert failed["spec"]["attack"] == "external" and "missing.npz" in failed["error"]["message"]
+    failed = next(r for r in store.records() if r.status == "failed")
+    assert failed.spec["attack"] == "external" and "missing.npz" in failed.error["message"]
     # Running again tries exactly the failed cell again.
     assert run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name]()) == \
         {"done": 0, "failed": 1, "skipped": 1}
@@ -107,15 +107,15 @@ def test_a_cell_that_fails_once_is_retried_and_the_attempts_recorded(tmp_path, t
     store = Store(tmp_path / "out")
     counts = run_grid(tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",)), store, torch.device("cpu"), progress=False)
     (record,) = store.records()
-    assert counts["done"] == 1 and record["attempts"] == 2 and "NCCL hiccup" in record["earlier_errors"][0]["message"]
+    assert counts["done"] == 1 and record.attempts == 2 and "NCCL hiccup" in record.earlier_errors[0]["message"]
 
     calls.clear()
     monkeypatch.setattr(bench.runner, "train_model", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(RuntimeError("always")))
     counts = run_grid(tiny_grid(tiny_npz, attacks=("clean",), defenses=("jpeg",)), store, torch.device("cpu"),
                       progress=False, retries=2)
     assert counts["failed"] == 1 and len(calls) == 3
-    failed = next(r for r in store.records() if r["status"] == "failed")
-    assert failed["attempts"] == 3 and failed["error"]["message"] == "always"
+    failed = next(r for r in store.records() if r.status == "failed")
+    assert failed.attempts == 3 and failed.error["message"] == "always"
 
 
 class Faulty(nn.Module):
@@ -154,8 +154,8 @@ def test_a_diverging_cell_is_failed_with_the_reason_without_retries_and_the_grid
     grid = tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",), arch=nan)
     counts = run_grid(grid, store, torch.device("cpu"), progress=False, retries=3)
     (record,) = store.records()
-    assert counts["failed"] == 1 and record["attempts"] == 1
-    assert record["error"]["type"] == "TrainingDiverged" and "nan" in record["error"]["message"].lower()
+    assert counts["failed"] == 1 and record.attempts == 1
+    assert record.error["type"] == "TrainingDiverged" and "nan" in record.error["message"].lower()
     ok = run_grid(tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",)), store, torch.device("cpu"), progress=False)
     assert ok["done"] == 1
 
@@ -166,17 +166,17 @@ def test_out_of_memory_halves_the_batch_and_says_so(tmp_path, tiny_npz, faulty_a
     with caplog.at_level(logging.WARNING, "bench"):
         counts = run_grid(grid, store, torch.device("cpu"), progress=False)
     (record,) = store.records()
-    assert counts["done"] == 1, record.get("error")
-    oom = record["out_of_memory"]
+    assert counts["done"] == 1, record.error
+    oom = record.out_of_memory
     assert [t["batch_size"] for t in oom["tried"]] == [64, 32] and oom["batch_size"] == 16
     assert oom["lr"] == pytest.approx(grid.recipe.lr / 4)
-    assert record["spec"]["recipe"]["batch_size"] == 64, "the cell keeps its id and its asked-for recipe"
+    assert record.spec["recipe"]["batch_size"] == 64, "the cell keeps its id and its asked-for recipe"
     assert "out of GPU memory; trying batch 32" in caplog.text
 
     hopeless = tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",), arch=faulty_arch("oom", 1))
     counts = run_grid(hopeless, store, torch.device("cpu"), progress=False, retries=0)
-    failed = next(r for r in store.records() if r["status"] == "failed")
-    assert counts["failed"] == 1 and "even at batch size 16" in failed["error"]["message"]
+    failed = next(r for r in store.records() if r.status == "failed")
+    assert counts["failed"] == 1 and "even at batch size 16" in failed.error["message"]
 
 
 def test_records_carry_provenance_and_timings(tmp_path, tiny_npz):
@@ -184,11 +184,11 @@ def test_records_carry_provenance_and_timings(tmp_path, tiny_npz):
     run_grid(tiny_grid(tiny_npz, attacks=("random_noise",), defenses=("none",)), store, torch.device("cpu"), progress=False)
     (record,) = store.records()
     for key in ("package_version", "git_commit", "torch", "cuda", "device", "python", "host"):
-        assert key in record["provenance"]
-    assert record["provenance"]["torch"] == torch.__version__
-    assert record["spec"]["seed"] == 0 and record["spec"]["recipe"]["epochs"] == 1
-    timings = record["timings"]
-    assert timings["generate_s"] > 0 and timings["train_s"] > 0 and record["wall_seconds"] >= timings["train_s"]
+        assert key in record.provenance
+    assert record.provenance["torch"] == torch.__version__
+    assert record.spec["seed"] == 0 and record.spec["recipe"]["epochs"] == 1
+    timings = record.timings
+    assert timings["generate_s"] > 0 and timings["train_s"] > 0 and record.wall_seconds >= timings["train_s"]
 
 
 def test_a_grid_asking_for_the_mi_analysis_records_it_per_cell(tmp_path, tiny_npz):
@@ -198,13 +198,13 @@ def test_a_grid_asking_for_the_mi_analysis_records_it_per_cell(tmp_path, tiny_np
     store = Store(tmp_path / "out")
     assert run_grid(grid, store, torch.device("cpu"), progress=False)["done"] == 2
     for record in store.records():
-        analysis = record["analysis"]
-        assert analysis["n_images"] == 200 and record["timings"]["analysis_s"] > 0
+        analysis = record.analysis
+        assert analysis["n_images"] == 200 and record.timings["analysis_s"] > 0
         for key in ("mi_gaussian", "mi_ksg", "cond_cov_trace", "intra_class_cosine"):
             assert isinstance(analysis[key], float) and analysis[key] == analysis[key], key  # a number, not NaN
     plain = tiny_grid(tiny_npz, attacks=("clean",), defenses=("none",))
     run_grid(plain, store, torch.device("cpu"), progress=False)
-    assert "analysis" not in store.read_record(plain.cells()[0].cell_id), "only grids that ask pay for it"
+    assert store.read_record(plain.cells()[0].cell_id).analysis is None, "only grids that ask pay for it"
 
 
 def test_quiet_off_a_terminal_with_a_log_line_per_cell(tmp_path, tiny_npz, caplog, capsys):
@@ -225,8 +225,8 @@ def test_an_altered_cached_poison_is_regenerated_and_the_log_says_so(tmp_path, t
         run_grid(tiny_grid(tiny_npz, attacks=("random_noise",), defenses=("cutout",)), store, torch.device("cpu"),
                  progress=False)
     assert "does not match its hash" in caplog.text and "generating it again" in caplog.text
-    fresh = next(r for r in store.records() if r["spec"]["defense"] == "cutout")
-    assert fresh["status"] == "done" and fresh["timings"]["generate_s"] > 0
+    fresh = next(r for r in store.records() if r.spec["defense"] == "cutout")
+    assert fresh.status == "done" and fresh.timings["generate_s"] > 0
     assert store.load_poison(path.stem) is not None, "the regenerated poison replaces the damaged one"
 
 

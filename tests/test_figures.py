@@ -1,6 +1,8 @@
 """Every figure, rendered from a small stored result set, and what each one plots."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,8 +85,8 @@ def test_mi_by_attack_draws_one_bar_per_attack_and_arch_at_the_mean(stored):
 
 def test_records_from_before_the_cca_estimator_still_draw_with_the_estimators_they_have(stored, tmp_path):
     store, records, grid = stored
-    old = [{**r, "analysis": {k: v for k, v in r["analysis"].items() if k not in ("mi_cca", "cca_ridge")}}
-           if r.get("analysis") else r for r in records]
+    old = [replace(r, analysis={k: v for k, v in r.analysis.items() if k not in ("mi_cca", "cca_ridge")})
+           if r.analysis else r for r in records]
     cells = analysis_cells(tidy(old), {"attack": grid.attacks, "arch": grid.archs})
     fig = figures.mi_against_depth(cells, figures.AttackStyle(grid.attacks))
     assert [ax.get_ylabel() for ax in fig.axes] == [figures.MI_LABELS["mi_gaussian"], figures.MI_LABELS["mi_ksg"],
@@ -95,9 +97,9 @@ def test_records_from_before_the_cca_estimator_still_draw_with_the_estimators_th
 
 def test_the_report_refuses_an_mi_figure_that_mixes_measurement_settings(stored, tmp_path):
     store, records, grid = stored
-    mixed = [dict(r) for r in records]
-    first = next(r for r in mixed if r.get("analysis"))
-    first["analysis"] = {**first["analysis"], "n_images": 400.0}
+    first = next(i for i, r in enumerate(records) if r.analysis)
+    mixed = [*records[:first], replace(records[first], analysis={**records[first].analysis, "n_images": 400.0}),
+             *records[first + 1:]]
     report = write_report(mixed, tmp_path / "r", "g", grid.attacks, formats="fig", arch_order=grid.archs, store=store)
     assert not any(kind.startswith("mi_") for kind in report.paths) and "heatmap.png" in report.paths
     assert any("not drawn, the records measured MI differently (n_images 200.0 / 400.0)" in n for n in report.notes)
@@ -137,7 +139,7 @@ def test_gallery_degrades_with_a_clear_note(stored, tmp_path):
 
     _, poisoned, notes = gallery_images(records, Store(tmp_path / "empty"), grid.attacks)
     assert poisoned == {} and all("is not in the cache" in n for n in notes) and len(notes) == 2
-    moved = [{**r, "spec": {**r["spec"], "data": {**r["spec"]["data"], "name": str(tmp_path / "gone.npz")}}} for r in records]
+    moved = [replace(r, spec={**r.spec, "data": {**r.spec["data"], "name": str(tmp_path / "gone.npz")}}) for r in records]
     _, poisoned, notes = gallery_images(moved, store, grid.attacks)
     assert poisoned == {} and "clean images of" in notes[0] and "gone.npz does not exist" in notes[0]
     report = write_report(moved, tmp_path / "r", "g", formats="fig", store=store)

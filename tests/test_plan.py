@@ -1,18 +1,21 @@
 """Dry-run planning and status, from synthetic records in a temporary store: no training, no data."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bench.grid import parse_grid
 from bench.plan import (Timings, cell_states, count, estimate, format_duration, format_plan, format_status, grid_status,
                         plan_grid, poisons_to_generate, records_by_cell, store_status)
+from bench.records import CellResult
 from bench.store import Store
 
 RAW = {"attacks": ["clean", "ops"], "defenses": ["none", "jpeg"], "archs": ["tiny_cnn"], "seeds": [0],
        "recipe": {"preset": "cpu_smoke", "epochs": 4}, "data": {"name": "missing/nowhere.npz", "train_size": 100}}
 
 
-def record(cell, grid="g", status="done", train_s=8.0, generate_s=30.0, epochs=None, error=None, device="cpu") -> dict:
+def record(cell, grid="g", status="done", train_s=8.0, generate_s=30.0, epochs=None, error=None, device="cpu") -> CellResult:
     spec = cell.to_dict()
     if epochs is not None:
         spec["recipe"] = {**spec["recipe"], "epochs": epochs}
@@ -21,7 +24,7 @@ def record(cell, grid="g", status="done", train_s=8.0, generate_s=30.0, epochs=N
         rec["timings"] = {"train_s": train_s, "generate_s": 0.0, "poison_generate_s": generate_s}
     else:
         rec["error"] = error or {"type": "RuntimeError", "message": "boom\nsecond line", "traceback": "Traceback ..."}
-    return rec
+    return CellResult.from_json(rec)
 
 
 @pytest.fixture
@@ -86,7 +89,7 @@ def test_estimate_scales_recorded_epoch_times_and_uses_medians(tmp_path, grid):
 
 def test_failed_and_unfinished_records_give_no_timings(grid):
     cell = grid.cells()[0]
-    assert Timings.from_records([record(cell, status="failed"), {**record(cell), "timings": {}}]).records == 0
+    assert Timings.from_records([record(cell, status="failed"), replace(record(cell), timings={})]).records == 0
 
 
 def test_dry_run_listing(tmp_path, grid):
@@ -110,7 +113,7 @@ def test_dry_run_listing(tmp_path, grid):
 def test_status_counts_each_grid_and_names_each_failure_in_one_line(grid):
     cells = by_label(grid.cells())
     overridden = parse_grid({**RAW, "seeds": [7]}, "g").cells()[0]  # same grid name, other settings
-    records = {r["cell_id"]: r for r in [
+    records = {r.cell_id: r for r in [
         record(cells["clean / none / tiny_cnn / seed 0"]),
         record(cells["ops / none / tiny_cnn / seed 0"], status="failed",
                error={"type": "BudgetError", "message": "linf budget 0.0314 exceeded\nmore", "traceback": "..."}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import pytest
@@ -178,8 +178,8 @@ def test_mi_rows_name_the_defense_where_the_records_have_several(stored):
 
     _, records, grid = stored
     # As the smoke grid: the analysis on every defense's cells, not only on `none`.
-    with_mi = next(r for r in records if r.get("analysis"))["analysis"]
-    everywhere = [{**r, "analysis": with_mi} if r.get("status") == "done" else r for r in records]
+    with_mi = next(r for r in records if r.analysis).analysis
+    everywhere = [replace(r, analysis=with_mi) if r.done else r for r in records]
     table = analysis_table(analysis_cells(tidy(everywhere), {"attack": grid.attacks, "arch": grid.archs}))
     assert table.index.name == "attack / arch / defense"
     assert {"ops (L0 1 px) / vgg11 / none", "ops (L0 1 px) / vgg11 / jpeg"} <= set(table.index)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bench import store as store_mod
+from bench.records import CellResult
 from bench.store import Store, atomic_write_json, canonical_hash
 
 
@@ -23,11 +24,11 @@ def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeyp
 
 def test_records_round_trip_and_unreadable_ones_are_skipped(tmp_path):
     store = Store(tmp_path)
-    store.write_record({"cell_id": "a", "status": "done"})
-    store.write_record({"cell_id": "b", "status": "failed"})
+    store.write_record(CellResult.from_json({"cell_id": "a", "status": "done"}))
+    store.write_record(CellResult.from_json({"cell_id": "b", "status": "failed"}))
     (store.records_dir / "c.json").write_text("{truncated")
     assert store.is_done("a") and not store.is_done("b") and not store.is_done("c") and not store.is_done("zzz")
-    assert [r["cell_id"] for r in store.records()] == ["a", "b"]
+    assert [r.cell_id for r in store.records()] == ["a", "b"]
 
 
 def test_poison_cache_detects_altered_and_truncated_files(tmp_path):

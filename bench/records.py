@@ -1,0 +1,109 @@
+"""The record of one cell: `CellResult`, the one type every layer builds, stores and reads.
+
+A record is written once, when a cell finishes or fails, as the JSON of `CellResult.to_json()`;
+`CellResult.from_json` reads it back. The JSON has not changed since records were plain dicts: a
+field the cell did not produce (no MI analysis, no out-of-memory retry) is left out rather than
+written as null, and keys this version does not know (from a newer version, or added by hand) are
+kept in `extra` and written back as they were, so reading and writing back a record this project
+wrote never changes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from bench.grid import CellSpec
+
+STATUSES = ("done", "failed")
+METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")
+
+
+class RecordError(ValueError):
+    """JSON that is not a cell record (no cell id, no status)."""
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A finished or failed cell: what ran (`spec`), how it ended, and what it measured.
+
+    Build one with `finished` or `failed`; fields that a kind of record does not have stay None.
+    """
+
+    cell_id: str
+    grid: str
+    spec: dict  # CellSpec.to_dict(): data, attack (+ config), defense (+ config), arch, recipe, seed, analysis
+    status: str  # "done" or "failed"
+    attempts: int  # 0 where no worker got to run the cell (its poison failed, its worker died)
+    provenance: dict  # bench.environment.provenance: versions, device, host
+    # A done cell:
+    metrics: dict | None = None  # METRIC_KEYS: accuracies in [0, 1], best_epoch
+    history: list | None = None  # per epoch: epoch, loss, train_acc, test_acc, seconds
+    precision: str | None = None  # what training ran in: "bf16" or "fp32"
+    poison: dict | None = None  # key, attack, config, seed, norm, budget, measured size, timings, cached
+    timings: dict | None = None  # seconds: generate_s, poison_generate_s, defense_prepare_s, train_s, ...
+    analysis: dict | None = None  # bench.mi.analyze's figures where the grid asked for "mi"
+    out_of_memory: dict | None = None  # the batch sizes tried where CUDA ran out of memory
+    # A failed cell (and a done one that needed more than one attempt):
+    error: dict | None = None  # type, message, traceback of the last attempt
+    earlier_errors: list | None = None  # the attempts before the last
+    wall_seconds: float | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
+    # Not stored: set on the record an executor hands back for a cell it found done.
+    skipped: bool = field(default=False, compare=False)
+
+    @classmethod
+    def finished(cls, cell: CellSpec, grid: str, outcome: Mapping[str, Any], *, provenance: dict, attempts: int,
+                 earlier_errors: list, wall_seconds: float) -> CellResult:
+        """A done cell; `outcome` is `bench.runner.run_cell`'s (metrics, history, precision, poison, timings, ...)."""
+        return cls(cell.cell_id, grid, cell.to_dict(), "done", attempts, provenance, earlier_errors=earlier_errors,
+                   wall_seconds=wall_seconds, **outcome)
+
+    @classmethod
+    def failed(cls, cell: CellSpec, grid: str, error: dict, *, provenance: dict, attempts: int,
+               earlier_errors: list | None = None, wall_seconds: float | None = None) -> CellResult:
+        """A cell that could not finish: `error` is the last attempt's (type, message, traceback)."""
+        return cls(cell.cell_id, grid, cell.to_dict(), "failed", attempts, provenance, error=error,
+                   earlier_errors=earlier_errors, wall_seconds=wall_seconds)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def attack(self) -> str:
+        return self.spec.get("attack", "")
+
+    @property
+    def defense(self) -> str:
+        return self.spec.get("defense", "")
+
+    @property
+    def arch(self) -> str:
+        return self.spec.get("arch", "")
+
+    @property
+    def seed(self) -> int | None:
+        return self.spec.get("seed")
+
+    def to_json(self) -> dict:
+        """The record as stored: every field that is set, and the unknown keys it was read with."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_STORED}
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> CellResult:
+        """A stored record; RecordError where `data` is not one (no string cell id, no status)."""
+        if not isinstance(data, dict):
+            raise RecordError(f"a record is a JSON object, got {type(data).__name__}")
+        if not isinstance(data.get("cell_id"), str) or not data["cell_id"]:
+            raise RecordError("no cell_id")
+        if not isinstance(data.get("status"), str):
+            raise RecordError("no status")
+        known = {f.name for f in fields(cls)} - _NOT_STORED
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**{"grid": "", "spec": {}, "attempts": 0, "provenance": {}, **values},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+
+_NOT_STORED = {"extra", "skipped"}
