@@ -53,7 +53,14 @@ def cell_label(attack: str, defense: str, arch: str, seed: int) -> str:
 
 @dataclass(frozen=True)
 class CellSpec:
-    """One training run: data x attack x defense x architecture x recipe x seed."""
+    """One training run: data x attack x defense x architecture x recipe x seed.
+
+    Plugin configs are kept as the plain dicts of their checked dataclasses (`as_dict`): the form the
+    cell id hashes, the record stores and worker processes receive. The worker builds each plugin
+    from that dict again (`ATTACKS.create`), which runs the config's checks a second time, on
+    purpose: the grid is checked on load so a bad value fails before any work, and what runs is
+    built from exactly the dict that was hashed and recorded. The second check costs microseconds.
+    """
 
     data: DataSpec
     attack: str
@@ -87,8 +94,8 @@ class CellSpec:
 
     @property
     def cacheable(self) -> bool:
-        """Whether the attack's poison may be stored and reused (an attack sets `cacheable = False` to opt out)."""
-        return getattr(ATTACKS.get(self.attack), "cacheable", True)
+        """Whether the attack's poison may be stored and reused: `Attack.cacheable`."""
+        return ATTACKS.get(self.attack).cacheable
 
     @property
     def poison_key(self) -> str:

@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
 from bench.config import ConfigError, build_config
+from bench.plugin import Plugin
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,11 @@ class Entry:
 class Registry:
     """Name -> plugin. `register` fills it; `create(name, overrides)` builds a configured plugin."""
 
-    def __init__(self, kind: str, group: str, builtin_module: str):
+    def __init__(self, kind: str, group: str, builtin_module: str, base: type | None = None):
         self.kind = kind
         self.group = group
         self.builtin_module = builtin_module
+        self.base = base  # what every class registered here must subclass (the contract it declares)
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
@@ -40,6 +42,8 @@ class Registry:
         def decorate(obj: Any) -> Any:
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name].obj} and {obj})")
+            if self.base is not None and not (inspect.isclass(obj) and issubclass(obj, self.base)):
+                raise ValueError(f"{self.kind} {name!r} ({obj}) must be a class that subclasses {self.base.__name__}")
             doc = inspect.getdoc(obj) or ""
             summary = doc.strip().splitlines()[0] if doc.strip() else ""
             if inspect.isclass(obj):
@@ -61,7 +65,10 @@ class Registry:
                 warnings.warn(f"could not load {self.kind} plugin {ep.name!r} ({ep.value}): {err}")
                 continue
             if not any(entry.obj is obj for entry in self._entries.values()):
-                self.register(ep.name)(obj)
+                try:
+                    self.register(ep.name)(obj)
+                except ValueError as err:
+                    warnings.warn(f"could not load {self.kind} plugin {ep.name!r} ({ep.value}): {err}")
 
     def names(self, pattern: str = "*") -> list[str]:
         self._load()
@@ -123,8 +130,8 @@ class Registry:
         return name in self._entries
 
 
-ATTACKS = Registry("attack", "bench.attacks", "methods")
-DEFENSES = Registry("defense", "bench.defenses", "defenses")
+ATTACKS = Registry("attack", "bench.attacks", "methods", base=Plugin)  # methods.base.Attack
+DEFENSES = Registry("defense", "bench.defenses", "defenses", base=Plugin)  # defenses.base.Defense
 ARCHS = Registry("arch", "bench.archs", "bench.archs")
 
 register_attack = ATTACKS.register

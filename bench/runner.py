@@ -163,7 +163,7 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
                     "compile_s": result.compile_seconds,
                     "images_per_second": result.images_per_second},
     }
-    if "mi" in getattr(cell, "analysis", ()):
+    if "mi" in cell.analysis:
         from bench.mi import analyze  # scipy's KD-tree and PCA only load when a grid asks for them
 
         start = time.perf_counter()

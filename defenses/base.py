@@ -15,20 +15,19 @@ from typing import Callable, ClassVar, Sequence
 import torch
 
 from bench.config import ConfigError
+from bench.plugin import Plugin
 
 POINTS = ("prepare", "prepare_test", "augment", "adversary")
 
 
-class Defense:
-    name: ClassVar[str]
-    Config: ClassVar[type]
-    paper: ClassVar[str] = ""
-    cite: ClassVar[str] = ""  # BibTeX key(s) of `paper`, comma-separated; see bench.citations
-    adversary: Callable | None = None
+class Defense(Plugin):
+    """Base of every defense: `Plugin`'s contract, and the identity at each point it does not override."""
+
+    adversary: Callable | None = None  # (model, x, y) -> x: set by defenses that train adversarially
     mixes_labels: ClassVar[bool] = False  # augment returns soft labels mixed from two images (mixup, cutmix)
 
     def __init__(self, config, num_classes: int = 10):
-        self.config = config
+        super().__init__(config)
         self.num_classes = num_classes  # for one-hot labels in augment
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -45,9 +44,6 @@ class Defense:
         if point == "adversary":
             return [self] if self.adversary is not None else []
         return [self] if getattr(type(self), point) is not getattr(Defense, point) else []
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
 
 
 class ComposedDefense(Defense):

@@ -10,6 +10,7 @@ import torch
 from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
+from bench.plugin import Plugin
 from bench.registry import ARCHS
 from bench.train import autocast_to, precision_for
 
@@ -86,28 +87,25 @@ def apply_delta(clean: torch.Tensor, delta: torch.Tensor, norm: Literal["linf", 
     return (clean.to(torch.int16) + steps.to(torch.int16)).clamp(0, 255).to(torch.uint8)
 
 
-class Attack:
+class Attack(Plugin):
     """Base of every unlearnable-example attack.
 
-    Subclasses set `Config` (a frozen dataclass) and `paper`, and implement `generate`. Calling an
-    attack seeds torch, runs `generate` and checks the result's dtype, shape and budget, so no
-    attack can forget those steps.
+    Subclasses set `Config` (a frozen dataclass), `paper` and `cite` (see `Plugin`), and implement
+    `generate`. Calling an attack seeds torch, runs `generate` and checks the result's dtype, shape
+    and budget, so no attack can forget those steps.
     """
 
-    name: ClassVar[str]
-    Config: ClassVar[type]
-    paper: ClassVar[str] = ""
-    cite: ClassVar[str] = ""  # BibTeX key(s) of `paper`, comma-separated; see bench.citations
-
-    def __init__(self, config):
-        self.config = config
+    # Whether a poison may be stored in the results folder's cache and reused by every cell with the
+    # same data, config and seed (and by later runs). An attack whose output is not a function of
+    # those alone sets False: its poison is then made by each cell that needs it.
+    cacheable: ClassVar[bool] = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError
 
     def precision(self, device: torch.device) -> str:
         """What the attack's model passes run in on `device`: 'bf16' where its config asks for it
-        (the `bf16` field of the surrogate-based attacks) and the device computes it natively."""
+        (`SurrogateConfig.bf16`) and the device computes it natively; model-free attacks: fp32."""
         return precision_for(getattr(self.config, "bf16", False), device)
 
     def __call__(self, data: ImageSet, ctx: RunContext) -> Poison:
@@ -120,9 +118,6 @@ class Attack:
         check_budget(data.images, poison)
         return poison
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
-
 
 @dataclass(frozen=True)
 class LinfConfig:
@@ -134,10 +129,25 @@ class LinfConfig:
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] (pixel units; 8/255 = {8 / 255:.4f}), got {self.eps}")
 
 
-def require_surrogate(config) -> None:
-    """Checks for a config's `surrogate` (a registered arch) and `surrogate_width` (>= 0; 0 = the arch's default)."""
-    require(config.surrogate in ARCHS, "surrogate", f"unknown arch {config.surrogate!r}; known archs: {', '.join(ARCHS.names())}")
-    require(config.surrogate_width >= 0, "surrogate_width", f"must be >= 0 (0 = the arch's default), got {config.surrogate_width}")
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """The model a model-based attack (EM, TAP, REM, MI-UE) optimises its noise against.
+
+    Every such attack's `Config` subclasses this and calls `super().__post_init__()` from its own.
+    All four official codes use a CIFAR ResNet-18 in fp32.
+    """
+
+    surrogate: str = "resnet18"  # a registered architecture
+    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
+    # bf16 autocast for the surrogate where the device computes bf16 natively (official: fp32); see
+    # Attack.precision and docs/attacks.md for the measured effect.
+    bf16: bool = True
+
+    def __post_init__(self):
+        require(self.surrogate in ARCHS, "surrogate",
+                f"unknown arch {self.surrogate!r}; known archs: {', '.join(ARCHS.names())}")
+        require(self.surrogate_width >= 0, "surrogate_width",
+                f"must be >= 0 (0 = the arch's default), got {self.surrogate_width}")
 
 
 def require_sgd(config) -> None:

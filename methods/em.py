@@ -9,7 +9,7 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
+from methods.base import Attack, Poison, SurrogateConfig, apply_delta, require_sgd
 from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate,
                              poisoned_accuracy, restore, signed_steps, snapshot, to_unit)
 
@@ -17,7 +17,7 @@ PAPER = "Huang et al., Unlearnable Examples: Making Personal Data Unexploitable,
 
 
 @dataclass(frozen=True)
-class EMConfig:
+class EMConfig(SurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     step_size: float = 0.8 / 255  # signed-gradient descent step on the noise
     steps: int = 20  # noise steps per batch and round
@@ -30,11 +30,9 @@ class EMConfig:
     stop_accuracy: float = 0.99  # stop when the surrogate classifies this share of poisoned images
     max_rounds: int = 200  # cap on rounds if the stop rule is never met
     random_start: bool = False  # official default: noise starts at zero
-    surrogate: str = "resnet18"  # a registered architecture
-    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
-    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):
+        super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(self.step_size > 0, "step_size", f"must be positive, got {self.step_size}")
         for field in ("steps", "train_steps", "batch_size", "max_rounds"):
@@ -42,7 +40,6 @@ class EMConfig:
         require(0 < self.stop_accuracy <= 1, "stop_accuracy", f"must be in (0, 1], got {self.stop_accuracy}")
         require(self.grad_clip > 0, "grad_clip", f"must be positive, got {self.grad_clip}")
         require_sgd(self)
-        require_surrogate(self)
 
 
 # Small CPU settings: same code path, fewer and cheaper rounds.

@@ -11,14 +11,14 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
+from methods.base import Attack, Poison, SurrogateConfig, apply_delta, require_sgd
 from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore,
                              signed_steps, snapshot, to_unit)
 from methods.miue_loss import supcon_loss
 
 
 @dataclass(frozen=True)
-class MIUEConfig:
+class MIUEConfig(SurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     epochs: int = 100  # rounds: one surrogate epoch, then one pass of noise steps
     steps: int = 10  # noise descent steps per batch and round
@@ -33,12 +33,10 @@ class MIUEConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     post_aug: bool = True  # add the noise to a randomly flipped view of each clean image
-    surrogate: str = "resnet18"
-    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
-    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     normalize: bool = True  # ImageNet mean/std inside the surrogate, as the official model
 
     def __post_init__(self):
+        super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         for field in ("epochs", "steps", "batch_size", "perturb_batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
@@ -47,7 +45,6 @@ class MIUEConfig:
         require(self.step_size_start > 0 and self.step_size_end > 0, "step_size_start", "step sizes must be positive")
         require(0 <= self.final_lr <= self.lr, "final_lr", f"must be in [0, lr], got {self.final_lr}")
         require_sgd(self)
-        require_surrogate(self)
 
 
 @register_attack("miue")

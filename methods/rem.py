@@ -11,7 +11,7 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import random_crop_flip
-from methods.base import Attack, Poison, apply_delta, require_sgd, require_surrogate
+from methods.base import Attack, Poison, SurrogateConfig, apply_delta, require_sgd
 from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cross_entropy, frozen, make_surrogate, restore,
                              signed_steps, snapshot, to_unit)
 
@@ -20,7 +20,7 @@ LOG_EVERY = 100  # training steps between log lines (the progress bar shows ever
 
 
 @dataclass(frozen=True)
-class REMConfig:
+class REMConfig(SurrogateConfig):
     eps: float = 8 / 255  # L-inf budget of the defensive (unlearnable) noise, [0, 1] units
     step_size: float = 1.6 / 255  # noise descent step
     steps: int = 10  # noise steps per update
@@ -35,11 +35,9 @@ class REMConfig:
     lr_decay_every: int = 2000
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    surrogate: str = "resnet18"
-    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
-    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
 
     def __post_init__(self):
+        super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(0 <= self.adv_eps <= 1, "adv_eps", f"must be in [0, 1] pixel units, got {self.adv_eps}")
         for field in ("steps", "samples", "train_steps", "batch_size", "lr_decay_every"):
@@ -49,7 +47,6 @@ class REMConfig:
         require(self.adv_step_size > 0, "adv_step_size", f"must be positive, got {self.adv_step_size}")
         require(0 < self.lr_decay <= 1, "lr_decay", f"must be a decay factor in (0, 1], got {self.lr_decay}")
         require_sgd(self)
-        require_surrogate(self)
 
 
 def crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

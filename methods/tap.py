@@ -15,12 +15,12 @@ from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.store import atomic_write_bytes, canonical_hash
 from bench.train import Recipe, train_model
-from methods.base import Attack, Poison, apply_delta, require_surrogate
+from methods.base import Attack, Poison, SurrogateConfig, apply_delta
 from methods.bilevel import Checkpoint, DeltaStore, batches, make_surrogate, signed_steps, to_unit
 
 
 @dataclass(frozen=True)
-class TAPConfig:
+class TAPConfig(SurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     step_fraction: float = 0.05  # PGD step as a fraction of eps (official tau 0.05: 0.4/255)
     steps: int = 250  # signed PGD steps per image
@@ -28,21 +28,18 @@ class TAPConfig:
     batch_size: int = 512  # poisons per PGD batch
     shift: int = 4  # differentiable augmentation: random translation up to this many pixels
     augment: bool = True  # differentiable shift + flip during the attack (official default)
-    surrogate: str = "resnet18"
-    surrogate_width: int = 0  # the surrogate arch's `width` argument (0 = the arch's default)
-    bf16: bool = True  # bf16 autocast for the surrogate where the device has it natively (official: fp32); see Attack.precision
     surrogate_epochs: int = 40  # clean training of the surrogate (official: 40)
     surrogate_lr: float = 0.1
     surrogate_batch_size: int = 128
 
     def __post_init__(self):
+        super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(0 < self.step_fraction <= 1, "step_fraction", f"must be in (0, 1], got {self.step_fraction}")
         for field in ("steps", "restarts", "batch_size", "surrogate_epochs", "surrogate_batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.shift >= 0, "shift", f"must be >= 0, got {self.shift}")
         require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
-        require_surrogate(self)
 
 
 def shift_flip(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:

@@ -8,7 +8,9 @@ import torch
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import ATTACKS
-from methods.base import check_budget, perturbation_size
+from bench.config import ConfigError, build_config
+from bench.plugin import Plugin
+from methods.base import Attack, SurrogateConfig, check_budget, perturbation_size
 from methods.ops import CORNERS, search_pixels
 
 
@@ -232,3 +234,34 @@ def test_a_checkpoint_without_its_header_or_with_another_layout_is_not_used(tmp_
     data[64:65] = b" "  # the hash still matches the payload, but the file is not what save wrote
     ckpt.path.write_bytes(bytes(data))
     assert ckpt.load(torch.device("cpu")) is None
+
+
+def test_every_attack_declares_the_plugin_contract():
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        assert issubclass(cls, Attack) and cls.name == name and isinstance(cls.cacheable, bool)
+        for preset in cls.presets.values():
+            ATTACKS.config(name, preset)  # every preset is a valid config
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).Config, SurrogateConfig)])
+def test_model_based_attacks_check_their_surrogate(name):
+    config = ATTACKS.get(name).Config
+    with pytest.raises(ConfigError, match=r"surrogate: unknown arch 'resnet19'"):
+        build_config(config, {"surrogate": "resnet19"}, name)
+    with pytest.raises(ConfigError, match=r"surrogate_width: must be >= 0"):
+        build_config(config, {"surrogate_width": -1}, name)
+
+
+def test_the_model_based_attacks_share_one_surrogate_config():
+    shared = {n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).Config, SurrogateConfig)}
+    assert shared == {"em", "em_classwise", "rem", "tap", "miue"}
+    assert all(not hasattr(ATTACKS.get(n).Config, "surrogate") for n in set(ATTACKS.names()) - shared)
+
+
+def test_a_registry_of_plugins_refuses_a_class_outside_the_contract():
+    from bench.registry import Registry
+
+    registry = Registry("attack", "bench.no-such-group", "methods", base=Plugin)
+    with pytest.raises(ValueError, match="must be a class that subclasses Plugin"):
+        registry.register("loose")(type("Loose", (), {"Config": SurrogateConfig}))

@@ -280,3 +280,11 @@ def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
 def test_defense_configs_are_checked_with_the_field_named(name, field, value, message):
     with pytest.raises(ConfigError, match=message):
         DEFENSES.create(name, {field: value})
+
+
+def test_every_defense_declares_the_plugin_contract():
+    for name in DEFENSES.names():
+        cls = DEFENSES.get(name)
+        assert issubclass(cls, Defense) and cls.name == name
+        for preset in cls.presets.values():
+            DEFENSES.config(name, preset)  # every preset is a valid config

@@ -213,3 +213,26 @@ def test_overrides_on_a_malformed_grid_leave_the_error_to_the_checks(bad, messag
     overrides = GridOverrides(sets=("recipe.epochs=2", "data.train_size=10", "jpeg.quality=5"))
     with pytest.raises(ConfigError, match=message):
         parse_grid(overrides.apply({**BASE, **bad}, "g"), "g")
+
+
+# (cell id, poison key) per cell, computed by the code of cc99757, before the attacks' configs shared
+# `SurrogateConfig` and records had a type: the refactor of issue 13 must not orphan a stored record or poison.
+PINNED_BEFORE_THE_REFACTOR = {
+    "em / none / tiny_cnn / seed 0": ("f8687c3e4fde782e", "78f7f847bf554005"),
+    "em / jpeg+cutout / tiny_cnn / seed 0": ("031d3a8862faeacb", "78f7f847bf554005"),
+    "em_classwise / none / tiny_cnn / seed 0": ("2d761cbcf3ed58f4", "1ad00faf43394ed7"),
+    "tap / jpeg+cutout / tiny_cnn / seed 0": ("fddf4fc4894edf1f", "4c986f997ab2d6da"),
+    "rem / none / tiny_cnn / seed 0": ("9cb9f2cb19e0485d", "957fb35e2355d989"),
+    "miue / jpeg+cutout / tiny_cnn / seed 0": ("9f366ce7bde8475f", "5a369b49b114c1a0"),
+    "ops / none / tiny_cnn / seed 0": ("4c8e7c1092a0050d", "b710a398fbbbe942"),
+    "external / jpeg+cutout / tiny_cnn / seed 0": ("e4a904f0baa003ff", "500d1babc09d7465"),
+}
+
+
+def test_cell_ids_and_poison_keys_are_those_of_the_code_before_the_refactor():
+    grid = parse_grid({"attacks": ["em", "em_classwise", "tap", "rem", "miue", "ops", "external"],
+                       "defenses": ["none", "jpeg+cutout"], "archs": ["tiny_cnn"], "seeds": [0], "recipe": "cpu_smoke",
+                       "data": {"name": "cifar10", "train_size": 100},
+                       "config": {"external": {"path": "p.npz"}, "em": {"preset": "cpu"}}}, "g")
+    cells = {cell.label: (cell.cell_id, cell.poison_key) for cell in grid.cells()}
+    assert {label: cells[label] for label in PINNED_BEFORE_THE_REFACTOR} == PINNED_BEFORE_THE_REFACTOR
