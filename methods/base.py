@@ -99,6 +99,10 @@ class Attack(Plugin):
     # same data, config and seed (and by later runs). An attack whose output is not a function of
     # those alone sets False: its poison is then made by each cell that needs it.
     cacheable: ClassVar[bool] = True
+    # Whether the poison depends on the seed (random draws, a randomly initialised surrogate); the
+    # contract test then checks that another seed gives another poison. False where the output is a
+    # function of the data and config alone (clean, OPS, a file read by external).
+    seeded: ClassVar[bool] = False
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError

@@ -48,7 +48,7 @@ class LinearlySeparablePerturbation(Attack):
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
-        from sklearn.datasets import make_classification
+        from sklearn.datasets import make_classification  # scikit-learn loads only when LSP runs
 
         n, channels, height, width = data.images.shape
         p = self.config.patch_size

@@ -38,6 +38,7 @@ class RandomNoise(Attack):
     Config = LinfConfig
     paper = "Huang et al., Unlearnable Examples: Making Personal Data Unexploitable, ICLR 2021 (random-noise control)"
     cite = "huang2021unlearnable"
+    seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         g = ctx.generator(data.device)

@@ -28,7 +28,7 @@ def attack_overrides(name: str, tmp_path, data: ImageSet) -> dict:
     """Configs the contract needs beyond the defaults (external reads a poison file)."""
     if name in TINY:
         return TINY[name]
-    if "cpu" in getattr(ATTACKS.get(name), "presets", {}):
+    if "cpu" in ATTACKS.get(name).presets:
         return {"preset": "cpu"}
     if name == "external":
         path = tmp_path / "poison.npz"
@@ -47,7 +47,7 @@ def test_contract(name, tiny_set, tmp_path):
     assert check_budget(tiny_set.images, poison) <= poison.budget + 1e-6
     again = attack(tiny_set, RunContext(seed=0))
     assert torch.equal(poison.images, again.images), "same seed must give the same poison"
-    if getattr(attack, "seeded", False):
+    if attack.seeded:
         other = attack(tiny_set, RunContext(seed=1))
         assert not torch.equal(poison.images, other.images), "a different seed must give a different poison"
     if name != "clean":
@@ -239,7 +239,8 @@ def test_a_checkpoint_without_its_header_or_with_another_layout_is_not_used(tmp_
 def test_every_attack_declares_the_plugin_contract():
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        assert issubclass(cls, Attack) and cls.name == name and isinstance(cls.cacheable, bool)
+        assert issubclass(cls, Attack) and cls.name == name
+        assert isinstance(cls.cacheable, bool) and isinstance(cls.seeded, bool)
         for preset in cls.presets.values():
             ATTACKS.config(name, preset)  # every preset is a valid config
 
