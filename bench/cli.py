@@ -92,13 +92,14 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
                "slurm": {"partition": slurm_partition, "timeout_min": slurm_timeout}}[executor]
     try:
         grid = load_grid(grid_name, overrides)
+        torch_device = pick_device(device)
         if dry_run:
             from bench.plan import format_plan, plan_grid
 
             click.echo(format_plan(plan_grid(grid, Store(out))))
             return
         start = time.perf_counter()
-        counts = run_grid(grid, Store(out), pick_device(device), executor=make_executor(executor, **options),
+        counts = run_grid(grid, Store(out), torch_device, executor=make_executor(executor, **options),
                           retries=retries, compile=compile_)
     except (ConfigError, DataUnavailable) as err:
         raise click.ClickException(str(err)) from None
@@ -217,7 +218,10 @@ def bench_(device: str, quick: bool, memory: bool, full: bool, only: str | None,
     from bench.perf import parse_parts, plan_for, run_benchmarks
     from bench.environment import pick_device
 
-    torch_device = pick_device(device)
+    try:
+        torch_device = pick_device(device)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
     try:
         parts = parse_parts(only) if only else plan_for(torch_device, quick).parts
     except ValueError as err:

@@ -13,12 +13,31 @@ from pathlib import Path
 import torch
 
 import bench
+from bench.config import ConfigError
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """`auto` (CUDA where there is one, else the CPU), `cpu`, `cuda` or `cuda:N`; ConfigError for
+    anything else or for a GPU this machine does not have, before any work starts."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: {name!r} is not a device; allowed: {DEVICE_NAMES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {name!r} is not supported; allowed: {DEVICE_NAMES}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if not count:
+            raise ConfigError(f"--device: {name!r}, but this machine has no CUDA device; use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device: {name!r}, but this machine has {count} CUDA device(s): "
+                              + ", ".join(f"cuda:{i}" for i in range(count)))
+    return device
 
 
 def provenance(device: torch.device) -> dict:

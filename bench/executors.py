@@ -330,6 +330,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
              executor.describe(device))
     if not pending:
         return {"skipped": skipped, "done": 0, "failed": 0}
+    store.check_writable()
     settings = WorkerSettings(store, device, retries, compile)
     show = sys.stderr.isatty() if progress is None else progress
     bar = GridProgress(grid.name, len(pending), show)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ from bench.data import DataSpec
 from bench.registry import ARCHS, ATTACKS, REGISTRIES, create_defense, defense_parts
 from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
+
+log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
 ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
@@ -146,7 +149,13 @@ def load_grid(name_or_path: str, overrides: GridOverrides | None = None) -> Grid
     if name_or_path in shipped:
         text, name = shipped[name_or_path].read_text(), name_or_path
     elif Path(name_or_path).is_file():
-        text, name = Path(name_or_path).read_text(), Path(name_or_path).stem
+        try:
+            text, name = Path(name_or_path).read_text(encoding="utf-8"), Path(name_or_path).stem
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"grid {name_or_path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                              "a grid is a TOML file") from None
+        except OSError as err:
+            raise ConfigError(f"grid {name_or_path}: cannot be read ({err.strerror})") from None
     else:
         raise ConfigError(f"grid {name_or_path!r} is neither a shipped grid ({', '.join(sorted(shipped))}) nor a file")
     try:
@@ -170,9 +179,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
     for key, registry in REGISTRIES.items():
         for plugin in named[key]:
             registry.entry(plugin)  # raises with the known names
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"grid {name}: seeds must be a non-empty list of whole numbers >= 0, got {seeds!r}")
+    seeds = _seeds_of(raw.get("seeds", [0]), name)
     data_raw = raw.get("data", {})
     if not isinstance(data_raw, dict):
         raise ConfigError(f"grid {name}: data must be a table (name, train_size, test_size, subset_seed)")
@@ -208,6 +215,25 @@ def parse_grid(raw: dict, name: str) -> Grid:
                 lists["archs"], tuple(seeds), recipe, recipe_name, config, _analysis(raw.get("analysis", []), name))
 
 
+MAX_SEED = 2**32 - 1  # the range every seeded library takes (numpy's legacy RandomState the narrowest)
+
+
+def _seeds_of(value: Any, grid: str) -> list[int]:
+    """A grid's seeds: whole numbers in [0, MAX_SEED] (not booleans, which TOML and Python count as
+    integers), each once; a repeated seed runs once, with a warning."""
+    allowed = f"a non-empty list of whole numbers from 0 to {MAX_SEED}"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"grid {grid}: seeds must be {allowed}, got {value!r}")
+    for seed in value:
+        if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"grid {grid}: seeds must be {allowed}; {seed!r} is not")
+    unique = list(dict.fromkeys(value))
+    if len(unique) < len(value):
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        log.warning("grid %s: seed(s) %s listed more than once; each runs once", grid, ", ".join(map(str, repeated)))
+    return unique
+
+
 def _analysis(value: Any, grid: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"grid {grid}: analysis must be a list of names; allowed: {', '.join(ANALYSES)}")
@@ -221,7 +247,11 @@ def _arch_arguments(arch: str, overrides: dict) -> dict:
     """An architecture's keyword arguments, coerced to its annotations (the CLI gives strings)."""
     hints = typing.get_type_hints(ARCHS.get(arch))
     arguments = {k: coerce(v, hints.get(k, Any), f"arch {arch}.{k}") for k, v in overrides.items()}
-    ARCHS.create(arch, arguments)  # checks the names against the signature, and that the model builds
+    try:
+        ARCHS.create(arch, arguments)  # checks the names against the signature, and that the model builds
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(f"arch {arch}") else f"arch {arch}.{message}") from None
     return arguments
 
 

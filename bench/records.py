@@ -93,17 +93,41 @@ class CellResult:
 
     @classmethod
     def from_json(cls, data: Any) -> CellResult:
-        """A stored record; RecordError where `data` is not one (no string cell id, no status)."""
+        """A stored record; RecordError, naming what is wrong, where `data` is not one: no cell id,
+        a status other than done or failed, no spec, a done record without its metrics, or a field
+        of the wrong kind. The store then treats the cell as not done."""
         if not isinstance(data, dict):
             raise RecordError(f"a record is a JSON object, got {type(data).__name__}")
         if not isinstance(data.get("cell_id"), str) or not data["cell_id"]:
             raise RecordError("no cell_id")
-        if not isinstance(data.get("status"), str):
-            raise RecordError("no status")
+        if data.get("status") not in STATUSES:
+            raise RecordError(f"status {data.get('status')!r} is not one of {', '.join(STATUSES)}")
+        if not isinstance(data.get("spec"), dict):
+            raise RecordError("no spec (the cell it ran)")
+        for key, kind in _KINDS.items():
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise RecordError(f"{key} is a {type(data[key]).__name__}, not a {_kind_name(kind)}")
+        if data["status"] == "done":
+            metrics = data.get("metrics") or {}
+            missing = [k for k in METRIC_KEYS if not _is_number(metrics.get(k))]
+            if missing:
+                raise RecordError(f"a done record without its metrics ({', '.join(missing)})")
         known = {f.name for f in fields(cls)} - _NOT_STORED
         values = {k: v for k, v in data.items() if k in known}
-        return cls(**{"grid": "", "spec": {}, "attempts": 0, "provenance": {}, **values},
+        return cls(**{"grid": "", "attempts": 0, "provenance": {}, **values},
                    extra={k: v for k, v in data.items() if k not in known})
 
 
 _NOT_STORED = {"extra", "skipped"}
+_KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
+          "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "error": dict,
+          "earlier_errors": list, "wall_seconds": (int, float)}
+
+
+def _kind_name(kind) -> str:
+    return "number" if kind == (int, float) else {str: "string", int: "whole number", dict: "JSON object",
+                                                   list: "list"}[kind]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

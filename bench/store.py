@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bench.config import ConfigError
 from bench.records import CellResult, RecordError
 
 log = logging.getLogger("bench")
@@ -74,6 +75,16 @@ class Store:
     def poisons_dir(self) -> Path:
         return self.root / "cache" / "poisons"
 
+    def check_writable(self) -> None:
+        """ConfigError unless records can be written here: asked before any training, not after it."""
+        try:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.records_dir, prefix=".write-check.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ConfigError(f"--out {self.root}: results cannot be written there ({err.strerror or err})") from None
+
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:
         return self.records_dir / f"{cell_id}.json"
@@ -86,7 +97,7 @@ class Store:
         path = self.record_path(cell_id)
         try:
             return CellResult.from_json(json.loads(path.read_text()))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (json.JSONDecodeError, UnicodeDecodeError, RecordError) as err:
             log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)

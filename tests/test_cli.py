@@ -239,7 +239,8 @@ def _grid_with_records(tmp_path):
     store = Store(tmp_path / "out")
     done, failed = cells["clean / none / tiny_cnn / seed 0"], cells["random_noise / none / tiny_cnn / seed 1"]
     store.write_record(CellResult.from_json({"cell_id": done.cell_id, "grid": "g", "spec": done.to_dict(), "status": "done",
-                        "provenance": {"device": "cpu"}, "timings": {"train_s": 12.0, "poison_generate_s": 0.5}}))
+                        "provenance": {"device": "cpu"}, "timings": {"train_s": 12.0, "poison_generate_s": 0.5},
+                        "metrics": {"test_acc_last": 0.5, "test_acc_best": 0.5, "best_epoch": 1, "train_acc": 0.5}}))
     store.write_record(CellResult.from_json({"cell_id": failed.cell_id, "grid": "g", "spec": failed.to_dict(), "status": "failed",
                         "error": {"type": "TrainingDiverged", "message": "training loss became nan in epoch 1"}}))
     return path, store
@@ -274,3 +275,63 @@ def test_status_counts_per_grid_with_each_failure(tmp_path):
         "grid g: 1 done, 1 failed, pending unknown (name its grid file with --grid)")
     assert invoke("status", "--out", str(tmp_path / "empty")).stdout.strip() == f"no records in {tmp_path / 'empty' / 'records'}"
     assert_one_line_error(invoke("status", "--out", str(store.root), "--seeds", "0"), "need --grid")
+
+
+@pytest.mark.parametrize("device,message", [
+    ("foo", "--device: 'foo' is not a device; allowed: auto, cpu, cuda or cuda:N"),
+    ("mps", "--device: 'mps' is not supported"),
+    ("cuda:7", "--device: 'cuda:7', but this machine has"),
+])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, tiny_npz, device, message):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean"])
+    for command in (["run", "--grid", str(grid)], ["run", "--grid", str(grid), "--dry-run"], ["bench", "--quick"]):
+        result = invoke(*command, "--device", device, *(["--out", str(tmp_path / "out")] if command[0] == "run" else []))
+        assert_one_line_error(result, message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seeds,message", [
+    ("[true]", "seeds must be a non-empty list of whole numbers from 0 to 4294967295; True is not"),
+    ("[4294967296]", "4294967296 is not"),
+    ("[-1]", "-1 is not"),
+    ("[0.5]", "0.5 is not"),
+])
+def test_seeds_that_are_not_whole_numbers_in_range_are_refused(tmp_path, tiny_npz, seeds, message):
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean"], extra=f"seeds = {seeds}")
+    assert_one_line_error(invoke("run", "--grid", str(grid), "--out", str(tmp_path / "out")), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_seed_runs_once_with_a_note(tmp_path, tiny_npz, caplog):
+    from bench.grid import load_grid
+
+    grid = load_grid(str(write_grid(tmp_path / "g.toml", tiny_npz, ["clean"], extra="seeds = [3, 0, 3]")))
+    assert grid.seeds == (3, 0) and len(grid.cells()) == 2
+    assert "seed(s) 3 listed more than once; each runs once" in caplog.text
+
+
+def test_a_grid_file_that_is_not_utf8_text_is_one_line(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_bytes(b"\xff\xfeattacks = [\"clean\"]\n")
+    assert_one_line_error(invoke("run", "--grid", str(path)), f"grid {path}: not UTF-8 text")
+
+
+def test_an_arch_width_below_one_names_the_arch(tmp_path, tiny_npz):
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean"])
+    for width in ("0", "-3"):
+        assert_one_line_error(invoke("run", "--grid", str(grid), "--set", f"tiny_cnn.width={width}", "--dry-run"),
+                              f"arch tiny_cnn.width: must be a whole number of channels >= 1, got {width}")
+
+
+def test_a_results_folder_that_cannot_be_written_stops_before_training(tmp_path, tiny_npz, monkeypatch):
+    import bench.train
+
+    trained = []
+    monkeypatch.setattr(bench.train, "train_model", lambda *a, **k: trained.append(1))
+    (tmp_path / "a_file").write_text("not a folder")
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean"])
+    result = invoke("run", "--grid", str(grid), "--out", str(tmp_path / "a_file" / "out"))
+    assert_one_line_error(result, f"--out {tmp_path / 'a_file' / 'out'}: results cannot be written there")
+    assert not trained

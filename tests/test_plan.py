@@ -15,6 +15,9 @@ RAW = {"attacks": ["clean", "ops"], "defenses": ["none", "jpeg"], "archs": ["tin
        "recipe": {"preset": "cpu_smoke", "epochs": 4}, "data": {"name": "missing/nowhere.npz", "train_size": 100}}
 
 
+METRICS = {"test_acc_last": 0.5, "test_acc_best": 0.6, "best_epoch": 3, "train_acc": 0.9}
+
+
 def record(cell, grid="g", status="done", train_s=8.0, generate_s=30.0, epochs=None, error=None, device="cpu") -> CellResult:
     spec = cell.to_dict()
     if epochs is not None:
@@ -22,6 +25,7 @@ def record(cell, grid="g", status="done", train_s=8.0, generate_s=30.0, epochs=N
     rec = {"cell_id": cell.cell_id, "grid": grid, "spec": spec, "status": status, "provenance": {"device": device}}
     if status == "done":
         rec["timings"] = {"train_s": train_s, "generate_s": 0.0, "poison_generate_s": generate_s}
+        rec["metrics"] = METRICS
     else:
         rec["error"] = error or {"type": "RuntimeError", "message": "boom\nsecond line", "traceback": "Traceback ..."}
     return CellResult.from_json(rec)

@@ -65,18 +65,51 @@ def test_constructors_write_the_fields_of_their_kind_only():
     assert CellResult.from_json(json.loads(json.dumps(failed.to_json()))) == failed
 
 
-def test_keys_of_other_versions_are_kept_and_non_records_are_refused():
-    record = CellResult.from_json({"cell_id": "a", "status": "done", "future_field": [1, 2]})
+METRICS = {"test_acc_last": 0.5, "test_acc_best": 0.6, "best_epoch": 3, "train_acc": 0.9}
+DONE = {"cell_id": "a", "status": "done", "spec": {"attack": "em"}, "metrics": METRICS}
+
+
+def test_keys_of_other_versions_are_kept():
+    record = CellResult.from_json({**DONE, "future_field": [1, 2]})
     assert record.extra == {"future_field": [1, 2]} and record.to_json()["future_field"] == [1, 2]
-    for bad, why in (([], "JSON object"), ({}, "no cell_id"), ({"cell_id": "a"}, "no status"),
-                     ({"cell_id": 3, "status": "done"}, "no cell_id")):
-        with pytest.raises(RecordError, match=why):
-            CellResult.from_json(bad)
 
 
-def test_a_non_record_in_the_store_counts_as_not_done(tmp_path, caplog):
+NOT_RECORDS = [
+    ([], "a record is a JSON object, got list"),
+    ({}, "no cell_id"),
+    ({**DONE, "cell_id": 3}, "no cell_id"),
+    ({"cell_id": "a", "spec": {}}, "status None is not one of done, failed"),
+    ({**DONE, "status": "running"}, "status 'running' is not one of done, failed"),
+    ({**DONE, "spec": None}, "no spec"),
+    ({**DONE, "metrics": None}, r"a done record without its metrics \(test_acc_last, test_acc_best, best_epoch, train_acc\)"),
+    ({**DONE, "metrics": {**METRICS, "test_acc_last": "high"}}, r"without its metrics \(test_acc_last\)"),
+    ({**DONE, "metrics": {**METRICS, "train_acc": True}}, r"without its metrics \(train_acc\)"),
+    ({**DONE, "history": {"epoch": 1}}, "history is a dict, not a list"),
+    ({**DONE, "wall_seconds": "1 s"}, "wall_seconds is a str, not a number"),
+]
+
+
+@pytest.mark.parametrize("bad,why", NOT_RECORDS, ids=[str(i) for i in range(len(NOT_RECORDS))])
+def test_json_that_is_not_a_record_is_refused_with_what_is_wrong(bad, why):
+    with pytest.raises(RecordError, match=why):
+        CellResult.from_json(bad)
+
+
+def test_a_failed_record_needs_no_metrics():
+    assert not CellResult.from_json({**DONE, "status": "failed", "metrics": None}).done
+
+
+@pytest.mark.parametrize("bad,why", NOT_RECORDS[:7], ids=[str(i) for i in range(7)])
+def test_a_non_record_in_the_store_is_named_and_counts_as_not_done(bad, why, tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
     store = Store(tmp_path)
     store.records_dir.mkdir(parents=True)
-    (store.records_dir / "x.json").write_text("[]")
-    assert store.read_record("x") is None and not store.is_done("x") and list(store.records()) == []
-    assert "x.json" in caplog.text
+    (store.records_dir / "a.json").write_text(json.dumps(bad))
+    assert store.read_record("a") is None and not store.is_done("a") and list(store.records()) == []
+    assert "a.json" in caplog.text
+    for command in (["status"], ["report", "--format", "md,csv"]):  # neither crashes on it
+        result = CliRunner().invoke(main, [*command, "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output

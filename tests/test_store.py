@@ -24,8 +24,9 @@ def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeyp
 
 def test_records_round_trip_and_unreadable_ones_are_skipped(tmp_path):
     store = Store(tmp_path)
-    store.write_record(CellResult.from_json({"cell_id": "a", "status": "done"}))
-    store.write_record(CellResult.from_json({"cell_id": "b", "status": "failed"}))
+    metrics = {"test_acc_last": 0.5, "test_acc_best": 0.5, "best_epoch": 1, "train_acc": 0.5}
+    store.write_record(CellResult.from_json({"cell_id": "a", "status": "done", "spec": {}, "metrics": metrics}))
+    store.write_record(CellResult.from_json({"cell_id": "b", "status": "failed", "spec": {}}))
     (store.records_dir / "c.json").write_text("{truncated")
     assert store.is_done("a") and not store.is_done("b") and not store.is_done("c") and not store.is_done("zzz")
     assert [r.cell_id for r in store.records()] == ["a", "b"]
