@@ -54,21 +54,24 @@ class Registry:
         return decorate
 
     def _load(self) -> None:
+        """The built-in plugins, then every entry point of `group`. A third-party plugin that fails to
+        load, breaks the contract, or takes a name already registered (a built-in always wins; of two
+        third-party plugins, the first found) is skipped with a warning naming its package."""
         if self._loaded:
             return
         self._loaded = True
         importlib.import_module(self.builtin_module)
         for ep in entry_points(group=self.group):
+            origin = f"{self.kind} plugin {ep.name!r} of package {_package(ep)} ({ep.value})"
             try:
                 obj = ep.load()
+                if any(entry.obj is obj for entry in self._entries.values()):
+                    continue  # it registered itself when its module was imported
+                if ep.name in self._entries:
+                    raise ValueError(f"the name {ep.name!r} is already {_describe(self._entries[ep.name].obj)}")
+                self.register(ep.name)(obj)
             except Exception as err:  # a broken third-party plugin must not take the others down
-                warnings.warn(f"could not load {self.kind} plugin {ep.name!r} ({ep.value}): {err}")
-                continue
-            if not any(entry.obj is obj for entry in self._entries.values()):
-                try:
-                    self.register(ep.name)(obj)
-                except ValueError as err:
-                    warnings.warn(f"could not load {self.kind} plugin {ep.name!r} ({ep.value}): {err}")
+                warnings.warn(f"skipped {origin}: {err}", stacklevel=2)
 
     def names(self, pattern: str = "*") -> list[str]:
         self._load()
@@ -128,6 +131,15 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._entries
+
+
+def _package(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "(unknown)"
+
+
+def _describe(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
 
 
 ATTACKS = Registry("attack", "bench.attacks", "methods", base=Plugin)  # methods.base.Attack

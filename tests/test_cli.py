@@ -335,3 +335,56 @@ def test_a_results_folder_that_cannot_be_written_stops_before_training(tmp_path,
     result = invoke("run", "--grid", str(grid), "--out", str(tmp_path / "a_file" / "out"))
     assert_one_line_error(result, f"--out {tmp_path / 'a_file' / 'out'}: results cannot be written there")
     assert not trained
+
+
+COLLIDING = '''
+from dataclasses import dataclass
+
+from methods.base import Attack, Poison
+
+
+@dataclass(frozen=True)
+class Config:
+    pass
+
+
+class Impostor(Attack):
+    """An attack that would shadow a built-in."""
+
+    Config = Config
+
+    def generate(self, data, ctx):
+        return Poison(data.images.clone(), "linf", 0.0)
+
+
+class NotAPlugin:
+    """A class outside the contract."""
+'''
+
+
+def install_fake_package(site: Path, name: str, module: str, code: str, entry_points: dict[str, str]) -> None:
+    """A module and its dist-info on `site`, as pip would leave an installed distribution."""
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(code)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[bench.attacks]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+
+
+def test_third_party_plugins_that_collide_are_skipped_with_a_warning_and_every_command_works(tmp_path, tiny_npz):
+    site = tmp_path / "site"
+    install_fake_package(site, "shadowing_pkg", "shadowing", COLLIDING,
+                         {"em": "shadowing:Impostor", "unique_one": "shadowing:Impostor", "loose": "shadowing:NotAPlugin"})
+    install_fake_package(site, "second_pkg", "second", COLLIDING, {"unique_one": "second:Impostor"})
+    env = {"PYTHONPATH": str(site)}
+    listing = bench("list", "attacks", env=env)
+    assert re.search(r"^  em\s+Sample-wise error-minimising noise", listing.stdout, re.M), "the built-in keeps its name"
+    assert "shadowing_pkg 0.1" in listing.stderr and "'em' is already methods.em." in listing.stderr
+    assert "must be a class that subclasses Plugin" in listing.stderr and "'loose'" in listing.stderr
+    # Two third-party plugins with one name: the first found keeps it, the other is named and skipped.
+    assert listing.stdout.count("unique_one") == 1 and "'unique_one' is already" in listing.stderr
+    grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean", "unique_one"])
+    bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"), env=env)
+    bench("status", "--out", str(tmp_path / "out"), env=env)
+    bench("report", "--out", str(tmp_path / "out"), "--format", "md", env=env)
+    assert {r["spec"]["attack"] for r in records(tmp_path / "out")} == {"clean", "unique_one"}
