@@ -35,10 +35,28 @@ class Poison:
     budget: float
 
 
+def check_claim(norm: str, budget: float, image_shape: tuple[int, ...]) -> None:
+    """BudgetError unless `budget` is a claim `norm` can make about images of `image_shape` (C, H, W).
+
+    Without this a NaN budget would pass every comparison and an infinite one any poison.
+    """
+    if norm not in NORMS:
+        raise BudgetError(f"poison norm {norm!r} is not one of {', '.join(NORMS)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+        raise BudgetError(f"poison budget must be a finite number >= 0, got {budget!r}")
+    channels, height, width = image_shape
+    if norm == "linf" and budget > 1:
+        raise BudgetError(f"linf budget {budget:g} > 1: budgets are in [0, 1] pixel units (8/255 = {8 / 255:.4f})")
+    if norm == "l2" and budget > math.sqrt(channels * height * width):
+        raise BudgetError(f"l2 budget {budget:g} is more than any two {channels}x{height}x{width} images can differ "
+                          f"({math.sqrt(channels * height * width):.2f} in [0, 1] units)")
+    if norm == "l0" and (budget != int(budget) or budget > height * width):
+        raise BudgetError(f"l0 budget {budget:g} must be a whole number of pixels from 0 to {height * width}")
+
+
 def check_budget(clean: torch.Tensor, poison: Poison) -> float:
     """The largest per-image perturbation in the poison's norm; BudgetError if it exceeds its budget."""
-    if poison.norm not in NORMS:
-        raise BudgetError(f"poison norm {poison.norm!r} is not one of {', '.join(NORMS)}")
+    check_claim(poison.norm, poison.budget, tuple(clean.shape[1:]))
     if poison.images.dtype != torch.uint8 or poison.images.shape != clean.shape:
         raise BudgetError(
             f"poison must be uint8 of shape {tuple(clean.shape)}, got {poison.images.dtype} {tuple(poison.images.shape)}"

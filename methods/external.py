@@ -1,6 +1,7 @@
 """Evaluate a poison made elsewhere, as researchers share them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ class ExternalConfig:
     def __post_init__(self):
         require(bool(self.path), "path", "set the poison's path (an .npz with x_train, or a folder of 0.png ... N-1.png)")
         require(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}")
-        require(self.eps >= 0, "eps", f"must be >= 0, got {self.eps}")
+        require(math.isfinite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
 
 
 @register_attack("external")

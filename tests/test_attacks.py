@@ -10,7 +10,7 @@ from bench.data import ImageSet
 from bench.registry import ATTACKS
 from bench.config import ConfigError, build_config
 from bench.plugin import Plugin
-from methods.base import Attack, SurrogateConfig, check_budget, perturbation_size
+from methods.base import Attack, BudgetError, Poison, SurrogateConfig, check_budget, perturbation_size
 from methods.ops import CORNERS, search_pixels
 
 
@@ -266,3 +266,24 @@ def test_a_registry_of_plugins_refuses_a_class_outside_the_contract():
     registry = Registry("attack", "bench.no-such-group", "methods", base=Plugin)
     with pytest.raises(ValueError, match="must be a class that subclasses Plugin"):
         registry.register("loose")(type("Loose", (), {"Config": SurrogateConfig}))
+
+
+@pytest.mark.parametrize("norm,budget,message", [
+    ("linf", float("nan"), "finite number >= 0, got nan"),
+    ("linf", float("inf"), "finite number >= 0, got inf"),
+    ("l2", -1.0, "finite number >= 0, got -1.0"),
+    ("linf", 8.0, "linf budget 8 > 1: budgets are in \\[0, 1\\] pixel units"),
+    ("l2", 100.0, "l2 budget 100 is more than any two 3x32x32 images can differ"),
+    ("l0", 1.5, "l0 budget 1.5 must be a whole number of pixels from 0 to 1024"),
+    ("l0", 2000, "from 0 to 1024"),
+    ("l1", 1.0, "norm 'l1' is not one of"),
+])
+def test_budgets_that_claim_nothing_are_refused(tiny_set, norm, budget, message):
+    poison = Poison(tiny_set.images.clone(), norm, budget)
+    with pytest.raises(BudgetError, match=message):
+        check_budget(tiny_set.images, poison)
+
+
+def test_external_refuses_an_infinite_claim():
+    with pytest.raises(ConfigError, match="eps: must be a finite number >= 0, got inf"):
+        ATTACKS.config("external", {"path": "p.npz", "eps": "inf"})
