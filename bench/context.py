@@ -5,9 +5,12 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
+
+from bench.data import ImageSet
 
 log = logging.getLogger("bench")
 
@@ -22,6 +25,9 @@ class RunContext:
     # Least seconds between two generation checkpoints: a TAP checkpoint of all CIFAR-10 is 300 MB
     # and a batch takes seconds on a GPU, so writing after every batch would cost a third of the run.
     checkpoint_every_s: float = 60.0
+    # The whole clean training split, loaded on demand, for an attack that must check more than the
+    # subset it poisons (external checks every image of a file); None outside a run.
+    full_train: Callable[[], ImageSet] | None = None
 
     def generator(self, device: torch.device | str | None = None) -> torch.Generator:
         """A fresh generator seeded from the cell seed: same seed, same draws."""

@@ -29,7 +29,7 @@ from bench.environment import provenance
 from bench.grid import CellSpec, Grid
 from bench.plan import CellState, poisons_to_generate
 from bench.records import CellResult
-from bench.runner import CellWorker
+from bench.runner import CellWorker, preflight
 from bench.store import Store
 
 log = logging.getLogger("bench")
@@ -318,12 +318,15 @@ class GridProgress:
 
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
              executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
-    """Run every cell of `grid` that has no `done` record. Returns counts of done/failed/skipped.
+    """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped.
+
+    The data and architectures are checked first (`bench.runner.preflight`): a bad dataset is one error.
 
     `executor` is one of `bench.executors` (default: in this process on `device`).
     """
     cells = grid.cells()
-    pending = [c for c in cells if not store.is_done(c.cell_id)]
+    fingerprints = preflight(cells)
+    pending = [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data])]
     skipped = len(cells) - len(pending)
     executor = executor or InProcess()
     log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),

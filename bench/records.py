@@ -48,27 +48,34 @@ class CellResult:
     error: dict | None = None  # type, message, traceback of the last attempt
     earlier_errors: list | None = None  # the attempts before the last
     wall_seconds: float | None = None
+    data_fingerprint: str | None = None  # bench.data.fingerprint of the data it ran on; None before it existed
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
     # Not stored: set on the record an executor hands back for a cell it found done.
     skipped: bool = field(default=False, compare=False)
 
     @classmethod
     def finished(cls, cell: CellSpec, grid: str, outcome: Mapping[str, Any], *, provenance: dict, attempts: int,
-                 earlier_errors: list, wall_seconds: float) -> CellResult:
+                 earlier_errors: list, wall_seconds: float, data_fingerprint: str | None = None) -> CellResult:
         """A done cell; `outcome` is `bench.runner.run_cell`'s (metrics, history, precision, poison, timings, ...)."""
         return cls(cell.cell_id, grid, cell.to_dict(), "done", attempts, provenance, earlier_errors=earlier_errors,
-                   wall_seconds=wall_seconds, **outcome)
+                   wall_seconds=wall_seconds, data_fingerprint=data_fingerprint, **outcome)
 
     @classmethod
     def failed(cls, cell: CellSpec, grid: str, error: dict, *, provenance: dict, attempts: int,
-               earlier_errors: list | None = None, wall_seconds: float | None = None) -> CellResult:
+               earlier_errors: list | None = None, wall_seconds: float | None = None,
+               data_fingerprint: str | None = None) -> CellResult:
         """A cell that could not finish: `error` is the last attempt's (type, message, traceback)."""
         return cls(cell.cell_id, grid, cell.to_dict(), "failed", attempts, provenance, error=error,
-                   earlier_errors=earlier_errors, wall_seconds=wall_seconds)
+                   earlier_errors=earlier_errors, wall_seconds=wall_seconds, data_fingerprint=data_fingerprint)
 
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+    def done_on(self, fingerprint: str | None) -> bool:
+        """Done, on the data of `fingerprint`. A record from before fingerprints existed, or a question
+        without one, trusts the data's name as the store always did."""
+        return self.done and (self.data_fingerprint is None or fingerprint is None or self.data_fingerprint == fingerprint)
 
     @property
     def attack(self) -> str:
@@ -121,7 +128,7 @@ class CellResult:
 _NOT_STORED = {"extra", "skipped"}
 _KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
           "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "error": dict,
-          "earlier_errors": list, "wall_seconds": (int, float)}
+          "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str}
 
 
 def _kind_name(kind) -> str:

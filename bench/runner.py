@@ -51,6 +51,10 @@ class PoisonSource:
         if self._last and self._last[0] == key:
             return self._last[1], {**self._last[2], "cached": True}
         cached = self.store.load_poison(key) if cell.cacheable else None
+        if cached is not None and not made_from(cached[1], data):
+            log.warning("cached poison %s was made from other data (fingerprint %s, this data's is %s); "
+                        "generating it again", key, cached[1]["data_fingerprint"], data.fingerprint)
+            cached = None
         if cached is not None:
             images, meta = cached
             poison = Poison(torch.from_numpy(images).to(self.device), meta["norm"], meta["budget"])
@@ -75,11 +79,12 @@ class PoisonSource:
         log.info("generating poison %s: %s (seed %d)", cell.poison_key, cell.attack, cell.seed)
         start = time.perf_counter()
         work_dir = self.store.root / "cache" / "work" / cell.poison_key
-        ctx = RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache", work_dir=work_dir)
+        ctx = RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache", work_dir=work_dir,
+                         full_train=lambda: load_dataset(replace(cell.data, train_size=None), self.device).train)
         poison = attack(data.train, ctx)
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
-                "precision": attack.precision(self.device), "cached": False}
+                "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint}
         if cell.cacheable:
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), meta)
         shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed
@@ -113,13 +118,14 @@ class PreparedSets:
             train_images = self._train[key]
         else:
             cached = self.store.load_poison(key) if cell.cacheable else None
-            if cached is not None:
+            if cached is not None and made_from(cached[1], data):
                 train_images = torch.from_numpy(cached[0]).to(poison.images.device)
             else:
                 train_images = defense.prepare(poison.images, data.train.labels)
                 if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
-                        "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages)})
+                        "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages),
+                        "data_fingerprint": data.fingerprint})
             self._train[key] = train_images
         test_stages = defense.stages("prepare_test")
         test_key = canonical_hash(_signature(test_stages))
@@ -130,6 +136,11 @@ class PreparedSets:
         else:
             test_images = self._test[test_key]
         return train_images, test_images
+
+
+def made_from(meta: dict, data: Dataset) -> bool:
+    """Whether a cached poison (or prepared set) was made from `data`; one cached before fingerprints existed is trusted."""
+    return meta.get("data_fingerprint") in (None, data.fingerprint)
 
 
 def _signature(stages) -> list:
@@ -170,6 +181,29 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
         outcome["analysis"] = analyze(model, data.train.images, poison.images, data.train.labels, device=device)
         outcome["timings"]["analysis_s"] = time.perf_counter() - start
     return outcome
+
+
+def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
+    """Each dataset of `cells` loaded and checked once (`bench.data.check_arrays`), and each of their
+    architectures run once on two of its images, before any cell starts: bad data, or an architecture
+    that cannot take the images, stops the run with one error instead of a failed record per cell.
+    Returns each dataset's fingerprint, against which the store's records are judged done or not."""
+    fingerprints = {}
+    for spec in dict.fromkeys(cell.data for cell in cells):
+        data = load_dataset(spec)
+        fingerprints[spec] = data.fingerprint
+        images = data.train.images[:2].float() / 255
+        archs = {(c.arch, canonical_hash(c.arch_config)): c for c in cells if c.data == spec}
+        for cell in archs.values():
+            model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes).eval()
+            try:
+                with torch.no_grad():
+                    model(images)
+            except RuntimeError as err:
+                size = "x".join(map(str, images.shape[1:]))
+                raise ConfigError(f"arch {cell.arch}: cannot take the {size} images of {spec.name} "
+                                  f"({str(err).splitlines()[0][:200]})") from None
+    return fingerprints
 
 
 # Failures that a second try with the same seed would only repeat: recorded at once, not retried.
@@ -221,6 +255,13 @@ class CellWorker:
             self._data = (spec, load_dataset(spec, self.device))
         return self._data[1]
 
+    def fingerprint(self, spec: DataSpec) -> str | None:
+        """The fingerprint of `spec`'s data; None where it cannot be loaded (the cell's attempt records why)."""
+        try:
+            return self.data(spec).fingerprint
+        except Exception:
+            return None
+
     def make_poison(self, cell: CellSpec) -> dict:
         """Generate (or find) the poison of `cell` and leave it in the store's cache; for the poison phase."""
         meta, errors = self._attempts(lambda: self.poisons.get(cell, self.data(cell.data))[1], cell,
@@ -237,18 +278,21 @@ class CellWorker:
         retrying a task whose worker died after writing, may have finished the cell since.
         """
         existing = self.store.read_record(cell.cell_id)
-        if existing is not None and existing.done:
+        if existing is not None and existing.done_on(self.fingerprint(cell.data)):
             return replace(existing, skipped=True)
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
+        fingerprint = self.fingerprint(cell.data)
         if outcome is None:
             record = CellResult.failed(cell, grid_name, errors[-1], provenance=self.env, attempts=len(errors),
-                                       earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start)
+                                       earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start,
+                                       data_fingerprint=fingerprint)
             log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
                       errors[-1]["type"], errors[-1]["message"])
         else:
             record = CellResult.finished(cell, grid_name, outcome, provenance=self.env, attempts=len(errors) + 1,
-                                         earlier_errors=errors, wall_seconds=time.perf_counter() - start)
+                                         earlier_errors=errors, wall_seconds=time.perf_counter() - start,
+                                         data_fingerprint=fingerprint)
             log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,
                      100 * record.metrics["test_acc_last"], 100 * record.metrics["test_acc_best"], record.wall_seconds)
         self.store.write_record(record)

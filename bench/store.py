@@ -90,6 +90,13 @@ class Store:
         return self.records_dir / f"{cell_id}.json"
 
     def write_record(self, record: CellResult) -> None:
+        """Write `record`; a done record of the same cell on other data is kept under records/superseded first."""
+        old = self.read_record(record.cell_id)
+        if old is not None and old.done and old.data_fingerprint not in (None, record.data_fingerprint):
+            kept = self.records_dir / "superseded" / f"{old.cell_id}.{old.data_fingerprint}.json"
+            atomic_write_json(kept, old.to_json())
+            log.warning("cell %s: its record on other data (fingerprint %s) is kept as %s", old.cell_id,
+                        old.data_fingerprint, kept)
         atomic_write_json(self.record_path(record.cell_id), record.to_json())
 
     def read_record(self, cell_id: str) -> CellResult | None:
@@ -103,10 +110,14 @@ class Store:
             log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)
             return None
 
-    def is_done(self, cell_id: str) -> bool:
-        """Whether `cell_id` has a done record: the one test of "is this cell finished?" that every layer asks."""
+    def is_done(self, cell_id: str, fingerprint: str | None = None) -> bool:
+        """Whether `cell_id` has a done record (on the data of `fingerprint`, where given): the one test of
+        "is this cell finished?" that every layer asks."""
         record = self.read_record(cell_id)
-        return record is not None and record.done
+        if record is not None and record.done and not record.done_on(fingerprint):
+            log.warning("cell %s: its record was made on other data (fingerprint %s, this data's is %s); it runs again",
+                        cell_id, record.data_fingerprint, fingerprint)
+        return record is not None and record.done_on(fingerprint)
 
     def records(self) -> Iterator[CellResult]:
         for path in sorted(self.records_dir.glob("*.json")):

@@ -13,7 +13,7 @@ from bench.config import ConfigError, require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import NORMS, Attack, Poison
+from methods.base import NORMS, Attack, BudgetError, Poison, check_budget
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,15 @@ class External(Attack):
     """Poisoned training images from a file: an .npz (`x_train`) or a folder of PNGs by index.
 
     The folder layout is that of the official TAP release (`0.png` ... `49999.png`). The count,
-    image shape and order are checked against the clean training set, and the runner checks the
-    claimed budget like any other attack's, so a mis-sized or shuffled file is refused.
+    image shape and order are checked against the clean training set, and the claimed budget on
+    every image of the file (the runner checks the subset a grid uses, as for any attack), so a
+    mis-sized, shuffled or partly over-budget file is refused. Not cacheable: the file is read and
+    checked again by every run, so a file replaced at the same path is never served from the cache.
     """
 
     Config = ExternalConfig
     paper = ""
+    cacheable = False
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         path = Path(self.config.path).expanduser()
@@ -49,6 +52,14 @@ class External(Attack):
             raise ConfigError(f"external poison {path}: images are {got[1]}x{got[2]}x{got[0]}, the dataset's are {expected[1]}x{expected[2]}x{expected[0]}")
         images = torch.from_numpy(np.ascontiguousarray(full[data.index.cpu().numpy()].transpose(0, 3, 1, 2))).to(data.device)
         check_order(data.images, images, path)
+        if ctx.full_train is not None and len(data) < len(full):
+            # The grid poisons a subset; the file is one poison, so its other images must keep the claim too.
+            clean = ctx.full_train().images.cpu()
+            whole = Poison(torch.from_numpy(np.ascontiguousarray(full.transpose(0, 3, 1, 2))), self.config.norm, self.config.eps)
+            try:
+                check_budget(clean, whole)
+            except BudgetError as err:
+                raise BudgetError(f"external poison {path}, all {len(full)} images: {err}") from None
         return Poison(images, self.config.norm, self.config.eps)
 
 

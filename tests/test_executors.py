@@ -80,13 +80,13 @@ def test_every_executor_finishes_a_grid_shares_poisons_and_never_reruns(name, tm
 def test_a_failing_poison_fails_its_cells_with_the_error_and_the_grid_goes_on(name, tmp_path, tiny_npz, request):
     if name == "ray":
         request.getfixturevalue("ray_instance")
-    grid = tiny_grid(tiny_npz, attacks=("external", "clean"), defenses=("none",),
-                     config={"external": {"path": str(tmp_path / "missing.npz"), "eps": 0.03}})
+    # A cacheable attack whose generation fails (remote executors make its poison in a phase of its own).
+    grid = tiny_grid(tiny_npz, attacks=("lsp", "clean"), defenses=("none",), config={"lsp": {"patch_size": 5}})
     store = Store(tmp_path / "out")
     counts = run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name](), retries=1)
     assert counts == {"done": 1, "failed": 1, "skipped": 0}
     failed = next(r for r in store.records() if r.status == "failed")
-    assert failed.spec["attack"] == "external" and "missing.npz" in failed.error["message"]
+    assert failed.spec["attack"] == "lsp" and "patch_size 5 must divide" in failed.error["message"]
     # Running again tries exactly the failed cell again.
     assert run_grid(grid, store, torch.device("cpu"), progress=False, executor=EXECUTORS[name]()) == \
         {"done": 0, "failed": 1, "skipped": 1}
