@@ -8,6 +8,18 @@ load from other processes falls on both alike; each figure is the best and the m
 The conventional loop is what EM, REM, TAP and APBench train with: a torchvision `CIFAR10` dataset
 of PIL images, `RandomCrop(32, padding=4)`, `RandomHorizontalFlip()` and `ToTensor()` per image
 through a `DataLoader`, in fp32 and the default memory format, the same model, batch size and SGD.
+
+Attacks declare the settings they are measured at, in their `presets` beside `cpu`:
+
+    one_round  config overrides for one generation round: what `generate` and the generation part time
+    one_step   one round with one step per batch: what the memory part measures, since the peak is set
+               by the data and one batch, not by how many steps run
+
+Each is complete on its own (`one_step` is not applied on top of `one_round`). On a CPU perf
+starts from the attack's `cpu` preset and applies the round preset on top; on CUDA it applies the
+round preset alone, to the official settings (`preset_overrides`). An attack with rounds declares
+both; one without (the model-free attacks) declares neither and runs at its full settings, or at
+its `cpu` preset on a CPU where it has one.
 """
 from __future__ import annotations
 
@@ -232,18 +244,20 @@ def defense_seconds(name: str, data: ImageSet) -> float:
     return seconds_of(lambda: defense.prepare(data.images, data.labels), data.device)
 
 
-def one_round(name: str, device: torch.device) -> dict:
-    """Config overrides for one generation round of an attack: the CPU preset on a CPU, official settings on CUDA."""
-    rounds = {
-        "em": {"max_rounds": 1, "stop_accuracy": 1.0},
-        "em_classwise": {"max_rounds": 1, "stop_accuracy": 1.0, "subset_fraction": 1.0},
-        "rem": {"train_steps": 1},
-        "tap": {"surrogate_epochs": 1, "restarts": 1},
-        "miue": {"epochs": 1},
-    }.get(name)
-    if rounds is None:
-        return {}  # model-free attacks have no rounds
-    return ({"preset": "cpu", **rounds} if device.type == "cpu" else rounds)
+# The presets an attack with rounds declares for perf, each complete on its own (see the module docstring).
+ONE_ROUND = "one_round"  # one generation round: the time of generation
+ONE_STEP = "one_step"  # one round with one step per batch: peak memory, which the data and one batch set
+
+
+def preset_overrides(name: str, device: torch.device, preset: str = ONE_ROUND) -> dict:
+    """Config overrides of attack `name` for a measurement: on a CPU its `cpu` preset then `preset`, on CUDA `preset`.
+
+    An attack that does not declare `preset` has no rounds to cut (the model-free ones): it runs
+    at its full settings, or at its `cpu` preset on a CPU where it has one.
+    """
+    presets = getattr(ATTACKS.get(name), "presets", {})
+    on_cpu = {"preset": "cpu"} if device.type == "cpu" and "cpu" in presets else {}
+    return {**on_cpu, **presets.get(preset, {})}
 
 
 def generation_attacks() -> list[str]:
@@ -254,7 +268,7 @@ def generate(name: str, data: ImageSet, overrides: Mapping | None = None):
     """One poison of attack `name` (one round unless `overrides` say otherwise), in a scratch folder."""
     from bench.context import RunContext
 
-    attack = ATTACKS.create(name, one_round(name, data.device) if overrides is None else overrides)
+    attack = ATTACKS.create(name, preset_overrides(name, data.device) if overrides is None else overrides)
     with tempfile.TemporaryDirectory() as scratch:
         ctx = RunContext(device=data.device, seed=0, cache_dir=Path(scratch) / "cache",
                          work_dir=Path(scratch) / "work", progress=False)
@@ -454,15 +468,6 @@ def full_cell(device: torch.device) -> dict:
 MEMORY_IMAGES = 50_000  # CIFAR-10's training split
 
 
-def memory_overrides(name: str, device: torch.device) -> dict:
-    """One round with one step per batch: the peak is set by the data and one batch, not by how many steps run."""
-    steps = {"em": {"steps": 1}, "em_classwise": {"steps": 1}, "rem": {"steps": 1, "adv_steps": 1, "samples": 1},
-             "tap": {"steps": 1}, "miue": {"steps": 1}}.get(name, {})
-    overrides = {**one_round(name, device), **steps}
-    overrides.pop("subset_fraction", None)  # class-wise EM's own 20% subset, as it runs in a grid
-    return overrides
-
-
 GIB = 2 ** 30
 
 
@@ -570,7 +575,7 @@ def part_memory(device: torch.device, plan: Plan, echo: Echo) -> dict:
          f"(one round, one step per batch; a fresh process each):")
     figures = {}
     for name in generation_attacks():
-        m = figures[name] = peak_memory(name, MEMORY_IMAGES, memory_overrides(name, device), str(device))
+        m = figures[name] = peak_memory(name, MEMORY_IMAGES, preset_overrides(name, device, ONE_STEP), str(device))
         echo(f"  {name:<13} host {m['peak_rss_bytes'] / GIB:.2f} GiB{_gpu_text(m)} ({m['seconds']:.0f} s)")
     return figures
 

@@ -1,4 +1,6 @@
 """The measuring code of `bench bench` and the benchmarks (bench/perf.py), and set-level JPEG's pixels."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ import defenses.basic
 from bench.cli import main
 from bench.perf import (ConventionalLoop, InMemoryCIFAR10, OurLoop, Plan, TrainingWindow, Windows, alternate,
                         pil_jpeg, ratio, synthetic_set)
-from bench.registry import create_defense
+from bench.registry import ATTACKS, create_defense
 
 
 def _photos(n: int, channels: int = 3) -> torch.Tensor:
@@ -169,3 +171,20 @@ def test_compile_cost_says_so_where_torch_compile_cannot_work(monkeypatch):
     monkeypatch.setattr(bench.perf, "training_images", lambda n, device, echo: synthetic_set(n, device))
     bench.perf.part_compile(torch.device("cpu"), TINY_PLAN, lines.append)
     assert any("compiled not measured: torch.compile does not work here (CppCompileError" in line for line in lines)
+
+
+@pytest.mark.parametrize("preset", [bench.perf.ONE_ROUND, bench.perf.ONE_STEP])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_each_attack_is_measured_at_the_presets_it_declares(name, device, preset):
+    """On a CPU an attack's `cpu` preset with its round preset over it; on CUDA the round preset over its defaults."""
+    presets = getattr(ATTACKS.get(name), "presets", {})
+    assert (bench.perf.ONE_ROUND in presets) == (bench.perf.ONE_STEP in presets), "an attack with rounds declares both"
+    overrides = bench.perf.preset_overrides(name, torch.device(device), preset)
+    if name not in bench.perf.generation_attacks():
+        assert overrides == {}  # never generated (external reads a file), so never measured
+        return
+    config, defaults = ATTACKS.config(name, overrides), ATTACKS.config(name, {})
+    expected = {**(presets.get("cpu", {}) if device == "cpu" else {}), **presets.get(preset, {})}
+    for field in dataclasses.fields(config):
+        assert getattr(config, field.name) == expected.get(field.name, getattr(defaults, field.name)), field.name
