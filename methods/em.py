@@ -116,7 +116,8 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
     Config = EMConfig
     paper = PAPER
     cite = "huang2021unlearnable"
-    presets = {"cpu": CPU_PRESET}
+    presets = {"cpu": CPU_PRESET, "one_round": {"max_rounds": 1, "stop_accuracy": 1.0},
+               "one_step": {"max_rounds": 1, "stop_accuracy": 1.0, "steps": 1}}
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
@@ -188,7 +189,9 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
     Config = EMClasswiseConfig
     paper = PAPER
     cite = "huang2021unlearnable"
-    presets = {"cpu": CPU_PRESET}
+    presets = {"cpu": CPU_PRESET,
+               "one_round": {"max_rounds": 1, "stop_accuracy": 1.0, "subset_fraction": 1.0},  # a round over every image
+               "one_step": {"max_rounds": 1, "stop_accuracy": 1.0, "steps": 1}}  # its own subset, as in a grid
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:

@@ -75,7 +75,8 @@ class MutualInformationUE(Attack):
              "Information, ICLR 2026")
     cite = "zhu2026why"
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "epochs": 12, "steps": 10,
-                       "step_size_start": 0.8 / 255, "step_size_end": 1.6 / 255, "perturb_batch_size": 256}}
+                       "step_size_start": 0.8 / 255, "step_size_end": 1.6 / 255, "perturb_batch_size": 256},
+               "one_round": {"epochs": 1}, "one_step": {"epochs": 1, "steps": 1}}
     seeded = True
 
     def objective(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

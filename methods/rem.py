@@ -88,7 +88,9 @@ class RobustErrorMinimizing(Attack):
     # CPU: a one-step random-start adversary at the official 4/255 radius buys 200 surrogate steps;
     # measured on 2,000 CIFAR-10 images it takes tiny_cnn from 46.3% to 28.5% (PGD-3 and 60 steps: 39.2%).
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 16, "train_steps": 200, "steps": 10,
-                       "samples": 1, "adv_steps": 1, "adv_step_size": 4 / 255, "lr_decay_every": 130}}
+                       "samples": 1, "adv_steps": 1, "adv_step_size": 4 / 255, "lr_decay_every": 130},
+               "one_round": {"train_steps": 1},
+               "one_step": {"train_steps": 1, "steps": 1, "adv_steps": 1, "samples": 1}}
     seeded = True
 
     def defensive_noise(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:

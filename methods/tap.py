@@ -85,7 +85,9 @@ class TargetedAdversarialPoisoning(Attack):
     paper = "Fowl et al., Adversarial Examples Make Strong Poisons, NeurIPS 2021"
     cite = "fowl2021adversarial"
     presets = {"cpu": {"surrogate": "tiny_cnn", "surrogate_width": 32, "surrogate_epochs": 15,
-                       "steps": 40, "restarts": 1, "step_fraction": 0.1}}
+                       "steps": 40, "restarts": 1, "step_fraction": 0.1},
+               "one_round": {"surrogate_epochs": 1, "restarts": 1},
+               "one_step": {"surrogate_epochs": 1, "restarts": 1, "steps": 1}}
     seeded = True
 
     def clean_model(self, data: ImageSet, ctx: RunContext):

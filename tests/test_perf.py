@@ -1,4 +1,6 @@
-"""The measuring code of `bench bench` and the benchmarks (bench/perf.py), and set-level JPEG's pixels."""
+"""The measuring code of `bench bench` and the benchmarks (the bench/perf package), and set-level JPEG's pixels."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,14 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms.v2 import functional as TF
 
 import bench.perf
+import bench.perf.loops
+import bench.perf.parts
+import bench.perf.timing
 import defenses.basic
 from bench.cli import main
 from bench.perf import (ConventionalLoop, InMemoryCIFAR10, OurLoop, Plan, TrainingWindow, Windows, alternate,
                         pil_jpeg, ratio, synthetic_set)
-from bench.registry import create_defense
+from bench.registry import ATTACKS, create_defense
 
 
 def _photos(n: int, channels: int = 3) -> torch.Tensor:
@@ -74,7 +79,7 @@ def test_in_memory_cifar10_is_torchvisions_dataset_over_our_images():
 
 @pytest.mark.parametrize("loop", [OurLoop, ConventionalLoop])
 def test_each_loop_trains_its_model_for_one_window(loop):
-    run = loop("tiny_cnn", synthetic_set(64), bench.perf.replace(bench.perf.SPEED_RECIPE, batch_size=32))
+    run = loop("tiny_cnn", synthetic_set(64), dataclasses.replace(bench.perf.SPEED_RECIPE, batch_size=32))
     before = [p.detach().clone() for p in run.model.parameters()]
     assert run() > 0
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, run.model.parameters()))
@@ -86,9 +91,15 @@ TINY_PLAN = Plan(("training", "jpeg", "defenses", "report"), (TrainingWindow("ti
                  concurrent_images=64, concurrent_copies=(1, 2))
 
 
+def use_tiny_plan(monkeypatch):
+    """TINY_PLAN wherever a plan is looked up: by the command (`bench.perf`) and by `run_benchmarks` (its module)."""
+    for module in (bench.perf, bench.perf.parts):
+        monkeypatch.setattr(module, "plan_for", lambda device, quick: TINY_PLAN)
+
+
 def test_bench_command_prints_every_figure(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench.perf, "plan_for", lambda device, quick: TINY_PLAN)
-    monkeypatch.setattr(bench.perf, "training_images", lambda n, device, echo: synthetic_set(n, device))
+    use_tiny_plan(monkeypatch)
+    monkeypatch.setattr(bench.perf.parts, "training_images", lambda n, device, echo: synthetic_set(n, device))
     result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--quick", "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     for line in ("tiny_cnn  batch 32", "ratio", "JPEG quality 10, 20 images", "set-level defenses", "jpeg",
@@ -102,7 +113,7 @@ def test_bench_command_prints_every_figure(monkeypatch, tmp_path):
 
 
 def test_bench_only_runs_the_named_parts_and_refuses_unknown_ones(monkeypatch):
-    monkeypatch.setattr(bench.perf, "plan_for", lambda device, quick: TINY_PLAN)
+    use_tiny_plan(monkeypatch)
     result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--only", "report"])
     assert result.exit_code == 0, result.output
     assert "report over 20 records" in result.output and "JPEG" not in result.output and "training" not in result.output
@@ -131,7 +142,7 @@ def test_our_loop_times_its_training_steps_only(monkeypatch):
         raise AssertionError("a window must not evaluate")
 
     monkeypatch.setattr(bench.train, "evaluate", no_evaluation)
-    run = OurLoop("tiny_cnn", synthetic_set(64), bench.perf.replace(bench.perf.SPEED_RECIPE, batch_size=32))
+    run = OurLoop("tiny_cnn", synthetic_set(64), dataclasses.replace(bench.perf.SPEED_RECIPE, batch_size=32))
     optimizer = run.trainer.optimizer
     assert run() > 0 and run() > 0
     assert run.trainer.step == 4 and run.trainer.optimizer is optimizer
@@ -141,7 +152,7 @@ def test_our_loop_times_its_training_steps_only(monkeypatch):
 def test_timers_wait_for_the_device(monkeypatch):
     """`seconds_of` empties the device queue before and after the work; `synchronized` after it."""
     events = []
-    monkeypatch.setattr(bench.perf, "synchronize", lambda device: events.append(("sync", str(device))))
+    monkeypatch.setattr(bench.perf.timing, "synchronize", lambda device: events.append(("sync", str(device))))
     seconds = bench.perf.seconds_of(lambda: events.append("work"), "cuda")
     assert events == [("sync", "cuda"), "work", ("sync", "cuda")] and seconds >= 0
     events.clear()
@@ -151,21 +162,38 @@ def test_timers_wait_for_the_device(monkeypatch):
 
 def test_compile_cost_says_so_where_torch_compile_cannot_work(monkeypatch):
     """Not eager figures under the name "compiled" (train_model would fall back to eager there)."""
-    real_train, compile_flags = bench.perf.train_model, []
+    real_train, compile_flags = bench.perf.loops.train_model, []
 
     def train_model(*args, compile=False, **kwargs):
         compile_flags.append(compile)
         return real_train(*args, compile=compile, **kwargs)
 
-    monkeypatch.setattr(bench.perf, "compile_failure", lambda device_type: "CppCompileError: no C++ compiler")
-    monkeypatch.setattr(bench.perf, "train_model", train_model)
+    monkeypatch.setattr(bench.perf.loops, "compile_failure", lambda device_type: "CppCompileError: no C++ compiler")
+    monkeypatch.setattr(bench.perf.loops, "train_model", train_model)
     cost = bench.perf.compile_cost("tiny_cnn", synthetic_set(64), epochs=2,
-                                   recipe=bench.perf.replace(bench.perf.SPEED_RECIPE, batch_size=32))
+                                   recipe=dataclasses.replace(bench.perf.SPEED_RECIPE, batch_size=32))
     assert compile_flags == [False]
     assert cost["compiled"] == {"unavailable": "CppCompileError: no C++ compiler"}
     assert cost["eager"]["images_per_second"] > 0 and cost["eager"]["first_epoch_overhead_s"] is not None
     lines = []
-    monkeypatch.setattr(bench.perf, "compile_cost", lambda arch, data: cost)
-    monkeypatch.setattr(bench.perf, "training_images", lambda n, device, echo: synthetic_set(n, device))
-    bench.perf.part_compile(torch.device("cpu"), TINY_PLAN, lines.append)
+    monkeypatch.setattr(bench.perf.parts, "compile_cost", lambda arch, data: cost)
+    monkeypatch.setattr(bench.perf.parts, "training_images", lambda n, device, echo: synthetic_set(n, device))
+    bench.perf.parts.part_compile(torch.device("cpu"), TINY_PLAN, lines.append)
     assert any("compiled not measured: torch.compile does not work here (CppCompileError" in line for line in lines)
+
+
+@pytest.mark.parametrize("preset", [bench.perf.ONE_ROUND, bench.perf.ONE_STEP])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_each_attack_is_measured_at_the_presets_it_declares(name, device, preset):
+    """On a CPU an attack's `cpu` preset with its round preset over it; on CUDA the round preset over its defaults."""
+    presets = getattr(ATTACKS.get(name), "presets", {})
+    assert (bench.perf.ONE_ROUND in presets) == (bench.perf.ONE_STEP in presets), "an attack with rounds declares both"
+    overrides = bench.perf.preset_overrides(name, torch.device(device), preset)
+    if name not in bench.perf.generation_attacks():
+        assert overrides == {}  # never generated (external reads a file), so never measured
+        return
+    config, defaults = ATTACKS.config(name, overrides), ATTACKS.config(name, {})
+    expected = {**(presets.get("cpu", {}) if device == "cpu" else {}), **presets.get(preset, {})}
+    for field in dataclasses.fields(config):
+        assert getattr(config, field.name) == expected.get(field.name, getattr(defaults, field.name)), field.name
