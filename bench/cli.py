@@ -103,8 +103,9 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
                           retries=retries, compile=compile_)
     except (ConfigError, DataUnavailable) as err:
         raise click.ClickException(str(err)) from None
+    elsewhere = f", {counts['elsewhere']} left to another run on {out}" if counts.get("elsewhere") else ""
     click.echo(f"grid {grid.name}: {counts['done']} cells run, {counts['skipped']} already done, "
-               f"{counts['failed']} failed, in {time.perf_counter() - start:.0f} s; results in {out}/records")
+               f"{counts['failed']} failed{elsewhere}, in {time.perf_counter() - start:.0f} s; results in {out}/records")
     if counts["failed"]:
         sys.exit(1)
 

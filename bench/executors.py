@@ -16,6 +16,8 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -92,11 +94,17 @@ def settled(handles: Iterable, jobs: dict, result_of: Callable) -> Iterable[tupl
 
 
 def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, progress) -> None:
-    """Record a cell that no worker could run (its poison failed, its worker died), unless it finished."""
-    record = store.read_record(cell.cell_id)
-    if record is None or not record.done:
-        record = CellResult.failed(cell, grid_name, error, provenance=provenance(torch.device("cpu")), attempts=0)
-        store.write_record(record)
+    """Record a cell that no worker could run (its poison failed, its worker died), unless it finished
+    or another process is running it."""
+    claim = store.claim(cell.cell_id)
+    if claim is None:
+        progress.finished(None)
+        return
+    with claim:
+        record = store.read_record(cell.cell_id)
+        if record is None or not record.done:
+            record = CellResult.failed(cell, grid_name, error, provenance=provenance(torch.device("cpu")), attempts=0)
+            store.write_record(record)
     log.error("cell %s (%s %s) failed: %s: %s", cell.cell_id, cell.attack, cell.defense, error["type"], error["message"])
     progress.finished(record)
 
@@ -160,11 +168,23 @@ class InProcess:
 
 def _start_pool_worker(devices, workers: int) -> None:
     global _POOL_DEVICE
+    _exit_with_driver(os.getppid())
     _POOL_DEVICE = devices.get()
     if _POOL_DEVICE == "cpu":  # CPU workers split the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     else:  # so that anything asking CUDA for "the current device" gets this worker's GPU
         torch.cuda.set_device(torch.device(_POOL_DEVICE))
+
+
+def _exit_with_driver(driver: int) -> None:
+    """End this worker process when the driver that started it ends, however it ends (SIGKILL included),
+    instead of training on alone: a thread watches for the worker being handed to another parent."""
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
 class LocalPool(RemoteExecutor):
@@ -299,7 +319,7 @@ class GridProgress:
 
     def __init__(self, grid_name: str, total: int, show: bool):
         self.bar = tqdm(total=total, desc=f"grid {grid_name}", unit="cell", disable=not show, dynamic_ncols=True)
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        self.counts = {"done": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
 
     def started(self, cell: CellSpec) -> None:
         self.bar.set_postfix_str(cell.label)
@@ -307,8 +327,9 @@ class GridProgress:
     def epoch(self, cell: CellSpec, rec: dict) -> None:
         self.bar.set_postfix_str(f"{cell.label}: epoch {rec['epoch']} test {rec['test_acc']:.1%}")
 
-    def finished(self, record: CellResult) -> None:
-        status = "skipped" if record.skipped else record.status
+    def finished(self, record: CellResult | None) -> None:
+        """A cell's outcome: its record, or None where another process is running it."""
+        status = "elsewhere" if record is None else "skipped" if record.skipped else record.status
         self.counts[status] += 1
         self.bar.update(1)
 
@@ -318,7 +339,8 @@ class GridProgress:
 
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
              executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
-    """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped.
+    """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped,
+    and `elsewhere`: cells another process (a second `bench run` on the same folder) was running.
 
     The data and architectures are checked first (`bench.runner.preflight`): a bad dataset is one error.
 
@@ -341,4 +363,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
         executor.run(grid.name, pending, settings, bar)
     finally:
         bar.close()
-    return {**bar.counts, "skipped": bar.counts["skipped"] + skipped}
+    counts = {**bar.counts, "skipped": bar.counts["skipped"] + skipped}
+    if not counts["elsewhere"]:  # only where another run on the same folder holds some cells
+        del counts["elsewhere"]
+    return counts

@@ -270,16 +270,29 @@ class CellWorker:
             return {"status": "failed", "attempts": len(errors), "error": errors[-1]}
         return {"status": "done", "attempts": len(errors) + 1, "cached": bool(meta.get("cached"))}
 
-    def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> CellResult:
-        """Run `cell` unless its record says done; write and return its record.
+    def run(self, cell: CellSpec, grid_name: str, on_epoch=None) -> CellResult | None:
+        """Run `cell` unless its record says done; write and return its record. None where another
+        process is running the cell (it holds the cell's claim, `Store.claim`): this one leaves it there.
 
-        `run_grid` only hands over cells it found pending, but the store is asked again here, at
-        the moment the work would start: another run on the same results folder, or an executor
-        retrying a task whose worker died after writing, may have finished the cell since.
+        `run_grid` only hands over cells it found pending, but the store is asked again here, once
+        the claim is held: another run on the same results folder, or an executor retrying a task
+        whose worker died after writing, may have finished the cell since.
         """
         existing = self.store.read_record(cell.cell_id)
         if existing is not None and existing.done_on(self.fingerprint(cell.data)):
             return replace(existing, skipped=True)
+        claim = self.store.claim(cell.cell_id)
+        if claim is None:
+            log.info("cell %s (%s): %s is running it; leaving it there", cell.cell_id, cell.label,
+                     self.store.claim_holder(cell.cell_id))
+            return None
+        with claim:
+            existing = self.store.read_record(cell.cell_id)
+            if existing is not None and existing.done_on(self.fingerprint(cell.data)):
+                return replace(existing, skipped=True)
+            return self._run_claimed(cell, grid_name, on_epoch)
+
+    def _run_claimed(self, cell: CellSpec, grid_name: str, on_epoch) -> CellResult:
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
         fingerprint = self.fingerprint(cell.data)

@@ -7,12 +7,15 @@ Nothing is loaded with pickle: records are JSON, poisons are raw .npy arrays rea
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,6 +55,25 @@ def canonical_hash(obj: Any, length: int = 16) -> str:
     """Short SHA-256 of the canonical JSON of `obj`: the id of a cell or a poison."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+class Claim:
+    """A held claim on a cell (`Store.claim`); `release` it, or use it as a context manager."""
+
+    def __init__(self, fd: int):
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,39 @@ class Store:
             record = self.read_record(path.stem)
             if record is not None:
                 yield record
+
+    # --- claims: which process is running a cell ---------------------------------------------
+    @property
+    def claims_dir(self) -> Path:
+        return self.records_dir / ".claims"
+
+    def claim(self, cell_id: str) -> Claim | None:
+        """Take `cell_id` for this process while it runs the cell, or None where another process holds it.
+
+        A claim is an exclusive `flock` on `records/.claims/<cell_id>.lock`: the kernel drops it when
+        its process ends in any way (SIGKILL included), so a killed run cannot leave a cell taken.
+        Two `bench run` on one results folder thus split the cells instead of both running each.
+        (Lock files stay behind, empty of meaning once unlocked: removing one while another process
+        opens it would let two processes lock two different files.)
+        """
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.claims_dir / f"{cell_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        owner = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, owner.encode(), 0)  # for a person looking: who holds it
+        return Claim(fd)
+
+    def claim_holder(self, cell_id: str) -> str:
+        """Who holds (or last held) the claim of `cell_id`, as its lock file says."""
+        try:
+            return (self.claims_dir / f"{cell_id}.lock").read_text().strip() or "another process"
+        except OSError:
+            return "another process"
 
     # --- poison cache --------------------------------------------------------------------
     def save_poison(self, key: str, images: np.ndarray, meta: dict) -> None:
