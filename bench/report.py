@@ -155,8 +155,11 @@ class SummaryTable:
 
     def labels(self, factor: str) -> list[str]:
         """The labels of `factor` in this table: its rows, its columns, or its one group value."""
-        return {self.layout.rows: list(self.mean.index), self.layout.columns: list(self.mean.columns)}.get(
-            factor, [self.group[factor]])
+        if factor == self.layout.rows:
+            return list(self.mean.index)
+        if factor == self.layout.columns:
+            return list(self.mean.columns)
+        return [self.group[factor]]
 
     def text(self, bold: str = "{}") -> pd.DataFrame:
         """'mean' or 'mean ± std' per cell, the best of each column wrapped in `bold`."""

@@ -115,6 +115,13 @@ def test_caption_names_each_budget_of_an_attack_in_its_table():
     assert "budgets: em Linf 8/255;" in caption(tables[1], "test_acc_last", {})
 
 
+def test_recipes_as_rows_or_columns_are_described_in_the_caption():
+    df = tidy_rows([("em", "Linf 8/255", "a", "none", 0, 50.0)])
+    for layout in (TableLayout(rows="recipe", columns="attack"), TableLayout(rows="attack", columns="recipe")):
+        (table,) = summary_tables(df, layout=layout)
+        assert "recipe r: 3 epochs of SGD;" in caption(table, "test_acc_last", {"r": "r: 3 epochs of SGD"})
+
+
 def test_tables_grouped_by_attack_follow_the_grid_order():
     df = tidy_rows([(a, b, arch, "none", 0, 50.0) for a, b in (("em", "Linf 8/255"), ("ops", "L0 1 px"))
                     for arch in ("a", "b")])
