@@ -15,7 +15,9 @@ from bench.citations import BIBTEX, Citation, citation, plugin_citation
 from bench.cli import main
 from bench.config import ConfigError
 from bench.registry import ATTACKS, DEFENSES
-from bench.report import TableLayout, caption, parse_formats, summary_tables, tidy, write_report
+from bench.report import (TableLayout, caption, cell_text, index_labels, parse_formats, summary_tables, tidy,
+                          write_report)
+from bench.report.render import factor_label
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,16 @@ def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored
                             {"attack": grid.attacks, "defense": grid.defenses, "arch": grid.archs})
     assert [t.group["arch"] for t in tables] == list(sr.ARCHS_)  # the grid's order, one table per arch
     table = tables[0]
-    assert list(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
+    # The attack is keyed by its name and its budget, two levels; the labels join them.
+    assert list(table.mean.index) == [("clean", ""), ("random_noise", "Linf 8/255"), ("ops", "L0 1 px")]
+    assert index_labels(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
     assert list(table.mean.columns) == ["none", "jpeg"]
-    text = table.text("**{}**")
+    text = cell_text(table, "**{}**")
     a, b = sr.accuracy("ops", "none", "resnet18", 0), sr.accuracy("ops", "none", "resnet18", 1)
-    assert text.at["ops (L0 1 px)", "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
+    assert text.at[("ops", "L0 1 px"), "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
     # Under jpeg the clean baseline has the lowest accuracy, yet random_noise (the lowest attack) is bold.
-    assert not text.at["clean", "jpeg"].startswith("**")
-    assert text.at["random_noise (Linf 8/255)", "jpeg"].startswith("**")
+    assert not text.at[("clean", ""), "jpeg"].startswith("**")
+    assert text.at[("random_noise", "Linf 8/255"), "jpeg"].startswith("**")
     assert table.best().to_numpy().sum() == 2
 
 
@@ -68,7 +72,7 @@ def test_any_pivot_the_user_names(stored):
     table = tables[0]
     assert list(table.mean.index) == list(sr.ARCHS_)
     expected = sr.BASE["random_noise", "none"] - sr.DEPTH["vgg11"] / 10 + 2  # best = last + 2 in the fixture
-    assert table.mean.at["vgg11", "random_noise (Linf 8/255)"] == pytest.approx(expected)
+    assert table.mean.at["vgg11", ("random_noise", "Linf 8/255")] == pytest.approx(expected)
 
 
 def test_bad_layout_format_and_query_name_the_option_and_the_choices(stored, tmp_path):
@@ -103,7 +107,7 @@ def test_caption_counts_seeds_only_where_a_cell_has_a_value():
     df = tidy_rows([("em", "", "a", d, s, 50.0 + s) for d in ("none", "jpeg") for s in (0, 1)]
                    + [("ops", "", "a", "none", s, 40.0 + s) for s in (0, 1)])  # ops under jpeg is missing
     (table,) = summary_tables(df)
-    assert table.text().at["ops", "jpeg"] == "–"
+    assert cell_text(table).at[("ops", ""), "jpeg"] == "–"
     assert "mean ± std over 2 seeds;" in caption(table, "test_acc_last", {})
 
 
@@ -126,7 +130,8 @@ def test_tables_grouped_by_attack_follow_the_grid_order():
     df = tidy_rows([(a, b, arch, "none", 0, 50.0) for a, b in (("em", "Linf 8/255"), ("ops", "L0 1 px"))
                     for arch in ("a", "b")])
     tables = summary_tables(df, layout=TableLayout(rows="arch", columns="defense"), orders={"attack": ["ops", "em"]})
-    assert [t.group["attack"] for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
+    assert [t.group["attack"] for t in tables] == [("ops", "L0 1 px"), ("em", "Linf 8/255")]
+    assert [factor_label("attack", t.group["attack"]) for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
 
 
 def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
