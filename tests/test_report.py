@@ -146,6 +146,35 @@ def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
     assert cited == in_bib == {"huang2021unlearnable", "wu2023onepixel", "liu2023image"}
 
 
+def test_a_report_on_plugins_no_longer_installed_renders_without_their_citations(stored, tmp_path, monkeypatch):
+    store, records, grid = stored
+    gone = {"ops": "gone_attack", "jpeg": "gone_defense"}
+    assert not set(gone.values()) & {*ATTACKS.names(), *DEFENSES.names()}
+    moved = [replace(r, spec={**r.spec, "attack": gone.get(r.attack, r.attack), "defense": gone.get(r.defense, r.defense)})
+             for r in records]
+    looked_up = []
+
+    def counted(kind, name):
+        looked_up.append((kind, name))
+        return citation(kind, name)
+
+    monkeypatch.setattr("bench.report.write.citation", counted)
+    report = write_report(moved, tmp_path / "r", "t", ["clean", "random_noise", "gone_attack"], ["none", "gone_defense"],
+                          arch_order=grid.archs, store=store)
+    # Each plugin's citation is looked up once for the whole report.
+    assert sorted(looked_up) == sorted({(kind, n) for r in moved if r.done for kind, n in (("attack", r.attack),
+                                                                                          ("defense", r.defense))})
+    assert "| gone_attack (L0 1 px) | " in report.markdown and "| attack | none | gone_defense |" in report.markdown
+    assert "| gone_attack (L0 1 px) / vgg11 |" in report.markdown  # the MI table
+    tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
+    assert "gone\\_attack ($\\ell_0$ 1 px) &" in tex and "& gone\\_defense \\\\" in tex  # shown, not cited
+    assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
+    assert set(re.findall(r"@\w+\{([^,]+),", bib)) == {"huang2021unlearnable"}  # neither wu2023onepixel nor liu2023image
+    for kind in ("heatmap", "curves", "gallery", "mi_depth", "mi_attacks", "mi_chain"):
+        assert report.paths[f"{kind}.png"].stat().st_size > 1000, kind
+    assert report.notes == ()
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
                     reason="pdflatex is not installed (.ci/run installs texlive-latex-base and -recommended)")
 def test_generated_latex_compiles_with_pdflatex(stored, tmp_path):
