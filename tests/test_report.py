@@ -15,7 +15,9 @@ from bench.citations import BIBTEX, Citation, citation, plugin_citation
 from bench.cli import main
 from bench.config import ConfigError
 from bench.registry import ATTACKS, DEFENSES
-from bench.report import TableLayout, caption, parse_formats, summary_tables, tidy, write_report
+from bench.report import (TableLayout, caption, cell_text, index_labels, parse_formats, summary_tables, tidy,
+                          write_report)
+from bench.report.render import factor_label
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,16 @@ def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored
                             {"attack": grid.attacks, "defense": grid.defenses, "arch": grid.archs})
     assert [t.group["arch"] for t in tables] == list(sr.ARCHS_)  # the grid's order, one table per arch
     table = tables[0]
-    assert list(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
+    # The attack is keyed by its name and its budget, two levels; the labels join them.
+    assert list(table.mean.index) == [("clean", ""), ("random_noise", "Linf 8/255"), ("ops", "L0 1 px")]
+    assert index_labels(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
     assert list(table.mean.columns) == ["none", "jpeg"]
-    text = table.text("**{}**")
+    text = cell_text(table, "**{}**")
     a, b = sr.accuracy("ops", "none", "resnet18", 0), sr.accuracy("ops", "none", "resnet18", 1)
-    assert text.at["ops (L0 1 px)", "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
+    assert text.at[("ops", "L0 1 px"), "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
     # Under jpeg the clean baseline has the lowest accuracy, yet random_noise (the lowest attack) is bold.
-    assert not text.at["clean", "jpeg"].startswith("**")
-    assert text.at["random_noise (Linf 8/255)", "jpeg"].startswith("**")
+    assert not text.at[("clean", ""), "jpeg"].startswith("**")
+    assert text.at[("random_noise", "Linf 8/255"), "jpeg"].startswith("**")
     assert table.best().to_numpy().sum() == 2
 
 
@@ -68,7 +72,7 @@ def test_any_pivot_the_user_names(stored):
     table = tables[0]
     assert list(table.mean.index) == list(sr.ARCHS_)
     expected = sr.BASE["random_noise", "none"] - sr.DEPTH["vgg11"] / 10 + 2  # best = last + 2 in the fixture
-    assert table.mean.at["vgg11", "random_noise (Linf 8/255)"] == pytest.approx(expected)
+    assert table.mean.at["vgg11", ("random_noise", "Linf 8/255")] == pytest.approx(expected)
 
 
 def test_bad_layout_format_and_query_name_the_option_and_the_choices(stored, tmp_path):
@@ -103,7 +107,7 @@ def test_caption_counts_seeds_only_where_a_cell_has_a_value():
     df = tidy_rows([("em", "", "a", d, s, 50.0 + s) for d in ("none", "jpeg") for s in (0, 1)]
                    + [("ops", "", "a", "none", s, 40.0 + s) for s in (0, 1)])  # ops under jpeg is missing
     (table,) = summary_tables(df)
-    assert table.text().at["ops", "jpeg"] == "–"
+    assert cell_text(table).at[("ops", ""), "jpeg"] == "–"
     assert "mean ± std over 2 seeds;" in caption(table, "test_acc_last", {})
 
 
@@ -115,11 +119,19 @@ def test_caption_names_each_budget_of_an_attack_in_its_table():
     assert "budgets: em Linf 8/255;" in caption(tables[1], "test_acc_last", {})
 
 
+def test_recipes_as_rows_or_columns_are_described_in_the_caption():
+    df = tidy_rows([("em", "Linf 8/255", "a", "none", 0, 50.0)])
+    for layout in (TableLayout(rows="recipe", columns="attack"), TableLayout(rows="attack", columns="recipe")):
+        (table,) = summary_tables(df, layout=layout)
+        assert "recipe r: 3 epochs of SGD;" in caption(table, "test_acc_last", {"r": "r: 3 epochs of SGD"})
+
+
 def test_tables_grouped_by_attack_follow_the_grid_order():
     df = tidy_rows([(a, b, arch, "none", 0, 50.0) for a, b in (("em", "Linf 8/255"), ("ops", "L0 1 px"))
                     for arch in ("a", "b")])
     tables = summary_tables(df, layout=TableLayout(rows="arch", columns="defense"), orders={"attack": ["ops", "em"]})
-    assert [t.group["attack"] for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
+    assert [t.group["attack"] for t in tables] == [("ops", "L0 1 px"), ("em", "Linf 8/255")]
+    assert [factor_label("attack", t.group["attack"]) for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
 
 
 def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
@@ -132,6 +144,35 @@ def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
     cited = {k for group in re.findall(r"\\cite\{([^}]*)\}", tex) for k in group.split(",")}
     in_bib = set(re.findall(r"@\w+\{([^,]+),", bib))
     assert cited == in_bib == {"huang2021unlearnable", "wu2023onepixel", "liu2023image"}
+
+
+def test_a_report_on_plugins_no_longer_installed_renders_without_their_citations(stored, tmp_path, monkeypatch):
+    store, records, grid = stored
+    gone = {"ops": "gone_attack", "jpeg": "gone_defense"}
+    assert not set(gone.values()) & {*ATTACKS.names(), *DEFENSES.names()}
+    moved = [replace(r, spec={**r.spec, "attack": gone.get(r.attack, r.attack), "defense": gone.get(r.defense, r.defense)})
+             for r in records]
+    looked_up = []
+
+    def counted(kind, name):
+        looked_up.append((kind, name))
+        return citation(kind, name)
+
+    monkeypatch.setattr("bench.report.write.citation", counted)
+    report = write_report(moved, tmp_path / "r", "t", ["clean", "random_noise", "gone_attack"], ["none", "gone_defense"],
+                          arch_order=grid.archs, store=store)
+    # Each plugin's citation is looked up once for the whole report.
+    assert sorted(looked_up) == sorted({(kind, n) for r in moved if r.done for kind, n in (("attack", r.attack),
+                                                                                          ("defense", r.defense))})
+    assert "| gone_attack (L0 1 px) | " in report.markdown and "| attack | none | gone_defense |" in report.markdown
+    assert "| gone_attack (L0 1 px) / vgg11 |" in report.markdown  # the MI table
+    tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
+    assert "gone\\_attack ($\\ell_0$ 1 px) &" in tex and "& gone\\_defense \\\\" in tex  # shown, not cited
+    assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
+    assert set(re.findall(r"@\w+\{([^,]+),", bib)) == {"huang2021unlearnable"}  # neither wu2023onepixel nor liu2023image
+    for kind in ("heatmap", "curves", "gallery", "mi_depth", "mi_attacks", "mi_chain"):
+        assert report.paths[f"{kind}.png"].stat().st_size > 1000, kind
+    assert report.notes == ()
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None,

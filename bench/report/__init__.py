@@ -1,0 +1,32 @@
+"""What goes into a paper, from stored records alone: tables, the MI analysis and figures.
+
+- A tidy CSV: one row per finished cell and metric (accuracies in %, MI in nats).
+- Tables (Markdown and booktabs LaTeX through pandas' Styler): attacks as rows and defenses as
+  columns by default (`TableLayout` names any other pivot), one table per value of the remaining
+  factors (dataset x architecture x recipe). A cell is the mean over seeds, +- std where there are
+  several; the lowest accuracy of each column (the strongest attack) is bold, the clean baseline
+  aside. The caption states the recipe, the budgets and the number of seeds; row and column labels
+  `\\cite{}` each plugin's paper and `<name>.bib` holds the entries.
+- Where records carry the MI analysis (`bench.mi`), a table of the MI-UE chain per attack and
+  architecture, and the estimators' error on correlated Gaussians at the same settings.
+- Figures (`bench.figures`): accuracy heatmap, training curves, a gallery of poisons (from the
+  store's poison cache and the dataset), and MI against depth.
+
+Three modules, one job each: `tables` (records -> tidy frame -> summary tables and the MI cells, as
+numbers; the attack keyed by its name and its budget), `render` (labels, captions, Markdown, LaTeX)
+and `write` (`write_report`: looks the citations up once, runs the MI calibration, draws the figures,
+writes the files).
+"""
+from bench.report.render import (MISSING, analysis_table, attack_label, caption, cell_text, index_labels, labelled,
+                                 recipe_description, to_latex, to_markdown)
+from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, SummaryTable,
+                                 TableLayout, analysis_cells, budget_label, histories_frame, mi_setup, recipe_label,
+                                 summary_tables, tidy)
+from bench.report.write import FORMATS, Report, gallery_images, parse_formats, write_report
+
+__all__ = [
+    "ANALYSIS_METRICS", "BASELINE_ATTACKS", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
+    "SummaryTable", "TableLayout", "analysis_cells", "analysis_table", "attack_label", "budget_label", "caption",
+    "cell_text", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
+    "recipe_description", "recipe_label", "summary_tables", "tidy", "to_latex", "to_markdown", "write_report",
+]

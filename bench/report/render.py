@@ -1,0 +1,215 @@
+"""The report as text: labels, captions, Markdown and booktabs LaTeX (through pandas' Styler).
+
+Every label a reader sees is made here: an attack and its budget, two keys in `bench.report.tables`,
+become `em (Linf 8/255)`; a mean and std over seeds `52.10 ± 1.41`; in LaTeX the budget becomes
+`$\\ell_\\infty$ 8/255` and a plugin's label carries its `\\cite{}`. Functions of the tables and of what
+the caller looked up once (recipe descriptions, citations): no file, no registry.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterable
+
+import pandas as pd
+
+from bench.report.tables import BASELINE_ATTACKS, SummaryTable
+
+MISSING = "–"
+METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
+                "train_acc": "training accuracy (%, last epoch)"}
+MI_CAPTION = ("Mutual information I(Z_clean; Z_poisoned) between the trained model's penultimate features of the "
+              "clean and the poisoned version of the same training images (bench.mi; nats), the mean per-class "
+              "conditional covariance of poisoned features over their total covariance, and their mean intra-class "
+              "cosine similarity; mean ± std over seeds.")
+
+
+# --- labels --------------------------------------------------------------------------------------
+def attack_label(attack: str, budget: str) -> str:
+    return f"{attack} ({budget})" if budget else attack
+
+
+def factor_label(factor: str, key) -> str:
+    """A factor's key as text: the attack's (attack, budget) as 'em (Linf 8/255)', any other as itself."""
+    return attack_label(*key) if factor == "attack" else str(key)
+
+
+def index_labels(index: pd.Index) -> list[str]:
+    """The labels of a table's index or columns (named by their factor; the attack's two levels by 'attack')."""
+    return [factor_label(index.names[0], key) for key in index]
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its index and columns as labels, for Markdown and the heatmap."""
+    out = frame.copy()
+    out.index, out.columns = index_labels(frame.index), index_labels(frame.columns)
+    return out
+
+
+def group_title(table: SummaryTable) -> str:
+    return ", ".join(factor_label(factor, key) for factor, key in table.group.items())
+
+
+def mean_std(mean, std, digits: int = 2):
+    """Per element of two Series or DataFrames: 'mean ± std' where std is known (several seeds), 'mean'
+    where it is NaN (one seed), MISSING where there is no mean."""
+    number = f"{{:.{digits}f}}".format
+    text = mean.map(number).where(std.isna(), mean.map(number) + " ± " + std.map(number))
+    return text.where(mean.notna(), MISSING)
+
+
+def cell_text(table: SummaryTable, bold: str = "{}") -> pd.DataFrame:
+    """'mean' or 'mean ± std' per cell of `table`, the best of each column wrapped in `bold`."""
+    text = mean_std(table.mean, table.std)
+    return text.where(~table.best(), text.map(bold.format))
+
+
+# --- captions ------------------------------------------------------------------------------------
+def recipe_description(spec: dict) -> str:
+    """The recipe in words, for captions: 'cpu_smoke*: 8 epochs of SGD (lr 0.05, ...)'."""
+    r = spec["recipe"]
+    schedule = r["schedule"] + (f" x{r['gamma']:g} at {', '.join(f'{m:g}' for m in r['milestones'])} of training"
+                                if r["schedule"] == "multistep" else "")
+    clip = f", gradient clipping {r['grad_clip']:g}" if r.get("grad_clip") else ""
+    return (f"{spec['recipe_name']}: {r['epochs']} epochs of SGD (lr {r['lr']:g}, momentum {r['momentum']:g}, "
+            f"weight decay {r['weight_decay']:g}, batch {r['batch_size']}, {schedule} schedule{clip})")
+
+
+def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
+    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold means.
+
+    `recipes` maps a recipe label (tidy's `recipe` column) to its description in words.
+    """
+    group = ", ".join(f"{f} {factor_label(f, key)}" for f, key in table.group.items() if f != "recipe")
+    lo, hi = table.seed_counts()
+    seeds = "one seed" if hi == 1 else f"mean ± std over {lo} seeds" if lo == hi else f"mean ± std over {lo}-{hi} seeds"
+    recipe_text = "; ".join(recipes[r] for r in table.keys("recipe") if r in recipes)
+    budget_text = ", ".join(f"{a} {' and '.join(b for b in budgets if b)}" for a, budgets in table.budgets.items()
+                            if any(budgets))
+    has_baseline_row = table.layout.rows == "attack" and bool(set(table.budgets) & set(BASELINE_ATTACKS))
+    aside = " (clean baseline aside)" if has_baseline_row else ""
+    parts = [METRIC_WORDS[metric].capitalize() + (f", {group}" if group else ""),
+             f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
+             seeds, f"lowest per column in bold{aside}"]
+    return "; ".join(p for p in parts if p) + "."
+
+
+# --- Markdown and LaTeX --------------------------------------------------------------------------
+def to_markdown(frame: pd.DataFrame, corner: str = "") -> str:
+    header = [corner] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(frame.columns)) + "|"]
+    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(frame.index, frame.astype(object).to_numpy())]
+    return "\n".join(lines)
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_NORMS = {"Linf": r"$\ell_\infty$", "L2": r"$\ell_2$", "L0": r"$\ell_0$"}
+
+
+def latex_text(text: str) -> str:
+    """Plain text as LaTeX: specials escaped, ± and budgets as math, the en dash as --."""
+    out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+    out = re.sub(r"\b(Linf|L2|L0) ", lambda m: _NORMS[m.group(1)] + " ", out)
+    return out.replace("±", r"$\pm$").replace(MISSING, "--")
+
+
+def cited_labels(index: pd.Index, citations: dict) -> list[str]:
+    """Each label of `index` as LaTeX, a plugin's `~\\cite{}` after it; `citations` maps (factor, plugin
+    name) -> Citation, and a name it lacks (no paper, not installed) is not cited."""
+    factor = index.names[0]
+    out = []
+    for label, name in zip(index_labels(index), index.get_level_values(factor)):
+        found = citations.get((factor, name))
+        out.append(latex_text(label) + (f"~\\cite{{{','.join(found.keys)}}}" if found and found.keys else ""))
+    return out
+
+
+def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict) -> str:
+    """booktabs LaTeX of `table`, each plugin cited after its row or column label (`cited_labels`)."""
+    body = cell_text(table).map(latex_text)
+    body = body.where(~table.best(), r"\textbf{" + body + "}")
+    body.index, body.columns = cited_labels(table.mean.index, citations), cited_labels(table.mean.columns, citations)
+    return _booktabs(body, caption_text, label)
+
+
+def frame_to_latex(frame: pd.DataFrame, caption_text: str, label: str) -> str:
+    """A plain table (no bold, no citations) in the same booktabs style."""
+    body = frame.astype(str).map(latex_text)
+    body.index = [latex_text(i) for i in body.index]
+    body.columns = [latex_text(c) for c in body.columns]
+    return _booktabs(body, caption_text, label)
+
+
+def _booktabs(body: pd.DataFrame, caption_text: str, label: str) -> str:
+    """Every table's LaTeX (`body` already LaTeX): booktabs rules, caption and label, floated at the top,
+    labels left, numbers right."""
+    return body.style.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
+                               position_float="centering", column_format="l" + "r" * len(body.columns))
+
+
+def table_sections(tables: list[SummaryTable], metric: str, recipes: dict[str, str], citations: dict,
+                   name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and LaTeX tables of `metric`, one per summary table."""
+    md, tex = [], []
+    for i, table in enumerate(tables):
+        text = caption(table, metric, recipes)
+        shown = labelled(cell_text(table, "**{}**"))
+        md += [f"### {group_title(table)}", "", text, "", to_markdown(shown, table.layout.rows), ""]
+        tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
+    return md or ["No finished cells yet.\n"], tex
+
+
+# --- the MI analysis -----------------------------------------------------------------------------
+def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """The MI-UE chain per (attack, arch) of `tables.analysis_cells`: accuracy, the MI estimates, covariance
+    and cosine, as text."""
+    columns = {"test_acc_last": ("test acc. (%)", 2), "mi_cca": ("MI CCA (nats)", 3),
+               "mi_gaussian": ("MI Gaussian (nats)", 3), "mi_ksg": ("MI KSG (nats)", 3),
+               "cond_cov_ratio": ("cond. cov. ratio", 3), "intra_class_cosine": ("intra-class cosine", 3)}
+    columns = {metric: spec for metric, spec in columns.items() if cells[metric].notna().any()}
+    # Rows name the attack and arch, and each other factor that varies (the smoke grid's defenses).
+    varying = [f for f in ("defense", "dataset", "recipe") if cells[f].nunique() > 1]
+    labels = [" / ".join([attack_label(row.attack, row.budget), row.arch, *(str(getattr(row, f)) for f in varying)])
+              for row in cells.itertuples()]
+    if "mi_setup" in cells and cells.mi_setup.nunique() > 1:  # records measured differently: say which is which
+        numbers = {setup: i + 1 for i, setup in enumerate(dict.fromkeys(cells.mi_setup))}
+        labels = [f"{label} / setup {numbers[setup]}" for label, setup in zip(labels, cells.mi_setup)]
+    index = pd.Index(labels, name=" / ".join(["attack", "arch", *varying]))
+    return pd.DataFrame({title: mean_std(cells[metric], cells[f"{metric}_std"], digits).to_numpy()
+                         for metric, (title, digits) in columns.items()}, index=index)
+
+
+def setup_differences(setups: Iterable[str]) -> str:
+    """'n_images 200.0 / 400.0, layer None / features': the fields where MI setups (`tables.mi_setup`) disagree."""
+    parsed = [json.loads(s) for s in dict.fromkeys(setups)]
+    differing = [k for k in parsed[0] if len({json.dumps(p.get(k)) for p in parsed}) > 1]
+    return ", ".join(f"{k} {' / '.join(str(p.get(k)) for p in parsed)}" for k in differing)
+
+
+def calibration_summary(table: pd.DataFrame) -> str:
+    def worst(part: pd.DataFrame) -> str:
+        return (f"largest |error| {abs(part.error).max():.3f} nats "
+                f"({100 * (abs(part.error) / part['true']).max():.0f}% of the true MI)")
+
+    isotropic = table[table.case == "isotropic"]
+    errors = ", ".join(f"{name}: {worst(part)}" for name, part in isotropic.groupby("estimator", sort=False))
+    text = f"Estimator error on correlated Gaussians with known MI ({errors})."
+    hidden = table[table.case != "isotropic"]
+    if not hidden.empty:
+        truth = hidden["true"].iloc[0]
+        found = ", ".join(f"{row.estimator} {row.estimate:.2f}" for row in hidden.itertuples())
+        text += f" With {hidden.case.iloc[0]} (true MI {truth:.2f} nats): {found}."
+    return text
+
+
+def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with the estimators'
+    calibration at the records' settings."""
+    if cells.empty:
+        return [], []
+    table = analysis_table(cells)
+    md = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, "", to_markdown(table, table.index.name), "",
+          calibration_summary(calibration), "",
+          to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
+    return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]

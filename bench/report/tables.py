@@ -1,0 +1,255 @@
+"""The report's numbers: records -> a tidy frame -> summary tables and the MI analysis, as DataFrames.
+
+Functions of the records and of frames only: no file, no plugin registry, and no text beyond the
+values tidy's columns hold (`cifar10 (400)`, `cpu_smoke*, 2 ep`, `Linf 8/255`, which the CSV carries
+as they are) and the training curves' legend and title, which join them. The attack is keyed by
+two columns, its name and its budget: a table with attacks as rows (or columns) has the two-level
+index (attack, budget), and a table of one attack keys its group by the pair. `bench.report.render`
+joins them into labels such as `em (Linf 8/255)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from operator import itemgetter
+from typing import Callable, Iterable, Mapping
+
+import pandas as pd
+
+from bench.records import CellResult
+
+METRICS = ("test_acc_last", "test_acc_best", "train_acc")
+ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit
+    "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
+    "intra_class_cosine": "",
+}
+MI_METRICS = tuple(m for m in ANALYSIS_METRICS if m.startswith("mi_"))  # bench.mi's estimates, the default first
+FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
+BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
+
+
+def budget_label(norm: str, budget: float) -> str:
+    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0."""
+    if budget == 0:
+        return ""
+    if norm == "l0":
+        return f"L0 {budget:g} px"
+    if norm == "linf":
+        frac = Fraction(budget).limit_denominator(255)
+        if frac.denominator == 255 and math.isclose(float(frac), budget, rel_tol=1e-6):
+            return f"Linf {frac.numerator}/255"
+    return f"{'Linf' if norm == 'linf' else 'L2'} {budget:.2f}"
+
+
+def recipe_label(spec: dict) -> str:
+    return f"{spec['recipe_name']}, {spec['recipe']['epochs']} ep"
+
+
+def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
+    """One row per finished cell and metric: accuracies in %, the MI analysis in its own units."""
+    rows = []
+    for r in records:
+        if not r.done:
+            continue
+        spec, poison = r.spec, r.poison or {}
+        train_size = spec["data"].get("train_size")
+        base = {
+            "cell_id": r.cell_id, "grid": r.grid,
+            "dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""),
+            "arch": spec["arch"], "recipe": recipe_label(spec),
+            "attack": spec["attack"], "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)),
+            "defense": spec["defense"], "seed": spec["seed"],
+        }
+        for metric in METRICS:
+            rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%"})
+        for metric, value in (r.analysis or {}).items():
+            if metric in ANALYSIS_METRICS:
+                rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric]})
+    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Which factor runs down the rows and which across the columns; one table per value of the rest."""
+
+    rows: str = "attack"
+    columns: str = "defense"
+
+    def __post_init__(self):
+        for name in ("rows", "columns"):
+            if getattr(self, name) not in FACTORS:
+                raise ValueError(f"--{name}: {getattr(self, name)!r} is not a factor; allowed: {', '.join(FACTORS)}")
+        if self.rows == self.columns:
+            raise ValueError(f"--rows and --columns must differ, both are {self.rows!r}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(f for f in FACTORS if f not in (self.rows, self.columns))
+
+
+def key_columns(factor: str) -> list[str]:
+    """The tidy columns that key a factor's values: the attack by its name and budget, any other by itself."""
+    return ["attack", "budget"] if factor == "attack" else [factor]
+
+
+def factor_key(values: Mapping, factor: str):
+    """The key of `factor` in `values` (tidy column -> value): its value, the attack's (attack, budget)."""
+    columns = key_columns(factor)
+    return tuple(values[c] for c in columns) if len(columns) > 1 else values[factor]
+
+
+def _rank(order, value: str) -> int:
+    order = list(order or [])
+    return order.index(value) if value in order else len(order)
+
+
+def ordered(values: Iterable, order: Iterable[str] | None, name: Callable = lambda value: value) -> list:
+    """The distinct `values` in `order` (grid order) of their plugin `name`, then sorted."""
+    return sorted(dict.fromkeys(values), key=lambda value: (_rank(order, name(value)), value))
+
+
+def positions(column: pd.Series, order: Iterable[str] | None) -> pd.Series:
+    """Each value's position in `ordered(column, order)`: a `sort_values` key for grid order."""
+    return column.map({value: i for i, value in enumerate(ordered(column, order))})
+
+
+def factor_index(frame: pd.DataFrame, factor: str, order: Iterable[str] | None) -> pd.Index:
+    """The distinct keys of `factor` in `frame`, in grid `order` of their name, then sorted; the attack's as
+    the two-level index (attack, budget)."""
+    columns = key_columns(factor)
+    keys = ordered(zip(*(frame[c] for c in columns)), order, itemgetter(0))
+    if len(columns) > 1:
+        return pd.MultiIndex.from_tuples(keys, names=columns)
+    return pd.Index([key for key, in keys], name=factor)
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """One table: mean, std and number of seeds per (row, column), for one value of the group factors.
+
+    A factor's key is its value, the attack's the pair (attack, budget): `mean`'s index or columns are
+    the two-level index (attack, budget) where the attack is the rows or columns.
+    """
+
+    layout: TableLayout
+    group: dict  # group factor -> its key in this table ((attack, budget) for the attack)
+    mean: pd.DataFrame  # layout.rows x layout.columns, NaN where no record has the cell
+    std: pd.DataFrame  # sample std over seeds, NaN for one seed
+    seeds: pd.DataFrame  # 0 where no record has the cell
+    budgets: dict = field(default_factory=dict)  # attack (grid order) -> its budgets in this table, record order
+
+    def keys(self, factor: str) -> list:
+        """The keys of `factor` in this table: its rows, its columns, or its one group value."""
+        if factor == self.layout.rows:
+            return list(self.mean.index)
+        if factor == self.layout.columns:
+            return list(self.mean.columns)
+        return [self.group[factor]]
+
+    def best(self) -> pd.DataFrame:
+        """True where a cell has the lowest mean of its column (at the two decimals shown), baseline rows aside."""
+        contenders = self.mean
+        if self.layout.rows == "attack":
+            contenders = self.mean[~self.mean.index.get_level_values("attack").isin(BASELINE_ATTACKS)]
+        bold = self.mean.round(2).eq(contenders.min().round(2), axis="columns")
+        bold.loc[~bold.index.isin(contenders.index)] = False
+        return bold
+
+    def seed_counts(self) -> tuple[int, int]:
+        """Fewest and most seeds of a cell that has a value."""
+        counts = self.seeds.to_numpy()
+        counts = counts[counts > 0]
+        return int(counts.min()), int(counts.max())
+
+
+def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: TableLayout = TableLayout(),
+                   orders: dict | None = None) -> list[SummaryTable]:
+    """The tables of `metric` under `layout`; `orders` maps a factor to its preferred order (grid order)."""
+    orders = orders or {}
+    sub = df[df.metric == metric]
+    if sub.empty:
+        return []
+    rows, columns = key_columns(layout.rows), key_columns(layout.columns)
+    group_columns = [c for g in layout.groups for c in key_columns(g)]
+    tables = []
+    for values, part in sub.groupby(group_columns, sort=False):
+        group = {g: factor_key(dict(zip(group_columns, values)), g) for g in layout.groups}
+        stats = part.groupby(rows + columns)["value"].agg(["mean", "std", "count"])
+        index, header = (factor_index(part, f, orders.get(f)) for f in (layout.rows, layout.columns))
+        mean, std, count = (stats[s].unstack(columns).reindex(index=index, columns=header)
+                            for s in ("mean", "std", "count"))
+        budgets = {a: tuple(dict.fromkeys(part.budget[part.attack == a]))
+                   for a in ordered(part.attack, orders.get("attack"))}
+        tables.append(SummaryTable(layout, group, mean, std, count.fillna(0).astype(int), budgets))
+    group_keys = {g: list(factor_index(sub, g, orders.get(g))) for g in layout.groups}
+    return sorted(tables, key=lambda t: tuple(group_keys[g].index(t.group[g]) for g in layout.groups))
+
+
+# --- the MI analysis -----------------------------------------------------------------------------
+def mi_setup(record: CellResult) -> str:
+    """What a record's MI was measured on and how (bench.mi.SETUP_KEYS), as one comparable string;
+    a key the record lacks (written before it existed) reads `None`."""
+    from bench.mi import SETUP_KEYS  # here, not at the top: bench.mi loads torch and scipy
+
+    analysis = record.analysis or {}
+    return json.dumps({key: analysis.get(key) for key in SETUP_KEYS}, sort_keys=True)
+
+
+def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per (dataset, recipe, defense, attack, budget, arch, MI setup) with MI: mean and `<metric>_std` over
+    seeds of accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid)
+    order. `setups` maps a cell id to its `mi_setup` (records measured differently stay apart)."""
+    wanted = ["test_acc_last", *ANALYSIS_METRICS]
+    sub = df[df.metric.isin(wanted)].copy()
+    sub = sub[sub.cell_id.isin(sub[sub.metric.isin(MI_METRICS)].cell_id)]
+    if sub.empty:
+        return pd.DataFrame()
+    setups = setups or {}
+    sub["mi_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
+    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "mi_setup"]
+    stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
+    cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
+    cells = cells.rename_axis(columns=None).reset_index()
+    orders = orders or {}
+    return cells.sort_values(keys, ignore_index=True, key=lambda column: positions(column, orders.get(column.name))
+                             if column.name in ("attack", "arch", "defense") else column)
+
+
+# --- training curves -----------------------------------------------------------------------------
+def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
+    """Test accuracy per epoch (%) of the cells `query` selects (a pandas query over tidy's columns), and a title.
+
+    Default: every attack under the first defense, on the first architecture, dataset, recipe and seed.
+    """
+    cells = df.drop_duplicates("cell_id").drop(columns=["metric", "value", "unit"])
+    if cells.empty:
+        return pd.DataFrame(), ""
+    if query:
+        try:
+            chosen = cells.query(query)
+        except Exception as err:  # pandas raises many kinds for a bad expression
+            raise ValueError(f"--curves: cannot evaluate {query!r} over the columns "
+                             f"{', '.join(cells.columns)} ({type(err).__name__}: {err})") from None
+    else:
+        chosen = cells
+        for factor in ("defense", "arch", "dataset", "recipe"):
+            first = ordered(chosen[factor], orders.get(factor))[0]
+            chosen = chosen[chosen[factor] == first]
+        chosen = chosen[chosen.seed == chosen.seed.min()]
+    if chosen.empty:
+        return pd.DataFrame(), ""
+    factors = ("attack", "defense", "arch", "dataset", "recipe", "seed")
+    varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
+    title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying)
+    by_id = {r.cell_id: r for r in records}
+    rows = []
+    in_grid_order = chosen.sort_values("attack", kind="stable", key=lambda c: positions(c, orders.get("attack")))
+    for cell in in_grid_order.itertuples():
+        label = " / ".join(str(getattr(cell, f)) for f in varying)
+        for h in by_id[cell.cell_id].history or []:
+            if "test_acc" in h:
+                rows.append({"label": label, "attack": cell.attack, "epoch": h["epoch"], "test_acc": 100 * h["test_acc"]})
+    return pd.DataFrame(rows, columns=["label", "attack", "epoch", "test_acc"]), title

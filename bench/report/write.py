@@ -1,0 +1,206 @@
+"""Write a report: the tables (`tables`), their text (`render`) and the figures (`bench.figures`) as files.
+
+The one module of the report that reads or looks anything up: the records it is given, the store's
+poison cache and the dataset (for the gallery), and each plugin's citation, once per report.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.citations import Citation, bibliography, citation
+from bench.config import ConfigError, comma_choices
+from bench.records import CellResult
+from bench.report import render
+from bench.report.tables import (METRICS, TableLayout, analysis_cells, histories_frame, mi_setup, ordered, recipe_label,
+                                 summary_tables, tidy)
+
+log = logging.getLogger("bench")
+
+FORMATS = ("latex", "csv", "md", "fig")
+GALLERY_IMAGES = 4  # images per attack in the gallery: the first image of each of the first classes
+
+
+def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
+    """'latex,csv' -> ('latex', 'csv'); an unknown name is an error that lists the allowed ones."""
+    return comma_choices(text, FORMATS, "--format", "format")
+
+
+@dataclass(frozen=True)
+class Report:
+    paths: dict  # kind -> Path of every file written
+    markdown: str
+    notes: tuple[str, ...]  # what was skipped and why
+
+
+def plugin_citations(df: pd.DataFrame) -> dict[tuple[str, str], Citation]:
+    """(kind, name) -> Citation of every attack and defense in the tidy frame, looked up in the installed
+    plugins; a plugin that is no longer installed is not cited."""
+    return {(kind, name): citation(kind, name) for kind in ("attack", "defense") for name in df[kind].unique()}
+
+
+def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
+    """bench.mi's estimators on correlated Gaussians at the settings (of the first record with MI) and the
+    smallest sample size the records used.
+
+    A simulation at the records' settings, not a function of their values, so it is run here rather than
+    among the tables.
+    """
+    from bench.mi import MISettings, calibration  # here, not at the top: bench.mi loads torch and scipy
+
+    analyses = [r.analysis for r in records if r.done and r.analysis]
+    if not analyses:
+        return pd.DataFrame()
+    settings = MISettings(**{f.name: int(analyses[0][f.name]) for f in fields(MISettings) if f.name in analyses[0]})
+    n = int(min(a["n_images"] for a in analyses))
+    return calibration(settings.estimators(), n=n, dims=sorted({1, settings.ksg_dims, settings.gaussian_dims}))
+
+
+def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack_order=None, defense_order=None,
+                 metric: str = "test_acc_last", *, formats: Iterable[str] = FORMATS, layout: TableLayout = TableLayout(),
+                 arch_order=None, store=None, curves: str | None = None) -> Report:
+    """Write the report of `records` into `out_dir` as <name>.csv/.md/.tex/.bib and <name>_figures/.
+
+    `formats` is any subset of FORMATS; `store` (a bench.store.Store) lets the gallery read poisons;
+    `curves` is a pandas query choosing the cells whose training curves are drawn.
+    """
+    formats = parse_formats(formats)
+    if metric not in METRICS:
+        raise ValueError(f"--metric: {metric!r} is not a metric; allowed: {', '.join(METRICS)}")
+    records = list(records)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = tidy(records)
+    orders = {"attack": list(attack_order or []), "defense": list(defense_order or []), "arch": list(arch_order or [])}
+    done = [r for r in records if r.done]
+    recipes = {recipe_label(r.spec): render.recipe_description(r.spec) for r in done}
+    citations = plugin_citations(df)
+
+    md, tex = render.table_sections(summary_tables(df, metric, layout, orders), metric, recipes, citations, name)
+    cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
+    calibration = estimator_calibration(done) if not cells.empty else pd.DataFrame()
+    mi_md, mi_tex = render.mi_section(cells, calibration, name)
+    md += mi_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex]
+
+    paths: dict[str, Path] = {}
+    notes: list[str] = []
+    if "fig" in formats:
+        fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells)
+        paths.update(fig_paths)
+        notes += fig_notes
+        md += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in fig_paths.values()
+               if path.suffix == ".png"]
+    md += [f"- {note}" for note in notes]
+    markdown = "\n".join(md).rstrip() + "\n"
+
+    if "csv" in formats:
+        paths["csv"] = out_dir / f"{name}.csv"
+        df.to_csv(paths["csv"], index=False)
+        if not calibration.empty:
+            paths["mi_calibration"] = out_dir / f"{name}_mi_calibration.csv"
+            calibration.to_csv(paths["mi_calibration"], index=False)
+    if "md" in formats:
+        paths["md"] = out_dir / f"{name}.md"
+        paths["md"].write_text(markdown)
+    if "latex" in formats:
+        paths["tex"], paths["bib"] = out_dir / f"{name}.tex", out_dir / f"{name}.bib"
+        paths["tex"].write_text("\n".join(tex))
+        paths["bib"].write_text(bibliography(citations.values()))
+    for note in notes:
+        log.warning(note)
+    return Report(paths, markdown, tuple(notes))
+
+
+def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
+                  cells: pd.DataFrame) -> tuple[dict[str, Path], list[str]]:
+    """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
+    from bench import figures  # here, not at the top: matplotlib loads only for reports that draw
+
+    paths: dict[str, Path] = {}
+    notes: list[str] = []
+    style = figures.AttackStyle(tuple(ordered(df.attack, orders.get("attack"))))
+
+    def emit(kind: str, fig) -> None:
+        for path in figures.save(fig, folder / kind):
+            paths[f"{kind}{path.suffix}"] = path
+
+    heat = {render.group_title(t): render.labelled(t.mean)
+            for t in summary_tables(df, "test_acc_last", TableLayout(), orders)}
+    if heat:
+        emit("heatmap", figures.accuracy_heatmap(heat))
+    histories, title = histories_frame(records, df, curves, orders)
+    if not histories.empty:
+        emit("curves", figures.training_curves(histories, style, title))
+    elif curves:
+        notes.append(f"curves: no cell with a training history matches {curves!r}")
+    clean, poisoned, gallery_notes = gallery_images(records, store, orders.get("attack"))
+    notes += gallery_notes
+    if poisoned:
+        emit("gallery", figures.gallery(clean, poisoned))
+    if not cells.empty:
+        parts = list(cells.groupby(["dataset", "recipe", "defense"], sort=False))
+        for key, part in parts:
+            suffix = "" if len(parts) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
+            if part.mi_setup.nunique() > 1:
+                notes.append(f"MI figures for {', '.join(key)}: not drawn, the records measured MI differently "
+                             f"({render.setup_differences(part.mi_setup)}); run them again with one setting")
+                continue
+            title = ", ".join([*key[:2], f"defense {key[2]}"])
+            if part.arch.nunique() > 1:
+                emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style, title))
+            emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style, title))
+            emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
+    return paths, notes
+
+
+def gallery_images(records: list[CellResult], store, attack_order) -> tuple[object, dict, list[str]]:
+    """(clean images, attack -> poisoned images, notes) for the gallery, or notes saying why not.
+
+    Poisons come from the store's cache (`record.poison["key"]`), clean images from the dataset
+    named in the record's spec (offline where BENCH_CIFAR10 or an .npz path is given).
+    """
+    from bench.data import DataSpec, DataUnavailable, load_dataset  # here, not at the top: bench.data loads torch
+
+    if store is None:
+        return None, {}, ["gallery: skipped, no results store given"]
+    first_of: dict[str, CellResult] = {}  # attack -> its first finished record with a cached, non-zero poison
+    for r in records:
+        poison = r.poison or {}
+        if r.done and poison.get("budget", 0) > 0 and poison.get("key"):
+            first_of.setdefault(r.attack, r)
+    if not first_of:
+        return None, {}, ["gallery: skipped, no record of a perturbing attack with a cached poison key"]
+    data_spec = next(iter(first_of.values())).spec["data"]
+    try:
+        train = load_dataset(DataSpec(**data_spec)).train
+    except (DataUnavailable, ConfigError, OSError) as err:
+        return None, {}, [f"gallery: skipped, the clean images of {data_spec['name']} are not available ({err})"]
+    labels = train.labels.numpy()
+    index = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:GALLERY_IMAGES]]
+
+    def to_hwc(images) -> np.ndarray:  # the gallery's images of an (N, C, H, W) set, as matplotlib wants them
+        return np.ascontiguousarray(np.asarray(images)[index].transpose(0, 2, 3, 1))
+
+    clean, poisoned, notes = to_hwc(train.images.numpy()), {}, []
+    for attack in ordered(first_of, attack_order):
+        record = first_of[attack]
+        if record.spec["data"] != data_spec:
+            notes.append(f"gallery: {attack} left out, its records use other data than {data_spec['name']}")
+            continue
+        cached = store.load_poison(record.poison["key"])
+        if cached is None:
+            notes.append(f"gallery: {attack} left out, its poison {record.poison['key']} is not in the cache "
+                         f"({store.poisons_dir})")
+            continue
+        if cached[0].shape != tuple(train.images.shape):
+            notes.append(f"gallery: {attack} left out, its poison has shape {cached[0].shape}, the data {tuple(train.images.shape)}")
+            continue
+        poisoned[attack] = to_hwc(cached[0])
+    return clean, poisoned, notes
