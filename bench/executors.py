@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from bench.config import ConfigError, require
 from bench.environment import provenance
-from bench.grid import CellSpec, Grid
+from bench.cell import CellSpec
+from bench.grid import Grid
 from bench.plan import CellState, poisons_to_generate
 from bench.records import CellResult
 from bench.runner import CellWorker, preflight

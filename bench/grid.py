@@ -31,80 +31,23 @@ import itertools
 import logging
 import tomllib
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
-from bench.registry import ARCHS, ATTACKS, REGISTRIES, create_defense, defense_parts
-from bench.store import canonical_hash
+from bench.registry import ARCHS, REGISTRIES, defense_parts
 from bench.train import RECIPES, Recipe, make_recipe
+from defenses.base import create_defense
 
 log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
 ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
 PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
-
-
-def cell_label(attack: str, defense: str, arch: str, seed: int) -> str:
-    """How people name a cell: `em / jpeg / resnet18 / seed 0`."""
-    return f"{attack} / {defense} / {arch} / seed {seed}"
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One training run: data x attack x defense x architecture x recipe x seed.
-
-    Plugin configs are kept as the plain dicts of their checked dataclasses (`as_dict`): the form the
-    cell id hashes, the record stores and worker processes receive. The worker builds each plugin
-    from that dict again (`ATTACKS.create`), which runs the config's checks a second time, on
-    purpose: the grid is checked on load so a bad value fails before any work, and what runs is
-    built from exactly the dict that was hashed and recorded. The second check costs microseconds.
-    """
-
-    data: DataSpec
-    attack: str
-    attack_config: dict
-    defense: str
-    defense_config: dict
-    arch: str
-    arch_config: dict
-    recipe: Recipe
-    recipe_name: str
-    seed: int
-    analysis: tuple[str, ...] = ()  # measurements beyond accuracy, from ANALYSES
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["recipe"] = as_dict(self.recipe)
-        # Without an analysis the key is left out, so cells (and records) from before it keep their ids.
-        if not self.analysis:
-            del d["analysis"]
-        else:
-            d["analysis"] = list(self.analysis)
-        return d
-
-    @property
-    def cell_id(self) -> str:
-        return canonical_hash(self.to_dict())
-
-    @property
-    def label(self) -> str:
-        return cell_label(self.attack, self.defense, self.arch, self.seed)
-
-    @property
-    def cacheable(self) -> bool:
-        """Whether the attack's poison may be stored and reused: `Attack.cacheable`."""
-        return ATTACKS.get(self.attack).cacheable
-
-    @property
-    def poison_key(self) -> str:
-        """One poison serves every defense, architecture and recipe of the same attack and seed."""
-        return canonical_hash({"data": asdict(self.data), "attack": self.attack,
-                               "attack_config": self.attack_config, "seed": self.seed})
 
 
 @dataclass(frozen=True)

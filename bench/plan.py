@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from bench.grid import CellSpec, Grid, cell_label
+from bench.cell import CellSpec, cell_label
+from bench.grid import Grid
 from bench.records import CellResult
 from bench.store import Store, canonical_hash
 

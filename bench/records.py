@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from bench.grid import CellSpec
+    from bench.cell import CellSpec
 
 STATUSES = ("done", "failed")
 METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")

@@ -158,20 +158,3 @@ def defense_parts(name: str) -> list[str]:
     """The registered names a defense name is made of: `jpeg+cutout` -> ['jpeg', 'cutout']."""
     return name.split(COMPOSE)
 
-
-def create_defense(name: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-    """A defense from its name; `a+b` builds a ComposedDefense of the registered `a` and `b`.
-
-    `config` holds the overrides of a single defense, or for a composed name one table of
-    overrides per part (`{"cutout": {"size": 8}}`), so plain names keep their config and cell ids.
-    """
-    parts = defense_parts(name)
-    if len(parts) == 1:
-        return DEFENSES.create(name, config, **kwargs)
-    from defenses.base import ComposedDefense  # the defenses package imports this module
-
-    config = dict(config or {})
-    unknown = sorted(set(config) - set(parts))
-    if unknown:
-        raise ConfigError(f"defense {name}: config for {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
-    return ComposedDefense([DEFENSES.create(part, config.get(part), **kwargs) for part in parts])

@@ -24,10 +24,11 @@ import torch
 from bench.context import RunContext
 from bench.data import DataSpec, Dataset, load_dataset
 from bench.environment import provenance
-from bench.grid import CellSpec
+from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.records import CellResult
-from bench.registry import ARCHS, ATTACKS, create_defense
+from bench.registry import ARCHS, ATTACKS
+from defenses.base import create_defense
 from bench.store import Store, canonical_hash
 from bench.train import Recipe, TrainingDiverged, train_model
 from methods.base import BudgetError, Poison, check_budget

@@ -10,12 +10,13 @@ The identity at every point is the default, so a defense overrides only where it
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
 from bench.config import ConfigError
 from bench.plugin import Plugin
+from bench.registry import DEFENSES, defense_parts
 
 POINTS = ("prepare", "prepare_test", "augment", "adversary")
 
@@ -101,3 +102,19 @@ class ComposedDefense(Defense):
 
     def __repr__(self) -> str:
         return "ComposedDefense(" + ", ".join(map(repr, self.parts)) + ")"
+
+
+def create_defense(name: str, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Defense:
+    """A defense from its name; `a+b` builds a ComposedDefense of the registered `a` and `b`.
+
+    `config` holds the overrides of a single defense, or for a composed name one table of
+    overrides per part (`{"cutout": {"size": 8}}`), so plain names keep their config and cell ids.
+    """
+    parts = defense_parts(name)
+    if len(parts) == 1:
+        return DEFENSES.create(name, config, **kwargs)
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(parts))
+    if unknown:
+        raise ConfigError(f"defense {name}: config for {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
+    return ComposedDefense([DEFENSES.create(part, config.get(part), **kwargs) for part in parts])

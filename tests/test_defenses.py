@@ -8,8 +8,8 @@ from torch import nn
 
 from bench.config import ConfigError
 from bench.grid import parse_grid
-from bench.registry import DEFENSES, create_defense
-from defenses.base import ComposedDefense, Defense
+from bench.registry import DEFENSES
+from defenses.base import ComposedDefense, Defense, create_defense
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

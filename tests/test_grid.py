@@ -40,7 +40,7 @@ def test_config_changes_the_ids():
     ({"config": {"jpeg": {"quality": 0}}}, r"defense jpeg\.quality: must be in 1\.\.100, got 0"),
     ({"config": {"lsp": {"eps": 1.0}}}, r"\[config\.lsp\] names no attack, defense or arch of this grid"),
     ({"config": {"tiny_cnn": {"depth": 3}}}, r"arch tiny_cnn: unknown argument 'depth'"),
-    ({"seeds": [-1]}, r"seeds must be a non-empty list of whole numbers >= 0"),
+    ({"seeds": [-1]}, r"seeds must be a non-empty list of whole numbers from 0 to 4294967295"),
     ({"data": {"train_size": 0}}, r"data\.train_size: must be at least 1"),
 ])
 def test_bad_grids_fail_before_any_work_with_the_key_named(change, message):
@@ -136,7 +136,7 @@ def test_selecting_a_subset_keeps_the_cell_ids_and_drops_the_other_plugins_confi
     (GridOverrides(sets=("data.size=10",)), r"data: unknown config field 'size'"),
     (GridOverrides(attacks=("opz",)), r"unknown attack 'opz' \(did you mean 'ops'\?\)"),
     (GridOverrides(archs=()), r"archs must be a non-empty list"),
-    (GridOverrides(seeds=(-1,)), r"seeds must be a non-empty list of whole numbers >= 0"),
+    (GridOverrides(seeds=(-1,)), r"seeds must be a non-empty list of whole numbers from 0 to 4294967295"),
 ])
 def test_bad_overrides_fail_like_bad_grid_files(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,7 +18,8 @@ import defenses.basic
 from bench.cli import main
 from bench.perf import (ConventionalLoop, InMemoryCIFAR10, OurLoop, Plan, TrainingWindow, Windows, alternate,
                         pil_jpeg, ratio, synthetic_set)
-from bench.registry import ATTACKS, create_defense
+from bench.registry import ATTACKS
+from defenses.base import create_defense
 
 
 def _photos(n: int, channels: int = 3) -> torch.Tensor:

@@ -118,7 +118,7 @@ def test_throughput_is_steady_state_training_and_the_first_epoch_overhead_is_sep
 def test_the_adversary_of_a_defense_runs_in_the_training_steps_precision(name, bf16, monkeypatch):
     """AT's PGD steps and UEraser's loss picks see the same autocast as the training step they feed."""
     import bench.train
-    from bench.registry import create_defense
+    from defenses.base import create_defense
 
     monkeypatch.setattr(bench.train, "cpu_has_bf16_matmul", lambda: True)
     model = ARCHS.create("tiny_cnn", num_classes=2, width=8)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bench.data import DataSpec, DataUnavailable, ImageSet, load_dataset
-from bench.grid import CellSpec
+from bench.cell import CellSpec
 from bench.records import CellResult
 from bench.registry import ATTACKS, DEFENSES
 from bench.train import Recipe

@@ -17,7 +17,8 @@ from PIL import Image
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.perf.timing import Windows, alternate, seconds_of
-from bench.registry import ATTACKS, DEFENSES, create_defense
+from bench.registry import ATTACKS, DEFENSES
+from defenses.base import create_defense
 
 # The presets an attack with rounds declares for perf, each complete on its own (see the package docstring).
 ONE_ROUND = "one_round"  # one generation round: the time of generation

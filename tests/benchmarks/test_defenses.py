@@ -2,7 +2,7 @@
 import pytest
 
 from bench.perf import jpeg_speed, pil_jpeg, ratio, set_level_defenses, synchronized
-from bench.registry import create_defense
+from defenses.base import create_defense
 
 JPEG_RATIO = 3.0  # set-level JPEG over the per-image PIL loop, quality 10 (issue 7)
 
