@@ -201,6 +201,103 @@ def list_(kind: str | None, pattern: str) -> None:
             click.echo(f"  {name:<14} {entry.summary}" + (f"  [{entry.paper}]" if entry.paper else ""))
 
 
+@main.group()
+def poison() -> None:
+    """Poisons to publish and to check: list the cache, export a bundle, convert a release, verify one."""
+
+
+def _one_line(action):
+    """Bad input, a bad file or a budget a poison breaks: one line, no traceback."""
+
+    @functools.wraps(action)
+    def wrapped(*args, **kwargs):
+        try:
+            return action(*args, **kwargs)
+        except (ValueError, DataUnavailable) as err:  # ConfigError, BudgetError, BundleError
+            raise click.ClickException(str(err)) from None
+
+    return wrapped
+
+
+def _budget(value: str) -> float:
+    """`8/255`, `0.5` or `32`: a budget as people write it."""
+    num, _, den = value.partition("/")
+    try:
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"{value!r} is not a number or a fraction such as 8/255", param_hint="--eps") from None
+
+
+@poison.command(name="list")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@_one_line
+def poison_list(out: str) -> None:
+    """The poisons cached in a results folder, with the key `bench poison export` takes."""
+    from bench.publish import cached_poisons
+    from bench.store import Store
+
+    found = cached_poisons(Store(out))
+    click.echo(f"{len(found)} cached poisons in {out}" + (":" if found else ""))
+    for p in found:
+        click.echo(f"  {p.key}  {p.attack:<14} seed {p.seed}  {p.count} images of {p.data}  {p.norm} {p.budget:.6g}")
+
+
+@poison.command(name="export")
+@click.argument("key")
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@_one_line
+def poison_export(key: str, bundle: Path, out: str) -> None:
+    """Write the cached poison KEY as a bundle in the folder BUNDLE: images and a manifest."""
+    from bench.publish import export_cached
+    from bench.store import Store
+
+    manifest = export_cached(Store(out), key, bundle)
+    click.echo(f"wrote {bundle}: {manifest.count} images of {manifest.attack} (seed {manifest.seed}) on "
+               f"{manifest.dataset}, {manifest.norm} {manifest.budget:.6g} claimed, "
+               f"{manifest.measured[manifest.norm]:.6g} measured, sha256 {manifest.sha256[:16]}")
+
+
+@poison.command(name="convert")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--attack", required=True, help="What made the poison (e.g. tap, ar, em): the bundle's name for it.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="png-folder (TAP, AR releases), npz (x_train), em-pt (EM's perturbation.pt), or auto from the name.")
+@click.option("--data", default="cifar10", show_default=True, help="The clean dataset the poison perturbs.")
+@click.option("--norm", default="linf", show_default=True, type=click.Choice(["linf", "l2", "l0"]),
+              help="The norm its authors claim.")
+@click.option("--eps", default="8/255", show_default=True, help="The budget its authors claim, e.g. 8/255 or 0.5.")
+@click.option("--seed", type=int, default=None, help="The seed, where the release says.")
+@click.option("--em-noise", default="official", show_default=True, type=click.Choice(["official", "full"]),
+              help="em-pt: official = what EM's loader trains on (the positive half of the noise); full = both signs.")
+@_one_line
+def poison_convert(source: Path, bundle: Path, attack: str, fmt: str, data: str, norm: str, eps: str,
+                   seed: int | None, em_noise: str) -> None:
+    """Convert a poison released as SOURCE into a bundle in the folder BUNDLE, checked against the clean data."""
+    from bench.publish import convert_release
+
+    manifest = convert_release(source, bundle, fmt=fmt, data=data, attack=attack, norm=norm, eps=_budget(eps),
+                               seed=seed, em_noise=em_noise)
+    click.echo(f"wrote {bundle}: {manifest.count} images of {attack} on {data}, {norm} {manifest.budget:.6g} claimed, "
+               f"{manifest.measured[norm]:.6g} measured, sha256 {manifest.sha256[:16]}")
+
+
+@poison.command(name="verify")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", default=None, help="The clean dataset to check against (default: the one the manifest names).")
+@_one_line
+def poison_verify(bundle: Path, data: str | None) -> None:
+    """Check BUNDLE: its hash, the clean images it was made from, their order, and its budget."""
+    from bench.publish import verify_bundle
+
+    done = verify_bundle(bundle, data)
+    m = done.manifest
+    click.echo(f"{bundle}: ok, {m.count} images of {m.attack} (seed {m.seed}) made from {done.data} (clean "
+               f"fingerprint {m.clean_fingerprint}), {m.norm} {m.budget:.6g} claimed, {done.measured:.6g} measured, "
+               f"sha256 {m.sha256[:16]}")
+
+
 @main.command(name="bench")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quick", is_flag=True, help="Small windows: seconds, for a check that it all runs; noisy figures.")

@@ -32,7 +32,7 @@ from bench.cell import CellSpec
 from bench.grid import Grid
 from bench.plan import CellState, poisons_to_generate
 from bench.records import CellResult
-from bench.runner import CellWorker, preflight
+from bench.runner import CellWorker, input_fingerprint, preflight
 from bench.store import Store
 
 log = logging.getLogger("bench")
@@ -349,7 +349,8 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
     """
     cells = grid.cells()
     fingerprints = preflight(cells)
-    pending = [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data])]
+    inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
+    pending = [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
     skipped = len(cells) - len(pending)
     executor = executor or InProcess()
     log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),

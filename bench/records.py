@@ -49,33 +49,44 @@ class CellResult:
     earlier_errors: list | None = None  # the attempts before the last
     wall_seconds: float | None = None
     data_fingerprint: str | None = None  # bench.data.fingerprint of the data it ran on; None before it existed
+    # Attack.input_fingerprint: the files the attack reads besides the data (external's poison file);
+    # None where it reads none, or for records from before it existed.
+    input_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
     # Not stored: set on the record an executor hands back for a cell it found done.
     skipped: bool = field(default=False, compare=False)
 
     @classmethod
     def finished(cls, cell: CellSpec, grid: str, outcome: Mapping[str, Any], *, provenance: dict, attempts: int,
-                 earlier_errors: list, wall_seconds: float, data_fingerprint: str | None = None) -> CellResult:
+                 earlier_errors: list, wall_seconds: float, data_fingerprint: str | None = None,
+                 input_fingerprint: str | None = None) -> CellResult:
         """A done cell; `outcome` is `bench.runner.run_cell`'s (metrics, history, precision, poison, timings, ...)."""
         return cls(cell.cell_id, grid, cell.to_dict(), "done", attempts, provenance, earlier_errors=earlier_errors,
-                   wall_seconds=wall_seconds, data_fingerprint=data_fingerprint, **outcome)
+                   wall_seconds=wall_seconds, data_fingerprint=data_fingerprint, input_fingerprint=input_fingerprint,
+                   **outcome)
 
     @classmethod
     def failed(cls, cell: CellSpec, grid: str, error: dict, *, provenance: dict, attempts: int,
                earlier_errors: list | None = None, wall_seconds: float | None = None,
-               data_fingerprint: str | None = None) -> CellResult:
+               data_fingerprint: str | None = None, input_fingerprint: str | None = None) -> CellResult:
         """A cell that could not finish: `error` is the last attempt's (type, message, traceback)."""
         return cls(cell.cell_id, grid, cell.to_dict(), "failed", attempts, provenance, error=error,
-                   earlier_errors=earlier_errors, wall_seconds=wall_seconds, data_fingerprint=data_fingerprint)
+                   earlier_errors=earlier_errors, wall_seconds=wall_seconds, data_fingerprint=data_fingerprint,
+                   input_fingerprint=input_fingerprint)
 
     @property
     def done(self) -> bool:
         return self.status == "done"
 
-    def done_on(self, fingerprint: str | None) -> bool:
-        """Done, on the data of `fingerprint`. A record from before fingerprints existed, or a question
-        without one, trusts the data's name as the store always did."""
-        return self.done and (self.data_fingerprint is None or fingerprint is None or self.data_fingerprint == fingerprint)
+    def done_on(self, fingerprint: str | None, inputs: str | None = None) -> bool:
+        """Done, on the data of `fingerprint` and with the attack's input files of `inputs`. A record
+        from before fingerprints existed, or a question without one, trusts the names as the store
+        always did."""
+        return self.done and _same(self.data_fingerprint, fingerprint) and _same(self.input_fingerprint, inputs)
+
+    def content_label(self) -> str:
+        """What the record was made on, for a file name: `<data fingerprint>[.<input fingerprint>]`."""
+        return ".".join(f for f in (self.data_fingerprint, self.input_fingerprint) if f)
 
     @property
     def attack(self) -> str:
@@ -128,12 +139,17 @@ class CellResult:
 _NOT_STORED = {"extra", "skipped"}
 _KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
           "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "error": dict,
-          "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str}
+          "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str,
+          "input_fingerprint": str}
 
 
 def _kind_name(kind) -> str:
     return "number" if kind == (int, float) else {str: "string", int: "whole number", dict: "JSON object",
                                                    list: "list"}[kind]
+
+
+def _same(recorded: str | None, asked: str | None) -> bool:
+    return recorded is None or asked is None or recorded == asked
 
 
 def _is_number(value: Any) -> bool:

@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 
@@ -59,7 +59,7 @@ class PoisonSource:
         if cached is not None:
             images, meta = cached
             poison = Poison(torch.from_numpy(images).to(self.device), meta["norm"], meta["budget"])
-            meta = {**meta, "cached": True}
+            meta = {**{k: v for k, v in meta.items() if k != "data"}, "cached": True}  # the record has its data
         else:
             try:
                 poison, meta = self._generate(cell, data)
@@ -87,7 +87,8 @@ class PoisonSource:
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
                 "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint}
         if cell.cacheable:
-            self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), meta)
+            # The cache entry names its data spec too, so `bench poison export` can find the clean images.
+            self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": asdict(cell.data)})
         shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed
         return poison, meta
 
@@ -207,6 +208,15 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
     return fingerprints
 
 
+def input_fingerprint(cell: CellSpec) -> str | None:
+    """`Attack.input_fingerprint` of `cell`'s attack; None where it reads no files, or where they cannot
+    be read (the cell's attempt then records why)."""
+    try:
+        return ATTACKS.create(cell.attack, cell.attack_config).input_fingerprint()
+    except Exception:
+        return None
+
+
 # Failures that a second try with the same seed would only repeat: recorded at once, not retried.
 DETERMINISTIC_FAILURES = (ConfigError, BudgetError, TrainingDiverged)
 MIN_OOM_BATCH = 16  # below this, running out of memory is the model's or the device's problem, not the batch's
@@ -263,6 +273,10 @@ class CellWorker:
         except Exception:
             return None
 
+    def inputs(self, cell: CellSpec) -> str | None:
+        """The fingerprint of the files `cell`'s attack reads besides the data (`Attack.input_fingerprint`)."""
+        return input_fingerprint(cell)
+
     def make_poison(self, cell: CellSpec) -> dict:
         """Generate (or find) the poison of `cell` and leave it in the store's cache; for the poison phase."""
         meta, errors = self._attempts(lambda: self.poisons.get(cell, self.data(cell.data))[1], cell,
@@ -280,7 +294,7 @@ class CellWorker:
         whose worker died after writing, may have finished the cell since.
         """
         existing = self.store.read_record(cell.cell_id)
-        if existing is not None and existing.done_on(self.fingerprint(cell.data)):
+        if existing is not None and existing.done_on(self.fingerprint(cell.data), self.inputs(cell)):
             return replace(existing, skipped=True)
         claim = self.store.claim(cell.cell_id)
         if claim is None:
@@ -289,24 +303,24 @@ class CellWorker:
             return None
         with claim:
             existing = self.store.read_record(cell.cell_id)
-            if existing is not None and existing.done_on(self.fingerprint(cell.data)):
+            if existing is not None and existing.done_on(self.fingerprint(cell.data), self.inputs(cell)):
                 return replace(existing, skipped=True)
             return self._run_claimed(cell, grid_name, on_epoch)
 
     def _run_claimed(self, cell: CellSpec, grid_name: str, on_epoch) -> CellResult:
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
-        fingerprint = self.fingerprint(cell.data)
+        fingerprint, inputs = self.fingerprint(cell.data), self.inputs(cell)
         if outcome is None:
             record = CellResult.failed(cell, grid_name, errors[-1], provenance=self.env, attempts=len(errors),
                                        earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start,
-                                       data_fingerprint=fingerprint)
+                                       data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
                       errors[-1]["type"], errors[-1]["message"])
         else:
             record = CellResult.finished(cell, grid_name, outcome, provenance=self.env, attempts=len(errors) + 1,
                                          earlier_errors=errors, wall_seconds=time.perf_counter() - start,
-                                         data_fingerprint=fingerprint)
+                                         data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,
                      100 * record.metrics["test_acc_last"], 100 * record.metrics["test_acc_best"], record.wall_seconds)
         self.store.write_record(record)

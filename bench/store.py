@@ -57,6 +57,28 @@ def canonical_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+_CONTENT_HASHES: dict[tuple, str] = {}  # (path, what stat says of its files) -> digest, for this process
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files and their names: what a file read by path holds.
+    Remembered while the files' sizes and modification times stay the same."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (str(path.resolve()), stats)
+    if key not in _CONTENT_HASHES:
+        digest = hashlib.sha256()
+        for file in files:
+            if path.is_dir():
+                digest.update(str(file.relative_to(path)).encode() + b"\0")
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        _CONTENT_HASHES[key] = digest.hexdigest()
+    return _CONTENT_HASHES[key]
+
+
 class Claim:
     """A held claim on a cell (`Store.claim`); `release` it, or use it as a context manager."""
 
@@ -114,11 +136,11 @@ class Store:
     def write_record(self, record: CellResult) -> None:
         """Write `record`; a done record of the same cell on other data is kept under records/superseded first."""
         old = self.read_record(record.cell_id)
-        if old is not None and old.done and old.data_fingerprint not in (None, record.data_fingerprint):
-            kept = self.records_dir / "superseded" / f"{old.cell_id}.{old.data_fingerprint}.json"
+        if old is not None and old.done and not old.done_on(record.data_fingerprint, record.input_fingerprint):
+            kept = self.records_dir / "superseded" / f"{old.cell_id}.{old.content_label()}.json"
             atomic_write_json(kept, old.to_json())
-            log.warning("cell %s: its record on other data (fingerprint %s) is kept as %s", old.cell_id,
-                        old.data_fingerprint, kept)
+            log.warning("cell %s: its record on other data or input files (%s) is kept as %s", old.cell_id,
+                        old.content_label(), kept)
         atomic_write_json(self.record_path(record.cell_id), record.to_json())
 
     def read_record(self, cell_id: str) -> CellResult | None:
@@ -132,14 +154,17 @@ class Store:
             log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)
             return None
 
-    def is_done(self, cell_id: str, fingerprint: str | None = None) -> bool:
-        """Whether `cell_id` has a done record (on the data of `fingerprint`, where given): the one test of
-        "is this cell finished?" that every layer asks."""
+    def is_done(self, cell_id: str, fingerprint: str | None = None, inputs: str | None = None) -> bool:
+        """Whether `cell_id` has a done record (on the data of `fingerprint` and with the attack's input
+        files of `inputs`, where given): the one test of "is this cell finished?" that every layer asks."""
         record = self.read_record(cell_id)
         if record is not None and record.done and not record.done_on(fingerprint):
             log.warning("cell %s: its record was made on other data (fingerprint %s, this data's is %s); it runs again",
                         cell_id, record.data_fingerprint, fingerprint)
-        return record is not None and record.done_on(fingerprint)
+        elif record is not None and record.done and not record.done_on(fingerprint, inputs):
+            log.warning("cell %s: its record was made with other input files (its attack's file was replaced: "
+                        "fingerprint %s, now %s); it runs again", cell_id, record.input_fingerprint, inputs)
+        return record is not None and record.done_on(fingerprint, inputs)
 
     def records(self) -> Iterator[CellResult]:
         for path in sorted(self.records_dir.glob("*.json")):

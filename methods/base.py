@@ -125,6 +125,12 @@ class Attack(Plugin):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError
 
+    def input_fingerprint(self) -> str | None:
+        """What the files this attack reads besides the dataset hold (external's poison file), so that
+        a record made with one file is not counted done for another put at the same path; None
+        where it reads none."""
+        return None
+
     def precision(self, device: torch.device) -> str:
         """What the attack's model passes run in on `device`: 'bf16' where its config asks for it
         (`SurrogateConfig.bf16`) and the device computes it natively; model-free attacks: fp32."""

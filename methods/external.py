@@ -9,16 +9,18 @@ from typing import Literal
 import numpy as np
 import torch
 
+from bench.bundles import Manifest, clean_fingerprint, is_bundle, read_bundle
 from bench.config import ConfigError, require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
+from bench.store import content_sha256
 from methods.base import NORMS, Attack, BudgetError, Poison, check_budget
 
 
 @dataclass(frozen=True)
 class ExternalConfig:
-    path: str = ""  # an .npz with x_train (uint8 NHWC, dataset order) or a folder of <index>.png
+    path: str = ""  # a bundle (`bench poison export`), an .npz with x_train (uint8 NHWC, dataset order) or a folder of <index>.png
     norm: Literal["linf", "l2", "l0"] = "linf"  # the norm the poison's authors claim
     eps: float = 8 / 255  # the claimed budget: [0, 1] pixel units for linf/l2, pixels for l0
 
@@ -30,37 +32,114 @@ class ExternalConfig:
 
 @register_attack("external")
 class External(Attack):
-    """Poisoned training images from a file: an .npz (`x_train`) or a folder of PNGs by index.
+    """Poisoned training images from a file: a bundle, an .npz (`x_train`) or a folder of PNGs by index.
 
-    The folder layout is that of the official TAP release (`0.png` ... `49999.png`). The count,
-    image shape and order are checked against the clean training set, and the claimed budget on
-    every image of the file (the runner checks the subset a grid uses, as for any attack), so a
-    mis-sized, shuffled or partly over-budget file is refused. Not cacheable: the file is read and
-    checked again by every run, so a file replaced at the same path is never served from the cache.
+    A bundle (`bench poison export` / `convert`, see bench.bundles) is checked against its manifest:
+    its hash, the fingerprint of the clean images it was made from, and its own claimed budget; it
+    may hold a subset of the training split, which must cover the grid's. The folder layout is
+    that of the official TAP and AR releases (`0.png` ... `49999.png`, or the same inside `data/`).
+    The count, image shape and order are checked against the clean training set, and the claimed
+    budget on every image of the file (the runner checks the subset a grid uses, as for any
+    attack), so a mis-sized, shuffled or partly over-budget file is refused. Not cacheable: the file is read and
+    checked again by every run, so a file replaced at the same path is never served from the cache,
+    and its content (`input_fingerprint`) goes with each record, so its cells run again.
     """
 
     Config = ExternalConfig
     paper = ""
     cacheable = False
 
+    def input_fingerprint(self) -> str | None:
+        path = Path(self.config.path).expanduser()
+        return content_sha256(path)[:16] if path.exists() else None  # a missing file fails the cell itself
+
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         path = Path(self.config.path).expanduser()
-        full = load_external(path, data.split_size)
+        source = read_poison_file(path, data.split_size)
+        if source.manifest is not None and source.manifest.norm != self.config.norm:
+            raise ConfigError(f"external poison {path}: the bundle claims {source.manifest.norm} "
+                              f"{source.manifest.budget:.6g}; set external.norm = {source.manifest.norm!r} and external.eps")
         expected = tuple(data.images.shape[1:])
-        got = (full.shape[3], full.shape[1], full.shape[2])
+        got = (source.images.shape[3], source.images.shape[1], source.images.shape[2])
         if got != expected:
             raise ConfigError(f"external poison {path}: images are {got[1]}x{got[2]}x{got[0]}, the dataset's are {expected[1]}x{expected[2]}x{expected[0]}")
-        images = torch.from_numpy(np.ascontiguousarray(full[data.index.cpu().numpy()].transpose(0, 3, 1, 2))).to(data.device)
+        rows = rows_of(source.index, data.index.cpu().numpy(), data.split_size, path)
+        images = torch.from_numpy(np.ascontiguousarray(source.images[rows].transpose(0, 3, 1, 2))).to(data.device)
         check_order(data.images, images, path)
-        if ctx.full_train is not None and len(data) < len(full):
-            # The grid poisons a subset; the file is one poison, so its other images must keep the claim too.
-            clean = ctx.full_train().images.cpu()
-            whole = Poison(torch.from_numpy(np.ascontiguousarray(full.transpose(0, 3, 1, 2))), self.config.norm, self.config.eps)
-            try:
-                check_budget(clean, whole)
-            except BudgetError as err:
-                raise BudgetError(f"external poison {path}, all {len(full)} images: {err}") from None
+        if source.manifest is not None or len(data) < len(source.images):
+            # The file is one poison: its images outside the grid's subset must keep the claim too, and
+            # a bundle must have been made from these clean images.
+            clean = _clean_at(source.index, data, ctx)
+            if clean is not None:
+                check_poison_file(path, source, clean, self.config.norm, self.config.eps)
         return Poison(images, self.config.norm, self.config.eps)
+
+
+@dataclass(frozen=True)
+class PoisonFile:
+    """The images of a poison file (uint8 NHWC), the training-split position of each, and the
+    manifest where the file is a bundle."""
+
+    images: np.ndarray
+    index: np.ndarray
+    manifest: Manifest | None = None
+
+
+def read_poison_file(path: Path, split_size: int) -> PoisonFile:
+    """A bundle (bench.bundles), an .npz with `x_train`, or a folder of PNGs by index."""
+    if is_bundle(path):
+        bundle = read_bundle(path)
+        if bundle.manifest.split_size != split_size:
+            raise ConfigError(f"external poison {path}: the bundle indexes a training split of "
+                              f"{bundle.manifest.split_size} images; this dataset's has {split_size}")
+        return PoisonFile(bundle.images, bundle.index, bundle.manifest)
+    return PoisonFile(load_external(path, split_size), np.arange(split_size))
+
+
+def rows_of(index: np.ndarray, positions: np.ndarray, split_size: int, path: Path) -> np.ndarray:
+    """Which rows of a poison file hold the images at `positions` of the training split."""
+    row = np.full(split_size, -1)
+    row[index] = np.arange(len(index))
+    rows = row[positions]
+    if (rows < 0).any():
+        lacking = positions[rows < 0]
+        raise ConfigError(f"external poison {path}: holds {len(index)} of the {split_size} training images, not "
+                          f"image {lacking[0]} (and {len(lacking) - 1} more) that the grid uses; export the poison of "
+                          "the whole training set, or use the subset the bundle was made on")
+    return rows
+
+
+def _clean_at(index: np.ndarray, data: ImageSet, ctx: RunContext) -> ImageSet | None:
+    """The clean images and labels at `index`: from the grid's set where it holds them all, else from
+    the full split; None where that is not at hand (a direct call outside a run)."""
+    if len(data) == len(index) and np.array_equal(data.index.cpu().numpy(), index):
+        return data
+    if ctx.full_train is None:
+        return None
+    full = ctx.full_train()
+    return ImageSet(full.images[torch.from_numpy(index)].cpu(), full.labels[torch.from_numpy(index)].cpu(),
+                    torch.from_numpy(index), full.num_classes, full.split_size)
+
+
+def check_poison_file(path: Path, source: PoisonFile, clean: ImageSet, norm: str, eps: float) -> float:
+    """Every image of a poison file against the clean images it claims to perturb: a bundle's
+    clean fingerprint, its own claimed budget, then `norm`/`eps` (what the grid evaluates it at).
+    Returns the largest perturbation in `norm`."""
+    images = torch.from_numpy(np.ascontiguousarray(source.images.transpose(0, 3, 1, 2)))
+    clean_images = clean.images.cpu()
+    if source.manifest is not None:
+        found = clean_fingerprint(clean_images.permute(0, 2, 3, 1).numpy(), clean.labels.cpu().numpy())
+        if found != source.manifest.clean_fingerprint:
+            raise ConfigError(f"external poison {path}: the bundle was made from other clean images (its "
+                              f"fingerprint {source.manifest.clean_fingerprint}, this dataset's {found})")
+        try:
+            check_budget(clean_images, Poison(images, source.manifest.norm, source.manifest.budget))
+        except BudgetError as err:
+            raise BudgetError(f"external poison {path}: breaks its manifest's claim: {err}") from None
+    try:
+        return check_budget(clean_images, Poison(images, norm, eps))
+    except BudgetError as err:
+        raise BudgetError(f"external poison {path}, all {len(images)} images: {err}") from None
 
 
 def load_external(path: Path, expected_count: int) -> np.ndarray:
@@ -85,6 +164,8 @@ def load_external(path: Path, expected_count: int) -> np.ndarray:
 def _read_png_folder(folder: Path, expected_count: int) -> np.ndarray:
     from PIL import Image
 
+    if not any(folder.glob("*.png")) and (folder / "data").is_dir():
+        folder = folder / "data"  # the TAP and AR releases keep the images in data/
     names = {p.name for p in folder.glob("*.png")}
     missing = [f"{i}.png" for i in range(expected_count) if f"{i}.png" not in names]
     if missing or len(names) != expected_count:

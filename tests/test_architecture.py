@@ -15,7 +15,7 @@ LAYERS = {
     "commands": ["bench.cli"],
     "executors": ["bench.executors", "bench.report", "bench.figures", "bench.citations", "bench.perf"],
     "grids and plans": ["bench.grid", "bench.plan"],
-    "one cell": ["bench.runner"],
+    "one cell": ["bench.runner", "bench.publish"],
     "plugins": ["methods", "defenses", "bench.archs"],
     "foundations": ["bench"],  # every other module of the bench package
 }
