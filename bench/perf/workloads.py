@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.config import ConfigError
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.perf.timing import Windows, alternate, seconds_of
@@ -67,7 +68,17 @@ def preset_overrides(name: str, device: torch.device, preset: str = ONE_ROUND) -
 
 
 def generation_attacks() -> list[str]:
-    return [name for name in ATTACKS.names() if name != "external"]  # external reads a file; nothing to generate
+    """The attacks that make a poison from the data with their default config: not one that needs
+    more to run (external needs the path of a file to read; nothing to generate)."""
+    return [name for name in ATTACKS.names() if _runs_with_defaults(name)]
+
+
+def _runs_with_defaults(name: str) -> bool:
+    try:
+        ATTACKS.config(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def generate(name: str, data: ImageSet, overrides: Mapping | None = None):
