@@ -69,10 +69,11 @@ def load_tensor(path: Path) -> torch.Tensor:
         raise ConfigError(f"{path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:  # what weights_only raises for anything but tensors and containers
         raise ConfigError(f"{path}: refused, not a tensor-only file: loading it would unpickle arbitrary objects "
-                          f"({reason[:200]})") from None
+                          f"({_first_line(err)})") from None
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ConfigError(f"{path}: unreadable as a torch file, truncated or of another kind ({_first_line(err)})") from None
     if isinstance(obj, dict):
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
         if len(tensors) != 1 or len(obj) != 1:
@@ -81,6 +82,11 @@ def load_tensor(path: Path) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor):
         raise ConfigError(f"{path}: holds a {type(obj).__name__}, not a noise tensor")
     return obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def _em_images(path: Path, clean: ImageSet, em_noise: str) -> np.ndarray:

@@ -164,10 +164,15 @@ class Payload:
     """What a hostile pickle would carry: any object at all."""
 
 
-def test_pickles_of_arbitrary_objects_are_refused_with_a_reason(tmp_path, tiny_npz):
+def test_pickles_of_arbitrary_objects_and_broken_files_are_refused_with_a_reason(tmp_path, tiny_npz):
     torch.save({"noise": torch.zeros(200, 3, 32, 32), "extra": Payload()}, tmp_path / "perturbation.pt")
     with pytest.raises(ConfigError, match="refused, not a tensor-only file"):
         convert_release(tmp_path / "perturbation.pt", tmp_path / "b", fmt="em-pt", data=str(tiny_npz), attack="em",
+                        norm="linf", eps=8 / 255)
+    torch.save(torch.zeros(200, 3, 32, 32), tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:5000])
+    with pytest.raises(ConfigError, match="unreadable as a torch file, truncated"):
+        convert_release(tmp_path / "cut.pt", tmp_path / "b", fmt="em-pt", data=str(tiny_npz), attack="em",
                         norm="linf", eps=8 / 255)
     with open(tmp_path / "poison.pkl", "wb") as f:
         pickle.dump(np.zeros((200, 32, 32, 3), np.uint8), f)
