@@ -46,10 +46,31 @@ def provenance(device: torch.device) -> dict:
         "git_commit": _git_commit(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "python": platform.python_version(),
         "host": socket.gethostname(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model and the bf16 hardware it has: fp32 results differ between CPUs that sum in
+    another order, so a figure names its CPU. (platform.processor() is empty on most Linux hosts.)"""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    native = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512_BF16", "_is_avx512_bf16_supported"))
+              if _probe(probe)]
+    return f"{model or 'cpu'}, {torch.get_num_threads()} threads" + (f", {' '.join(native)}" if native else "")
+
+
+def _probe(name: str) -> bool:
+    try:
+        return bool(getattr(torch.cpu, name, lambda: False)())
+    except Exception:  # private probes: absent or failing means "don't know"
+        return False
 
 
 def _git_commit() -> str | None:
