@@ -16,6 +16,7 @@ import click
 
 from bench.config import ConfigError
 from bench.data import DataUnavailable
+from bench.published import DEFAULT_TOLERANCE
 
 DEFAULT_OUT = "results"
 
@@ -122,10 +123,22 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
 @click.option("--curves", default=None,
               help="Cells whose training curves are drawn, as a pandas query, e.g. \"defense == 'none' and seed == 0\" "
                    "(default: every attack under the first defense, first arch and seed).")
-def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str, columns: str, curves: str | None) -> None:
+@click.option("--compare", default=None, metavar="SOURCES",
+              help="Put each cell beside the published number for it: 'published' (every source in bench/published) "
+                   "or source ids, comma-separated (iss2023, apbench2023, ...); says what is not comparable and why.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE, show_default=True,
+              help="--compare: flag comparable cells further than this many points from the published number.")
+def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str, columns: str, curves: str | None,
+           compare: str | None, tolerance: float) -> None:
     """Tables (LaTeX, CSV, Markdown), the MI analysis and figures from the stored records; prints the Markdown."""
+    from bench.published import select_sources
     from bench.report import TableLayout, parse_formats, write_report
     from bench.store import Store
+
+    try:
+        sources = select_sources(compare) if compare is not None else ()
+    except ValueError as err:  # an unknown source, or a source file that does not parse (ConfigError)
+        raise click.ClickException(str(err)) from None
 
     store = Store(out)
     records = list(store.records())
@@ -144,7 +157,8 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
         name = grid.name
     try:
         done = write_report(records, Path(out) / "reports", name, metric=metric, formats=parse_formats(formats),
-                            layout=TableLayout(rows, columns), store=store, curves=curves, **orders)
+                            layout=TableLayout(rows, columns), store=store, curves=curves, compare=sources,
+                            tolerance=tolerance, **orders)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(done.markdown)

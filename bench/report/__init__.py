@@ -9,6 +9,8 @@
   `\\cite{}` each plugin's paper and `<name>.bib` holds the entries.
 - Where records carry the MI analysis (`bench.mi`), a table of the MI-UE chain per attack and
   architecture, and the estimators' error on correlated Gaussians at the same settings.
+- With `compare` (`bench report --compare published`), each cell beside the published number for it
+  (`bench.published`), the difference where the recipe is the source's, what differs where not.
 - Figures (`bench.figures`): accuracy heatmap, training curves, a gallery of poisons (from the
   store's poison cache and the dataset), and MI against depth.
 
@@ -17,16 +19,16 @@ numbers; the attack keyed by its name and its budget), `render` (labels, caption
 and `write` (`write_report`: looks the citations up once, runs the MI calibration, draws the figures,
 writes the files).
 """
-from bench.report.render import (MISSING, analysis_table, attack_label, caption, cell_text, index_labels, labelled,
-                                 recipe_description, to_latex, to_markdown)
+from bench.report.render import (MISSING, analysis_table, attack_label, caption, cell_text, comparison_section,
+                                 index_labels, labelled, recipe_description, to_latex, to_markdown)
 from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, SummaryTable,
-                                 TableLayout, analysis_cells, budget_label, histories_frame, mi_setup, recipe_label,
-                                 summary_tables, tidy)
+                                 TableLayout, analysis_cells, budget_label, compare_published, histories_frame, mi_setup,
+                                 recipe_label, summary_tables, tidy)
 from bench.report.write import FORMATS, Report, gallery_images, parse_formats, write_report
 
 __all__ = [
     "ANALYSIS_METRICS", "BASELINE_ATTACKS", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
     "SummaryTable", "TableLayout", "analysis_cells", "analysis_table", "attack_label", "budget_label", "caption",
-    "cell_text", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
+    "cell_text", "compare_published", "comparison_section", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
     "recipe_description", "recipe_label", "summary_tables", "tidy", "to_latex", "to_markdown", "write_report",
 ]

@@ -2,8 +2,9 @@
 
 Every label a reader sees is made here: an attack and its budget, two keys in `bench.report.tables`,
 become `em (Linf 8/255)`; a mean and std over seeds `52.10 ± 1.41`; in LaTeX the budget becomes
-`$\\ell_\\infty$ 8/255` and a plugin's label carries its `\\cite{}`. Functions of the tables and of what
-the caller looked up once (recipe descriptions, citations): no file, no registry.
+`$\\ell_\\infty$ 8/255` and a plugin's label carries its `\\cite{}`; the comparison with published
+numbers becomes a table per source. Functions of the tables and of what the caller looked up once
+(recipe descriptions, citations, the published sources): no file, no registry.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from bench.report.tables import BASELINE_ATTACKS, SummaryTable
+from bench.report.tables import BASELINE_ATTACKS, SummaryTable, value_text
 
 MISSING = "–"
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
@@ -213,3 +214,86 @@ def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tup
           calibration_summary(calibration), "",
           to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
     return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]
+
+
+# --- beside the published numbers ----------------------------------------------------------------
+def source_recipe_text(recipe: dict) -> str:
+    """A source's recipe in words: 'cifar10 (train all, test all), resnet18, 60 epochs of sgd (lr 0.1, ...)'."""
+    if not recipe:
+        return "not stated"
+    described = {"dataset", "train_size", "test_size", "arch", "epochs", "optimizer"}
+    head = [recipe.get("dataset", "dataset not stated")]
+    sizes = [f"{k.split('_')[0]} {value_text(recipe[k])}" for k in ("train_size", "test_size") if k in recipe]
+    head[0] += f" ({', '.join(sizes)})" if sizes else ""
+    head.append(recipe.get("arch", "architecture not stated"))
+    training = (f"{recipe['epochs']} epochs" if "epochs" in recipe else "epochs not stated") + \
+        (f" of {recipe['optimizer']}" if "optimizer" in recipe else "")
+    rest = [f"{k.replace('_', ' ')} {value_text(v)}" for k, v in recipe.items() if k not in described]
+    return ", ".join(head + [training + (f" ({', '.join(rest)})" if rest else "")])
+
+
+def _shared_reasons(part: pd.DataFrame) -> list[str]:
+    """The phrases of `differs` that every row of `part` has, in the first row's order."""
+    split = [set(text.split("; ")) if text else set() for text in part.differs]
+    common = set.intersection(*split) if split else set()
+    first = part.differs.iloc[0].split("; ") if len(part) and part.differs.iloc[0] else []
+    return [reason for reason in first if reason in common]
+
+
+def comparison_text(part: pd.DataFrame, shared: list[str], bold: str = "**{}**") -> pd.DataFrame:
+    """One source's rows of `tables.compare_published` as text: our cell, the source's, both numbers, the
+    difference (`bold` where beyond the tolerance; MISSING where not comparable) and what else differs."""
+    setups = part.arch + ", " + part.recipe + ", " + part.dataset
+    ours_cell = [f"{attack_label(a, b)} / {d}" for a, b, d in zip(part.attack, part.budget, part.defense)]
+    if setups.nunique() > 1:
+        ours_cell = [f"{cell} / {setup}" for cell, setup in zip(ours_cell, setups)]
+    delta = part.delta.map("{:+.2f}".format).where(part.comparable, MISSING)
+    delta = delta.where(~part.beyond_tolerance, delta.map(bold.format))
+    published = part.published.map("{:.2f}".format).where(~part.unverified, part.published.map("{:.2f} (unverified)".format))
+    shared_set = set(shared)
+    rest = ["; ".join(r for r in text.split("; ") if r not in shared_set) if text else "" for text in part.differs]
+    seeds = part.seeds.map(lambda n: f"{n} seed" + ("s" if n > 1 else ""))
+    return pd.DataFrame({"source cell": (part.source_attack + " / " + part.source_defense).to_numpy(),
+                         "ours (%)": (mean_std(part.ours, part.ours_std) + ", " + seeds).to_numpy(),
+                         "published (%)": published.to_numpy(), "difference (points)": delta.to_numpy(),
+                         "also differs": rest}, index=pd.Index(ours_cell, name="our cell"))
+
+
+def comparison_section(frame: pd.DataFrame, sources, tolerance: float, unmatched: dict[str, list[str]],
+                       name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and LaTeX tables of `tables.compare_published`'s frame, a table per source; a source's
+    differences shared by every row are said once, above its table."""
+    md = ["### Beside the published numbers", "",
+          f"Each of our cells (mean over seeds) beside the source's number for the same attack and defense, and "
+          f"the difference (ours - published) where the cell is comparable: the data, victim, training recipe, "
+          f"budget and defense settings the source states are ours too. Differences beyond ±{tolerance:g} points "
+          f"are bold (--tolerance). Where anything differs no difference is shown, only what differs.", ""]
+    tex = []
+    for source in sources:
+        part = frame[frame.source == source.id]
+        link = f" ({source.link})" if source.link else ""
+        md += [f"#### {source.title}", "", f"{source.table}. {source.paper}{link}. Its recipe: "
+               f"{source_recipe_text(source.recipe)}." + (" Unverified (REFERENCE.md)." if source.unverified else ""), ""]
+        if part.empty:
+            md += ["No cell of ours has an attack and a defense of this table.", ""]
+            continue
+        shared = _shared_reasons(part)
+        comparable, beyond = int(part.comparable.sum()), int(part.beyond_tolerance.sum())
+        if comparable == 0:
+            summary = (f"Nothing here is comparable with this source ({len(part)} cell{'s' * (len(part) > 1)}): "
+                       + (f"{'every cell' if len(part) > 1 else 'it'} differs in {'; '.join(shared)}" if shared
+                          else "each differs as its row says")
+                       + ". No differences are shown.")
+        else:
+            summary = (f"{comparable} of {len(part)} cells comparable, {beyond} beyond ±{tolerance:g} points"
+                       + (f"; every cell differs in {'; '.join(shared)}" if shared else "") + ".")
+        text = comparison_text(part, shared)
+        md += [summary, "", to_markdown(text, text.index.name), ""]
+        md += [f"- {note}" for note in source.notes] + ([""] if source.notes else [])
+        latex = comparison_text(part, shared, bold="{}*")
+        marked = f" Differences marked * are beyond ±{tolerance:g} points." if beyond else ""
+        tex.append(frame_to_latex(latex, f"{source.title} beside ours. {summary}{marked}", f"tab:{name}-{source.id}"))
+    missing = [f"{kind}s {', '.join(names)}" for kind, names in unmatched.items() if names]
+    if missing:
+        md += [f"No table compared here has a number for our {' or '.join(missing)}.", ""]
+    return md, tex

@@ -2,10 +2,13 @@
 
 Functions of the records and of frames only: no file, no plugin registry, and no text beyond the
 values tidy's columns hold (`cifar10 (400)`, `cpu_smoke*, 2 ep`, `Linf 8/255`, which the CSV carries
-as they are) and the training curves' legend and title, which join them. The attack is keyed by
-two columns, its name and its budget: a table with attacks as rows (or columns) has the two-level
-index (attack, budget), and a table of one attack keys its group by the pair. `bench.report.render`
-joins them into labels such as `em (Linf 8/255)`.
+as they are), the training curves' legend and title, which join them, and what differs from a
+published source (`compare_published`'s `differs`: `epochs 8 vs 60`, a column of its CSV). The
+sources come in parsed (`bench.published`), so matching reads each file's mapping, not code.
+
+The attack is keyed by two columns, its name and its budget: a table with attacks as rows (or
+columns) has the two-level index (attack, budget), and a table of one attack keys its group by the
+pair. `bench.report.render` joins them into labels such as `em (Linf 8/255)`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
+from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttack, PublishedDefense,
+                             PublishedSource)
 from bench.records import CellResult
 
 METRICS = ("test_acc_last", "test_acc_best", "train_acc")
@@ -47,21 +52,23 @@ def recipe_label(spec: dict) -> str:
     return f"{spec['recipe_name']}, {spec['recipe']['epochs']} ep"
 
 
+def cell_labels(record: CellResult) -> dict[str, str]:
+    """A record's factors as tidy's columns hold them: dataset (with its subset size), arch, recipe, attack,
+    budget, defense."""
+    spec, poison = record.spec, record.poison or {}
+    train_size = spec["data"].get("train_size")
+    return {"dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""), "arch": spec["arch"],
+            "recipe": recipe_label(spec), "attack": spec["attack"],
+            "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": spec["defense"]}
+
+
 def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
     """One row per finished cell and metric: accuracies in %, the MI analysis in its own units."""
     rows = []
     for r in records:
         if not r.done:
             continue
-        spec, poison = r.spec, r.poison or {}
-        train_size = spec["data"].get("train_size")
-        base = {
-            "cell_id": r.cell_id, "grid": r.grid,
-            "dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""),
-            "arch": spec["arch"], "recipe": recipe_label(spec),
-            "attack": spec["attack"], "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)),
-            "defense": spec["defense"], "seed": spec["seed"],
-        }
+        base = {"cell_id": r.cell_id, "grid": r.grid, **cell_labels(r), "seed": r.spec["seed"]}
         for metric in METRICS:
             rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%"})
         for metric, value in (r.analysis or {}).items():
@@ -253,3 +260,155 @@ def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | No
             if "test_acc" in h:
                 rows.append({"label": label, "attack": cell.attack, "epoch": h["epoch"], "test_acc": 100 * h["test_acc"]})
     return pd.DataFrame(rows, columns=["label", "attack", "epoch", "test_acc"]), title
+
+
+# --- beside the published numbers (bench.published) ----------------------------------------------
+COMPARISON_COLUMNS = ["source", "dataset", "arch", "recipe", "attack", "budget", "defense", "seeds", "ours",
+                      "ours_std", "source_attack", "source_defense", "published", "unverified", "comparable",
+                      "delta", "beyond_tolerance", "differs"]
+
+
+def value_text(value) -> str:
+    """A setting as people write it: 8/255 for a float on the 1/255 grid, 'none' for None, lists joined."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(value_text(v) for v in value)
+    if isinstance(value, float):
+        frac = Fraction(value).limit_denominator(255)
+        if frac.denominator == 255 and math.isclose(float(frac), value, rel_tol=1e-6):
+            return f"{frac.numerator}/255"
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int) and value >= 1000:
+        return f"{value:,}"
+    return str(value)
+
+
+def same(ours, theirs) -> bool:
+    """Whether a setting of ours is the source's: numbers to 1 part in 1,000 (sources print 3-5 digits, as
+    LSP's L2 1.3041), lists element-wise, anything else exactly."""
+    if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)):
+        return len(ours) == len(theirs) and all(same(a, b) for a, b in zip(ours, theirs))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (ours, theirs)):
+        return math.isclose(ours, theirs, rel_tol=1e-3)
+    return ours == theirs
+
+
+def _arch_text(spec: dict) -> str:
+    """'resnet18', or 'resnet18 (width 8)' for a victim built with other than its defaults."""
+    extra = ", ".join(f"{k} {value_text(v)}" for k, v in sorted(spec.get("arch_config", {}).items()))
+    return spec["arch"] + (f" ({extra})" if extra else "")
+
+
+MULTISTEP_KEYS = ("milestones", "gamma")  # read by the multistep schedule only
+# How a record's spec states each of bench.published.RECIPE_KEYS that is not a bench.train.Recipe field.
+_SPEC_VALUES: dict[str, Callable[[dict], object]] = {
+    "dataset": lambda spec: spec["data"]["name"],
+    "train_size": lambda spec: spec["data"].get("train_size") or "all",
+    "test_size": lambda spec: spec["data"].get("test_size") or "all",
+    "arch": _arch_text,
+    "optimizer": lambda spec: spec["recipe"].get("optimizer", "sgd"),  # bench.train trains with SGD only
+}
+
+
+def recipe_differences(spec: dict, source: PublishedSource, metric: str) -> list[str]:
+    """How a cell's data, victim and training differ from what `source` states, one phrase each."""
+    unstated = [k.replace("_", " ") for k in CORE_RECIPE_KEYS if k not in source.recipe]
+    reasons = [f"the source states no {', '.join(unstated)}"] if unstated else []
+    for key, theirs in source.recipe.items():
+        if key in MULTISTEP_KEYS and not spec["recipe"].get("schedule") == source.recipe.get("schedule") == "multistep":
+            continue  # unread by any other schedule; a schedule that differs is said once, as itself
+        ours = _SPEC_VALUES[key](spec) if key in _SPEC_VALUES else spec["recipe"].get(key)
+        if not same(ours, theirs):
+            reasons.append(f"{key.replace('_', ' ')} {value_text(ours)} vs {value_text(theirs)}")
+    if source.metric and source.metric != metric:
+        reasons.append(f"metric {metric} vs {source.metric}")
+    return reasons
+
+
+def _config_differences(name: str, config: dict, wanted: dict) -> list[str]:
+    return [f"{name} {key} {value_text(config.get(key))} vs {value_text(value)}"
+            for key, value in wanted.items() if not same(config.get(key), value)]
+
+
+def attack_differences(spec: dict, poison: dict, row: PublishedAttack) -> list[str]:
+    """How a cell's poison differs from the source row's: its budget, the config the row names, `differs`."""
+    reasons = []
+    norm, eps = poison.get("norm", "linf"), poison.get("budget", 0.0)
+    ours = budget_label(norm, eps) or "none"
+    if row.budget is None:
+        reasons.append(f"the source states no budget for {row.label}")
+    elif row.budget.norm == "none":
+        if eps:
+            reasons.append(f"budget {ours} vs none")
+    elif row.budget.norm != norm or row.budget.eps is None or not same(eps, row.budget.eps):
+        reasons.append(f"budget {ours} vs {row.budget.text}")
+    reasons += _config_differences(spec["attack"], spec.get("attack_config", {}), row.config)
+    return reasons + ([row.differs] if row.differs else [])
+
+
+def defense_differences(spec: dict, column: PublishedDefense) -> list[str]:
+    """How a cell's defense differs from the source column's: the config the column names, `differs`."""
+    reasons = _config_differences(spec["defense"], spec.get("defense_config", {}), column.config)
+    return reasons + ([column.differs] if column.differs else [])
+
+
+def _seed_groups(records: Iterable[CellResult]) -> list[list[CellResult]]:
+    """Finished records grouped by their whole spec but the seed (and the analysis, which changes no
+    accuracy), in record order: each group is one cell of the tables, its seeds."""
+    groups: dict[str, list[CellResult]] = {}
+    for r in records:
+        if r.done:
+            spec = {k: v for k, v in r.spec.items() if k not in ("seed", "analysis")}
+            groups.setdefault(json.dumps(spec, sort_keys=True, default=str), []).append(r)
+    return list(groups.values())
+
+
+def compare_published(records: Iterable[CellResult], sources: Iterable[PublishedSource], metric: str = "test_acc_last",
+                      tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+    """Our cells (mean over seeds of `metric`, in %) beside each source's number for the same attack and
+    defense (the mapping is the source file's), one row per pair.
+
+    A pair is comparable when nothing differs: every recipe setting the source states (and it states
+    bench.published.CORE_RECIPE_KEYS), the budget, the configs its row and column name, and neither has a
+    `differs`. Only then is `delta` (ours - published, points) given, and `beyond_tolerance` set when
+    |delta| > `tolerance`; otherwise `differs` says what differs, joined by '; '.
+    """
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"--tolerance: must be a number of points >= 0, got {tolerance!r}")
+    groups = _seed_groups(records)
+    rows = []
+    for source in sources:
+        for row in source.attacks:
+            for column in source.defenses:
+                if column.label not in row.acc:
+                    continue
+                for group in groups:
+                    first = group[0]
+                    spec = first.spec
+                    if spec["attack"] not in row.ours or spec["defense"] not in column.ours:
+                        continue
+                    values = pd.Series([100 * r.metrics[metric] for r in group])
+                    reasons = (recipe_differences(spec, source, metric) + attack_differences(spec, first.poison or {}, row)
+                               + defense_differences(spec, column))
+                    published = row.acc[column.label]
+                    delta = values.mean() - published if not reasons else math.nan
+                    rows.append({"source": source.id, **cell_labels(first), "seeds": len(group), "ours": values.mean(),
+                                 "ours_std": values.std(), "source_attack": row.label, "source_defense": column.label,
+                                 "published": published, "unverified": source.unverified or row.unverified,
+                                 "comparable": not reasons, "delta": delta,
+                                 "beyond_tolerance": bool(not reasons and abs(delta) > tolerance),
+                                 "differs": "; ".join(reasons)})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def unpublished(records: Iterable[CellResult], sources: Iterable[PublishedSource]) -> dict[str, list[str]]:
+    """Our attacks and defenses (in record order) that no source's table maps to a row or a column."""
+    sources = list(sources)
+    done = [r for r in records if r.done]
+    mapped = {"attack": {n for s in sources for row in s.attacks for n in row.ours},
+              "defense": {n for s in sources for column in s.defenses for n in column.ours}}
+    return {kind: [n for n in dict.fromkeys(r.spec[kind] for r in done) if n not in mapped[kind]]
+            for kind in ("attack", "defense")}

@@ -16,10 +16,11 @@ import pandas as pd
 
 from bench.citations import Citation, bibliography, citation
 from bench.config import ConfigError, comma_choices
+from bench.published import PublishedSource
 from bench.records import CellResult
 from bench.report import render
-from bench.report.tables import (METRICS, TableLayout, analysis_cells, histories_frame, mi_setup, ordered, recipe_label,
-                                 summary_tables, tidy)
+from bench.report.tables import (DEFAULT_TOLERANCE, METRICS, TableLayout, analysis_cells, compare_published,
+                                 histories_frame, mi_setup, ordered, recipe_label, summary_tables, tidy, unpublished)
 
 log = logging.getLogger("bench")
 
@@ -64,11 +65,14 @@ def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
 
 def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack_order=None, defense_order=None,
                  metric: str = "test_acc_last", *, formats: Iterable[str] = FORMATS, layout: TableLayout = TableLayout(),
-                 arch_order=None, store=None, curves: str | None = None) -> Report:
+                 arch_order=None, store=None, curves: str | None = None, compare: Iterable[PublishedSource] = (),
+                 tolerance: float = DEFAULT_TOLERANCE) -> Report:
     """Write the report of `records` into `out_dir` as <name>.csv/.md/.tex/.bib and <name>_figures/.
 
     `formats` is any subset of FORMATS; `store` (a bench.store.Store) lets the gallery read poisons;
-    `curves` is a pandas query choosing the cells whose training curves are drawn.
+    `curves` is a pandas query choosing the cells whose training curves are drawn; `compare` the
+    published sources (bench.published) our cells are put beside, with differences beyond
+    `tolerance` points flagged (also as <name>_published.csv).
     """
     formats = parse_formats(formats)
     if metric not in METRICS:
@@ -86,8 +90,13 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
     calibration = estimator_calibration(done) if not cells.empty else pd.DataFrame()
     mi_md, mi_tex = render.mi_section(cells, calibration, name)
-    md += mi_md
-    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex]
+    compare = tuple(compare)
+    comparison, cmp_md, cmp_tex = pd.DataFrame(), [], []
+    if compare:
+        comparison = compare_published(done, compare, metric, tolerance)
+        cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
+    md += mi_md + cmp_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex, *cmp_tex]
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
@@ -106,6 +115,9 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
         if not calibration.empty:
             paths["mi_calibration"] = out_dir / f"{name}_mi_calibration.csv"
             calibration.to_csv(paths["mi_calibration"], index=False)
+        if compare:
+            paths["published"] = out_dir / f"{name}_published.csv"
+            comparison.to_csv(paths["published"], index=False)
     if "md" in formats:
         paths["md"] = out_dir / f"{name}.md"
         paths["md"].write_text(markdown)
