@@ -162,7 +162,11 @@ def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
         assert grid.data == DataSpec("cifar10")  # all of CIFAR-10, no subset
         assert all(c.attack_config == as_dict(ATTACKS.config(c.attack)) for c in grid.cells())  # official defaults
     # iss_jpeg is jpeg under ISS's name; gaussian at APBench's sigma leaves uint8 images unchanged.
-    assert set(grids["paper"].defenses) == set(grids["full"].defenses) == _builtin(DEFENSES) - {"iss_jpeg", "gaussian"}
+    defenses = _builtin(DEFENSES) - {"iss_jpeg", "gaussian"}
+    assert set(grids["paper"].defenses) == defenses | {"at_4"} and set(grids["full"].defenses) == defenses
+    # AT at 4/255 beside AT at 8/255: REM's official evaluation (PGD-10, 0.8/255 steps, random start).
+    assert grids["paper"].resolve("at") == ("at", as_dict(DEFENSES.config("at")))
+    assert grids["paper"].resolve("at_4") == ("at", as_dict(DEFENSES.config("at", {"eps": 4 / 255, "step_size": 0.8 / 255})))
     assert grids["paper"].archs == ("resnet18",) and grids["paper"].seeds == (0, 1, 2)
     assert set(grids["full"].archs) == {"resnet18", "resnet50", "vgg16", "densenet121", "mobilenetv2", "wrn34_10", "vit_small"}
     depth = grids["depth"]
