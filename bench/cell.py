@@ -5,7 +5,7 @@ layer (which runs them), so each of those imports it from here and none imports 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from bench.config import as_dict
 from bench.data import DataSpec
@@ -28,6 +28,12 @@ class CellSpec:
     from that dict again (`ATTACKS.create`), which runs the config's checks a second time, on
     purpose: the grid is checked on load so a bad value fails before any work, and what runs is
     built from exactly the dict that was hashed and recorded. The second check costs microseconds.
+
+    `attack`, `defense` and `arch` are the registered plugins that run. Where the grid lists a variant
+    (`[variants.NAME]`, bench/grid.py), `variants` maps that factor to the grid's name for it, which
+    labels, logs and reports show (`name`). The names are left out of the id: a cell is the experiment
+    its plugins and configs make, so renaming a variant keeps its records, and grids that run one
+    experiment under different names share its cells and poisons.
     """
 
     data: DataSpec
@@ -41,6 +47,7 @@ class CellSpec:
     recipe_name: str
     seed: int
     analysis: tuple[str, ...] = ()  # measurements beyond accuracy, from ANALYSES
+    variants: dict = field(default_factory=dict)  # factor ("attack", "defense", "arch") -> its variant name
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -50,15 +57,24 @@ class CellSpec:
             del d["analysis"]
         else:
             d["analysis"] = list(self.analysis)
+        if not self.variants:  # likewise: a cell of plain names keeps the spec it had before variants existed
+            del d["variants"]
         return d
 
     @property
     def cell_id(self) -> str:
-        return canonical_hash(self.to_dict())
+        """A hash of the spec without the variant names (the record keeps them)."""
+        spec = self.to_dict()
+        spec.pop("variants", None)
+        return canonical_hash(spec)
+
+    def name(self, factor: str) -> str:
+        """What the grid calls the cell's `factor` (attack, defense or arch): its variant name, else the plugin's."""
+        return self.variants.get(factor, getattr(self, factor))
 
     @property
     def label(self) -> str:
-        return cell_label(self.attack, self.defense, self.arch, self.seed)
+        return cell_label(self.name("attack"), self.name("defense"), self.name("arch"), self.seed)
 
     @property
     def cacheable(self) -> bool:
@@ -67,6 +83,7 @@ class CellSpec:
 
     @property
     def poison_key(self) -> str:
-        """One poison serves every defense, architecture and recipe of the same attack and seed."""
+        """One poison serves every defense, architecture and recipe of the same attack and seed: its
+        plugin and config, whatever the grid calls it."""
         return canonical_hash({"data": asdict(self.data), "attack": self.attack,
                                "attack_config": self.attack_config, "seed": self.seed})

@@ -151,8 +151,9 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
             grid = load_grid(grid_name)
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
-        ids = {cell.cell_id for cell in grid.cells()}
-        records = [r for r in records if r.cell_id in ids]
+        cells = {cell.cell_id: cell for cell in grid.cells()}
+        # Under the grid's own names: a cell another grid ran, or one run under a variant's older name, is its cell.
+        records = [r.named(cells[r.cell_id].variants) for r in records if r.cell_id in cells]
         orders = {"attack_order": grid.attacks, "defense_order": grid.defenses, "arch_order": grid.archs}
         name = grid.name
     try:

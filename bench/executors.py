@@ -106,7 +106,7 @@ def fail_unrunnable(cell: CellSpec, grid_name: str, store: Store, error: dict, p
         if record is None or not record.done:
             record = CellResult.failed(cell, grid_name, error, provenance=provenance(torch.device("cpu")), attempts=0)
             store.write_record(record)
-    log.error("cell %s (%s %s) failed: %s: %s", cell.cell_id, cell.attack, cell.defense, error["type"], error["message"])
+    log.error("cell %s (%s) failed: %s: %s", cell.cell_id, cell.label, error["type"], error["message"])
     progress.finished(record)
 
 

@@ -133,19 +133,21 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle, title: str = "") -
 
     `cells` has one row per (attack, arch) with columns attack, arch and the means of the metrics in
     `mi_panels`, plus `<metric>_std` (error bars; NaN or absent for one seed). Architectures of one
-    family share a line; another family is drawn dashed. Without depths in the names the x axis is
-    categorical.
+    family share a line; another family is drawn dashed. Depth and family are read from the arch's
+    plugin name (`arch_plugin`, where the cells have it: a variant's own name need not say them).
+    Without depths in the names the x axis is categorical.
     """
     if cells.empty:
         raise ValueError("no MI analysis to plot")
     cells = cells.copy()
-    depths = cells.arch.map(arch_depth)
+    plugins = cells["arch_plugin"] if "arch_plugin" in cells else cells.arch
+    depths = plugins.map(arch_depth)
     numeric = depths.notna().all()
     order = list(dict.fromkeys(cells.arch))
     cells["x"] = depths if numeric else cells.arch.map(order.index)
     panels = mi_panels(cells)
     fig, axes = _figure(1, len(panels), 2.6 * len(panels), 2.6)
-    cells["family"] = cells.arch.map(arch_family)
+    cells["family"] = plugins.map(arch_family)
     families = list(dict.fromkeys(cells.family))
     with matplotlib.style.context(STYLE):
         for ax, (metric, label) in zip(axes[0], panels):

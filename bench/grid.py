@@ -19,6 +19,19 @@ A defense named `a+b` composes registered defenses (`jpeg+cutout`, `iss_gray+at`
 checked, and `[config.cutout]` applies to cutout wherever it appears. A composed cell records one
 config table per part; a plain name records its own config, so its cell id does not change.
 
+A variant puts one plugin in a second row or column with another config, under a name of the
+grid's choosing (`docs/grids.md`):
+
+```toml
+defenses = ["none", "at", "at_4"]
+[variants.at_4]                 # the name the lists, tables, logs and `--set at_4.eps=...` use
+plugin = "at"                   # the registered attack, defense or arch it runs
+eps = "4/255"                   # fields on top of [config.at], if the grid has one
+```
+
+Its cells run the plugin; the name is stored beside it (`CellSpec.variants`) and left out of the
+cell id, so two names for one plugin and config are one experiment (an error within a grid).
+
 Everything is checked on load, before any work starts: unknown keys, unknown plugins, unknown
 config fields and out-of-range values are errors that name the key and what is allowed.
 `GridOverrides` applies command-line changes (`--set em.steps=10`, `--attacks em,ops`, ...) to the
@@ -27,8 +40,10 @@ raw TOML first, so they go through the same checks.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import logging
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -39,15 +54,29 @@ from typing import Any
 from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
-from bench.registry import ARCHS, REGISTRIES, defense_parts
+from bench.registry import ARCHS, COMPOSE, REGISTRIES, defense_parts
+from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
 from defenses.base import create_defense
 
 log = logging.getLogger("bench")
 
-GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis")
+GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis",
+             "variants")
 ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
 PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
+# A variant's name is a TOML bare key without dots or `+`, so `--set NAME.FIELD=` and `jpeg+NAME` parse
+# one way; `recipe` and `data` are what `--set recipe.FIELD` and `--set data.FIELD` mean.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+RESERVED_NAMES = ("recipe", "data")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`[variants.NAME]`: a registered plugin under a name of the grid's choosing, with a config of its own."""
+
+    plugin: str  # the registered attack, defense or arch that runs
+    config: dict  # checked: the grid's [config.PLUGIN] table with the variant's fields on top
 
 
 @dataclass(frozen=True)
@@ -63,21 +92,28 @@ class Grid:
     recipe_name: str
     config: dict = field(default_factory=dict)  # plugin name -> validated config dict
     analysis: tuple[str, ...] = ()
+    variants: dict = field(default_factory=dict)  # variant name -> Variant
 
-    def defense_config(self, defense: str) -> dict:
-        """A plain defense's config, or {part: config} for a composed one."""
-        parts = defense_parts(defense)
-        if len(parts) == 1:
-            return self.config.get(defense, {})
-        return {part: self.config.get(part, {}) for part in parts}
+    def resolve(self, name: str) -> tuple[str, dict]:
+        """(plugin, config) of a name in the grid's lists: a variant's, else the plugin's own. A composed
+        defense gives ('a+b' of its parts' plugins, {plugin: config} per part), as it always recorded."""
+        parts = defense_parts(name)
+        if len(parts) > 1:
+            resolved = [self.resolve(part) for part in parts]
+            return COMPOSE.join(plugin for plugin, _ in resolved), dict(resolved)
+        variant = self.variants.get(name)
+        return (variant.plugin, variant.config) if variant else (name, self.config.get(name, {}))
 
     def cells(self) -> list[CellSpec]:
         """Every cell, grouped so that cells sharing a poison run one after another."""
-        return [
-            CellSpec(self.data, attack, self.config.get(attack, {}), defense, self.defense_config(defense),
-                     arch, self.config.get(arch, {}), self.recipe, self.recipe_name, seed, self.analysis)
-            for seed, attack, arch, defense in itertools.product(self.seeds, self.attacks, self.archs, self.defenses)
-        ]
+        cells = []
+        for seed, attack, arch, defense in itertools.product(self.seeds, self.attacks, self.archs, self.defenses):
+            names = {"attack": attack, "defense": defense, "arch": arch}
+            runs = {factor: self.resolve(name) for factor, name in names.items()}
+            variants = {factor: name for factor, name in names.items() if name != runs[factor][0]}
+            cells.append(CellSpec(self.data, *runs["attack"], *runs["defense"], *runs["arch"], self.recipe,
+                                  self.recipe_name, seed, self.analysis, variants))
+        return cells
 
 
 def shipped_grids() -> dict[str, Any]:
@@ -118,10 +154,9 @@ def parse_grid(raw: dict, name: str) -> Grid:
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
         lists[key] = tuple(values)
+    variant_plugins = _variant_plugins(raw.get("variants", {}), name)
+    _check_lists(lists, variant_plugins, name)
     named = _named_plugins(raw)
-    for key, registry in REGISTRIES.items():
-        for plugin in named[key]:
-            registry.entry(plugin)  # raises with the known names
     seeds = _seeds_of(raw.get("seeds", [0]), name)
     data_raw = raw.get("data", {})
     if not isinstance(data_raw, dict):
@@ -136,6 +171,9 @@ def parse_grid(raw: dict, name: str) -> Grid:
         raise ConfigError(f"grid {name}: config must be tables [config.NAME] of field = value")
     config = {}
     for plugin, overrides in raw.get("config", {}).items():
+        if plugin in variant_plugins:  # one place for a variant's fields, so none is set twice
+            raise ConfigError(f"grid {name}: [config.{plugin}]: {plugin} is a variant; put its fields in "
+                              f"[variants.{plugin}]")
         registry = next((REGISTRIES[key] for key in PLUGIN_LISTS if plugin in named[key]), None)
         if registry is None:
             raise ConfigError(f"grid {name}: [config.{plugin}] names no attack, defense or arch of this grid")
@@ -151,11 +189,95 @@ def parse_grid(raw: dict, name: str) -> Grid:
         for plugin in named[key]:
             if plugin not in config:
                 config[plugin] = as_dict(registry.config(plugin))
+    variants = {variant: _variant(variant, plugin, raw, lists) for variant, plugin in variant_plugins.items()}
+    grid = Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"], lists["archs"],
+                tuple(seeds), recipe, recipe_name, config, _analysis(raw.get("analysis", []), name), variants)
     for defense in lists["defenses"]:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
-            create_defense(defense, {part: config[part] for part in defense_parts(defense)})
-    return Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"],
-                lists["archs"], tuple(seeds), recipe, recipe_name, config, _analysis(raw.get("analysis", []), name))
+            plugin, parts = grid.resolve(defense)
+            try:
+                create_defense(plugin, parts)
+            except ConfigError as err:
+                if plugin == defense:
+                    raise
+                raise ConfigError(f"grid {name}: defenses: {defense!r} runs {plugin!r}: {err}") from None
+    _check_distinct(grid, lists)
+    return grid
+
+
+def _variant_plugins(value: Any, grid: str) -> dict[str, str]:
+    """Variant name -> its plugin, for each `[variants.NAME]`: the name its own, the plugin one registered name."""
+    if not isinstance(value, dict) or not all(isinstance(table, dict) for table in value.values()):
+        raise ConfigError(f"grid {grid}: variants must be tables [variants.NAME] of plugin = \"a registered name\" "
+                          "and its config fields")
+    registered = {plugin: registry.kind for registry in REGISTRIES.values() for plugin in registry.names()}
+    plugins = {}
+    for variant, table in value.items():
+        where = f"grid {grid}: variants.{variant}"
+        if not VARIANT_NAME.fullmatch(variant) or variant in RESERVED_NAMES:
+            raise ConfigError(f"{where}: a variant's name is letters, digits, _ and - (not {' or '.join(RESERVED_NAMES)})")
+        if variant in registered:  # one name, one meaning: in the lists, --set and the records
+            raise ConfigError(f"{where}: {variant!r} is a registered {registered[variant]}; give the variant a name "
+                              "of its own")
+        plugin = table.get("plugin")
+        if not isinstance(plugin, str):
+            raise ConfigError(f"{where}.plugin: missing; name the registered attack, defense or arch it runs")
+        if len(defense_parts(plugin)) > 1:
+            raise ConfigError(f"{where}.plugin: {plugin!r} is a composition; a variant is of one plugin, and "
+                              f"compositions of variants are written in defenses (\"jpeg+{variant}\")")
+        if plugin in value:
+            raise ConfigError(f"{where}.plugin: {plugin!r} is a variant itself; name a registered plugin")
+        if plugin not in registered:
+            close = difflib.get_close_matches(plugin, registered, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}.plugin: unknown plugin {plugin!r}{hint}; known: {', '.join(sorted(registered))}")
+        plugins[variant] = plugin
+    return plugins
+
+
+def _check_lists(lists: dict[str, tuple[str, ...]], variants: dict[str, str], grid: str) -> None:
+    """Each name of each list (each part of a composed defense) is a registered plugin of that list's kind
+    or a variant of one, and each variant is in a list."""
+    for key, registry in REGISTRIES.items():
+        own = sorted(v for v, plugin in variants.items() if plugin in registry)
+        for part in _parts(key, lists[key]):
+            if part not in variants:
+                try:
+                    registry.entry(part)
+                except ConfigError as err:
+                    raise ConfigError(f"{err}{'; variants: ' + ', '.join(own) if own else ''}") from None
+            elif variants[part] not in registry:
+                home = next(k for k, r in REGISTRIES.items() if variants[part] in r)
+                raise ConfigError(f"grid {grid}: {key}: {part!r} is a variant of the {REGISTRIES[home].kind} "
+                                  f"{variants[part]!r}; list it in {home}")
+    listed = {part for key in PLUGIN_LISTS for part in _parts(key, lists[key])}
+    unused = [v for v in variants if v not in listed]
+    if unused:
+        raise ConfigError(f"grid {grid}: [variants.{unused[0]}] is in none of {', '.join(PLUGIN_LISTS)}")
+
+
+def _variant(variant: str, plugin: str, raw: dict, lists: dict[str, tuple[str, ...]]) -> Variant:
+    """A checked variant: the grid's [config.PLUGIN] (a CPU preset, fewer steps) carries over, so a variant
+    differs from its plugin's column by its own fields only."""
+    fields = {k: v for k, v in raw["variants"][variant].items() if k != "plugin"}
+    overrides = {**raw.get("config", {}).get(plugin, {}), **fields}
+    key = next(key for key in PLUGIN_LISTS if variant in _parts(key, lists[key]))
+    owner = f"variants.{variant}"
+    if REGISTRIES[key] is ARCHS:
+        return Variant(plugin, _arch_arguments(plugin, overrides, owner))
+    return Variant(plugin, as_dict(REGISTRIES[key].config(plugin, overrides, owner=owner)))
+
+
+def _check_distinct(grid: Grid, lists: dict[str, tuple[str, ...]]) -> None:
+    """Two names of one list that run the same plugin and config would be the same cells twice."""
+    for key in PLUGIN_LISTS:
+        seen: dict[str, str] = {}
+        for written in dict.fromkeys(lists[key]):
+            experiment = canonical_hash(list(grid.resolve(written)))
+            if experiment in seen:
+                raise ConfigError(f"grid {grid.name}: {key}: {seen[experiment]!r} and {written!r} run the same plugin "
+                                  "with the same config (one experiment, the same cells); drop one or change its config")
+            seen[experiment] = written
 
 
 MAX_SEED = 2**32 - 1  # the range every seeded library takes (numpy's legacy RandomState the narrowest)
@@ -186,15 +308,18 @@ def _analysis(value: Any, grid: str) -> tuple[str, ...]:
     return tuple(sorted(set(value)))  # order-free, so the cell id does not depend on how the list is written
 
 
-def _arch_arguments(arch: str, overrides: dict) -> dict:
-    """An architecture's keyword arguments, coerced to its annotations (the CLI gives strings)."""
+def _arch_arguments(arch: str, overrides: dict, owner: str | None = None) -> dict:
+    """An architecture's keyword arguments, coerced to its annotations (the CLI gives strings); errors
+    name the argument after `owner` (default `arch <name>`)."""
+    plain = f"arch {arch}"
+    owner = owner or plain
     hints = typing.get_type_hints(ARCHS.get(arch))
-    arguments = {k: coerce(v, hints.get(k, Any), f"arch {arch}.{k}") for k, v in overrides.items()}
+    arguments = {k: coerce(v, hints.get(k, Any), f"{owner}.{k}") for k, v in overrides.items()}
     try:
         ARCHS.create(arch, arguments)  # checks the names against the signature, and that the model builds
     except ConfigError as err:
         message = str(err)
-        raise ConfigError(message if message.startswith(f"arch {arch}") else f"arch {arch}.{message}") from None
+        raise ConfigError(owner + message[len(plain):] if message.startswith(plain) else f"{owner}.{message}") from None
     return arguments
 
 
@@ -202,11 +327,12 @@ def _arch_arguments(arch: str, overrides: dict) -> dict:
 class GridOverrides:
     """Changes to a grid from the command line, applied to its raw TOML before `parse_grid` checks it.
 
-    `sets` are `PLUGIN.FIELD=VALUE` (a config field of an attack, defense or arch of the grid),
-    `recipe.FIELD=VALUE` or `data.FIELD=VALUE`; values are strings, coerced by the config's types.
-    `attacks`, `defenses`, `archs` and `seeds` replace the grid's lists: any registered name is
-    allowed (to run a new plugin under a shipped grid's settings), and a cell the grid already had
-    keeps its id. Any other change makes a different experiment, with other cell ids.
+    `sets` are `NAME.FIELD=VALUE` (a config field of an attack, defense or arch of the grid, or of
+    one of its variants), `recipe.FIELD=VALUE` or `data.FIELD=VALUE`; values are strings, coerced by
+    the config's types. `attacks`, `defenses`, `archs` and `seeds` replace the grid's lists: any
+    registered name or variant of the grid is allowed (to run a new plugin under a shipped grid's
+    settings), and a cell the grid already had keeps its id. Any other change makes a different
+    experiment, with other cell ids.
     """
 
     sets: tuple[str, ...] = ()
@@ -232,6 +358,10 @@ class GridOverrides:
         named = list(dict.fromkeys(plugin for plugins in _named_plugins(raw).values() for plugin in plugins))
         if replaced and isinstance(raw.get("config"), dict):  # a plugin's table leaves with the plugin
             raw["config"] = {plugin: table for plugin, table in raw["config"].items() if plugin in named}
+        listed = {part for key in PLUGIN_LISTS for part in _parts(key, _names_in(raw, key))}
+        if replaced and isinstance(raw.get("variants"), dict):  # and a variant with its last list
+            raw["variants"] = {variant: table for variant, table in raw["variants"].items() if variant in listed}
+        variants = [v for v in raw.get("variants", {}) if v in listed] if isinstance(raw.get("variants"), dict) else []
         for assignment in self.sets:
             target, key, value = _assignment(assignment)
             # A table of the wrong type is left for parse_grid to name.
@@ -242,25 +372,37 @@ class GridOverrides:
             elif target == "data":
                 data = raw.get("data", {})
                 raw["data"] = {**data, key: value} if isinstance(data, dict) else data
+            elif target in variants:
+                if isinstance(raw["variants"][target], dict):
+                    raw["variants"][target][key] = value
             elif target in named:
                 config = raw.setdefault("config", {})
                 if isinstance(config, dict) and isinstance(config.setdefault(target, {}), dict):
                     config[target][key] = value
             else:
                 raise ConfigError(f"--set {assignment}: {target!r} is not an attack, defense or arch of grid {grid}; "
-                                  f"allowed: recipe, data, {', '.join(named)}")
+                                  f"allowed: recipe, data, {', '.join(named + variants)}")
         return raw
 
 
+def _names_in(raw: dict, key: str) -> list[str]:
+    """The names of a raw grid's list `key`; what is not a list of names is left for `parse_grid` to name."""
+    values = raw.get(key)
+    return [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
+
+
+def _parts(key: str, names) -> tuple[str, ...]:
+    """The names a list is made of, each once: the parts of a composed defense apart."""
+    return tuple(dict.fromkeys(part for name in names for part in (defense_parts(name) if key == "defenses" else [name])))
+
+
 def _named_plugins(raw: dict) -> dict[str, tuple[str, ...]]:
-    """The registered plugins a raw grid names, by list: each part of a composed defense, once.
-    What is not a list of names is skipped here and left for `parse_grid` to name."""
-    named = {}
-    for key in PLUGIN_LISTS:
-        values = raw.get(key)
-        values = [v for v in values if isinstance(v, str)] if isinstance(values, list) else []
-        named[key] = tuple(dict.fromkeys(p for v in values for p in (defense_parts(v) if key == "defenses" else [v])))
-    return named
+    """The registered plugins a raw grid names, by list, each once: a variant's plugin for the variant."""
+    variants = raw.get("variants") if isinstance(raw.get("variants"), dict) else {}
+    plugin_of = {name: table["plugin"] for name, table in variants.items()
+                 if isinstance(table, dict) and isinstance(table.get("plugin"), str)}
+    return {key: tuple(dict.fromkeys(plugin_of.get(part, part) for part in _parts(key, _names_in(raw, key))))
+            for key in PLUGIN_LISTS}
 
 
 def _assignment(text: str) -> tuple[str, str, str]:

@@ -173,7 +173,7 @@ def format_plan(plan: Plan) -> str:
         error = f"  ({error_line(state.error)})" if state.error else ""
         lines.append(f"  {state.status:<8} {state.cell.cell_id}  {state.cell.label}{error}")
     lines.append(f"poisons to generate: {len(plan.poisons)}")
-    lines += [f"  {cell.poison_key}  {cell.attack} (seed {cell.seed})" for cell in plan.poisons]
+    lines += [f"  {cell.poison_key}  {cell.name('attack')} (seed {cell.seed})" for cell in plan.poisons]
     lines.append(format_estimate(plan.estimate, plan.timings))
     return "\n".join(lines)
 
@@ -218,7 +218,8 @@ def records_status(name: str, records: Mapping[str, CellResult]) -> GridStatus:
     """Done and failed counts of a grid known only from its records' `grid` field."""
     mine = [r for r in records.values() if r.grid == name]
     failed = [r for r in mine if r.status == "failed"]
-    failures = [(cell_label(r.attack, r.defense, r.arch, r.seed), error_line(r.error)) for r in failed]
+    failures = [(cell_label(r.name("attack"), r.name("defense"), r.name("arch"), r.seed), error_line(r.error))
+                for r in failed]
     return GridStatus(name, {"done": sum(r.done for r in mine), "failed": len(failed), "pending": None}, failures)
 
 

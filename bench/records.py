@@ -9,7 +9,7 @@ wrote never changes it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class CellResult:
 
     cell_id: str
     grid: str
-    spec: dict  # CellSpec.to_dict(): data, attack (+ config), defense (+ config), arch, recipe, seed, analysis
+    spec: dict  # CellSpec.to_dict(): data, attack (+ config), defense (+ config), arch, recipe, seed, analysis, variants
     status: str  # "done" or "failed"
     attempts: int  # 0 where no worker got to run the cell (its poison failed, its worker died)
     provenance: dict  # bench.environment.provenance: versions, device, host
@@ -90,6 +90,7 @@ class CellResult:
 
     @property
     def attack(self) -> str:
+        """The attack's registered plugin (`name("attack")` is what the grid calls it)."""
         return self.spec.get("attack", "")
 
     @property
@@ -103,6 +104,18 @@ class CellResult:
     @property
     def seed(self) -> int | None:
         return self.spec.get("seed")
+
+    def name(self, factor: str) -> str:
+        """What the record calls its `factor` (attack, defense or arch): the variant name of the grid that
+        ran it, else the plugin's (`CellSpec.name`)."""
+        return self.spec.get("variants", {}).get(factor, self.spec.get(factor, ""))
+
+    def named(self, variants: dict) -> CellResult:
+        """This record under a grid's own names for its cell (`CellSpec.variants`). The names are not part
+        of the cell id, so a grid reporting a cell another grid ran (or ran under an older name) shows its
+        own names."""
+        spec = {k: v for k, v in self.spec.items() if k != "variants"}
+        return replace(self, spec={**spec, "variants": dict(variants)} if variants else spec)
 
     def to_json(self) -> dict:
         """The record as stored: every field that is set, and the unknown keys it was read with."""

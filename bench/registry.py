@@ -90,25 +90,27 @@ class Registry:
     def get(self, name: str) -> Any:
         return self.entry(name).obj
 
-    def config(self, name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    def config(self, name: str, overrides: Mapping[str, Any] | None = None, owner: str | None = None) -> Any:
         """The checked config dataclass of a class plugin (None for function plugins).
 
         `preset = NAME` among the overrides starts from the plugin's named preset (its `presets`
-        dict, e.g. a small CPU setting); the other overrides apply on top of it.
+        dict, e.g. a small CPU setting); the other overrides apply on top of it. Errors name the
+        field after `owner` (default `<kind> <name>`; a grid's variant passes its own key).
         """
         obj = self.get(name)
         config_cls = getattr(obj, "Config", None)
         if not config_cls:
             return None
+        owner = owner or f"{self.kind} {name}"
         overrides = dict(overrides or {})
         if "preset" in overrides:
             presets = getattr(obj, "presets", {})
             preset = overrides.pop("preset")
             if preset not in presets:
-                raise ConfigError(f"{self.kind} {name}.preset: unknown preset {preset!r}; "
+                raise ConfigError(f"{owner}.preset: unknown preset {preset!r}; "
                                   f"known presets: {', '.join(presets) or '(none)'}")
             overrides = {**presets[preset], **overrides}
-        return build_config(config_cls, overrides, f"{self.kind} {name}")
+        return build_config(config_cls, overrides, owner)
 
     def create(self, name: str, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """A plugin built from its name and config overrides.

@@ -77,7 +77,7 @@ class PoisonSource:
 
     def _generate(self, cell: CellSpec, data: Dataset) -> tuple[Poison, dict]:
         attack = ATTACKS.create(cell.attack, cell.attack_config)
-        log.info("generating poison %s: %s (seed %d)", cell.poison_key, cell.attack, cell.seed)
+        log.info("generating poison %s: %s (seed %d)", cell.poison_key, cell.name("attack"), cell.seed)
         start = time.perf_counter()
         work_dir = self.store.root / "cache" / "work" / cell.poison_key
         ctx = RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache", work_dir=work_dir,
@@ -280,7 +280,7 @@ class CellWorker:
     def make_poison(self, cell: CellSpec) -> dict:
         """Generate (or find) the poison of `cell` and leave it in the store's cache; for the poison phase."""
         meta, errors = self._attempts(lambda: self.poisons.get(cell, self.data(cell.data))[1], cell,
-                                      f"poison {cell.poison_key} ({cell.attack})")
+                                      f"poison {cell.poison_key} ({cell.name('attack')})")
         if meta is None:
             return {"status": "failed", "attempts": len(errors), "error": errors[-1]}
         return {"status": "done", "attempts": len(errors) + 1, "cached": bool(meta.get("cached"))}

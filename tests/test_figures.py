@@ -70,6 +70,13 @@ def test_mi_figure_names_every_attack_once_even_one_run_only_on_the_dashed_famil
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["em", "ops"]
 
 
+def test_mi_figure_reads_depth_and_family_from_the_arch_plugin_not_a_variants_name():
+    cells = pd.DataFrame({"attack": ["em", "em"], "arch": ["shallow_w8", "deep_w8"], "arch_plugin": ["resnet18", "resnet34"],
+                          **{metric: [1.0, 2.0] for metric in (*figures.MI_LABELS, "test_acc_last")}})
+    fig = figures.mi_against_depth(cells, figures.AttackStyle(("em",)))
+    assert [tuple(line.get_xdata()) for line in fig.axes[0].lines if len(line.get_xdata())] == [(18, 34)]  # one line
+
+
 def test_mi_by_attack_draws_one_bar_per_attack_and_arch_at_the_mean(stored):
     _, records, grid = stored
     cells = analysis_cells(tidy(records), {"attack": grid.attacks, "arch": grid.archs})

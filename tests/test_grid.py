@@ -162,7 +162,11 @@ def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
         assert grid.data == DataSpec("cifar10")  # all of CIFAR-10, no subset
         assert all(c.attack_config == as_dict(ATTACKS.config(c.attack)) for c in grid.cells())  # official defaults
     # iss_jpeg is jpeg under ISS's name; gaussian at APBench's sigma leaves uint8 images unchanged.
-    assert set(grids["paper"].defenses) == set(grids["full"].defenses) == _builtin(DEFENSES) - {"iss_jpeg", "gaussian"}
+    defenses = _builtin(DEFENSES) - {"iss_jpeg", "gaussian"}
+    assert set(grids["paper"].defenses) == defenses | {"at_4"} and set(grids["full"].defenses) == defenses
+    # AT at 4/255 beside AT at 8/255: REM's official evaluation (PGD-10, 0.8/255 steps, random start).
+    assert grids["paper"].resolve("at") == ("at", as_dict(DEFENSES.config("at")))
+    assert grids["paper"].resolve("at_4") == ("at", as_dict(DEFENSES.config("at", {"eps": 4 / 255, "step_size": 0.8 / 255})))
     assert grids["paper"].archs == ("resnet18",) and grids["paper"].seeds == (0, 1, 2)
     assert set(grids["full"].archs) == {"resnet18", "resnet50", "vgg16", "densenet121", "mobilenetv2", "wrn34_10", "vit_small"}
     depth = grids["depth"]
@@ -236,3 +240,119 @@ def test_cell_ids_and_poison_keys_are_those_of_the_code_before_the_refactor():
                        "config": {"external": {"path": "p.npz"}, "em": {"preset": "cpu"}}}, "g")
     cells = {cell.label: (cell.cell_id, cell.poison_key) for cell in grid.cells()}
     assert {label: cells[label] for label in PINNED_BEFORE_THE_REFACTOR} == PINNED_BEFORE_THE_REFACTOR
+
+
+# --- variants: one plugin under names of the grid's choosing ----------------------------------------
+AT_4 = {"plugin": "at", "eps": "4/255", "step_size": "0.8/255"}
+VARIANTS = {**BASE, "defenses": ["none", "at", "at_4"], "variants": {"at_4": AT_4}}
+AT_4_CONFIG = as_dict(DEFENSES.config("at", {"eps": 4 / 255, "step_size": 0.8 / 255}))
+
+
+def test_variants_leave_the_ids_and_poison_keys_of_plain_cells_as_they_were():
+    grid = parse_grid({"attacks": ["em", "ops", "em_4"], "defenses": ["none", "jpeg+cutout", "at_4", "jpeg+at_4"],
+                       "archs": ["tiny_cnn", "narrow"], "seeds": [0], "recipe": "cpu_smoke",
+                       "data": {"name": "cifar10", "train_size": 100}, "config": {"em": {"preset": "cpu"}},
+                       "variants": {"em_4": {"plugin": "em", "eps": "4/255"}, "at_4": AT_4,
+                                    "narrow": {"plugin": "tiny_cnn", "width": 8}}}, "g")
+    cells = {cell.label: (cell.cell_id, cell.poison_key) for cell in grid.cells()}
+    plain = {label: ids for label, ids in PINNED_BEFORE_THE_REFACTOR.items() if label.split(" / ")[0] in ("em", "ops")}
+    assert len(plain) == 3 and {label: cells[label] for label in plain} == plain
+    assert all("variants" not in c.to_dict() for c in grid.cells() if not c.variants)
+
+
+def test_a_variant_runs_its_plugin_under_its_name_and_its_id_is_the_experiments():
+    grid = parse_grid(VARIANTS, "g")
+    cells = {c.label: c for c in grid.cells()}
+    assert len(cells) == len({c.cell_id for c in grid.cells()}) == 6
+    at_4, at = cells["ops / at_4 / tiny_cnn / seed 0"], cells["ops / at / tiny_cnn / seed 0"]
+    assert (at_4.defense, at_4.defense_config, at_4.variants) == ("at", AT_4_CONFIG, {"defense": "at_4"})
+    assert at_4.name("defense") == "at_4" and at_4.to_dict()["variants"] == {"defense": "at_4"}
+    assert at.variants == {} and at.defense_config == as_dict(DEFENSES.config("at")) and at.cell_id != at_4.cell_id
+    # The name is a label: the same plugin and config as a plain `at` elsewhere, or under another name, is one cell.
+    plain = parse_grid({**BASE, "defenses": ["at"], "config": {"at": {"eps": "4/255", "step_size": "0.8/255"}}}, "h")
+    renamed = parse_grid({**BASE, "defenses": ["at_half"], "variants": {"at_half": AT_4}}, "h")
+    for other in (plain, renamed):
+        assert {c.label.replace(c.name("defense"), "at_4"): c.cell_id for c in other.cells()} == \
+               {label: c.cell_id for label, c in cells.items() if c.name("defense") == "at_4"}
+
+
+def test_an_attack_variants_poison_is_its_plugin_and_configs():
+    noise_4 = {"plugin": "random_noise", "eps": "4/255"}
+    grid = parse_grid({**BASE, "attacks": ["random_noise", "noise_4"], "variants": {"noise_4": noise_4}}, "g")
+    keys = {c.name("attack"): c.poison_key for c in grid.cells()}
+    assert keys["noise_4"] != keys["random_noise"]
+    assert {c.attack for c in grid.cells()} == {"random_noise"}
+    plain = parse_grid({**BASE, "attacks": ["random_noise"], "config": {"random_noise": {"eps": "4/255"}}}, "h")
+    again = parse_grid({**BASE, "attacks": ["weak"], "variants": {"weak": noise_4}}, "h")
+    assert {c.poison_key for c in plain.cells()} == {c.poison_key for c in again.cells()} == {keys["noise_4"]}
+
+
+def test_a_variant_starts_from_the_grids_config_of_its_plugin_composes_and_can_be_an_arch():
+    grid = parse_grid({**BASE, "defenses": ["none", "at", "at_4", "jpeg+at_4"], "archs": ["tiny_cnn", "narrow"],
+                       "config": {"at": {"preset": "cpu_smoke"}, "tiny_cnn": {"width": 16}},
+                       "variants": {"at_4": {"plugin": "at", "eps": "4/255"},
+                                    "narrow": {"plugin": "tiny_cnn", "width": "8"}}}, "g")
+    assert grid.config["at"]["steps"] == 2  # the CPU preset, for both AT columns
+    assert grid.resolve("at_4") == ("at", {**grid.config["at"], "eps": 4 / 255})
+    assert grid.resolve("narrow") == ("tiny_cnn", {"width": 8})
+    cell = next(c for c in grid.cells() if c.label == "ops / jpeg+at_4 / narrow / seed 0")
+    assert (cell.defense, cell.arch, cell.arch_config) == ("jpeg+at", "tiny_cnn", {"width": 8})
+    assert cell.defense_config == {"jpeg": grid.config["jpeg"], "at": grid.resolve("at_4")[1]}
+    assert cell.variants == {"defense": "jpeg+at_4", "arch": "narrow"}
+
+
+def test_the_variant_spelling_loads_from_a_toml_file(tmp_path):
+    path = tmp_path / "radii.toml"
+    path.write_text('attacks = ["clean"]\ndefenses = ["at", "at_4"]\narchs = ["tiny_cnn"]\n\n'
+                    '[variants.at_4]\nplugin = "at"\neps = "4/255"      # 4/255\nstep_size = 0.0031372549019607846\n')
+    assert load_grid(str(path)).resolve("at_4") == ("at", AT_4_CONFIG)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"variants": {"at_4": {**AT_4, "plugin": "att"}}}, r"^grid g: variants\.at_4\.plugin: unknown plugin 'att' "
+                                                       r"\(did you mean 'at'\?\); known: at, bdr, clean, "),
+    ({"variants": {"at_4": {"eps": 0.01}}}, r"^grid g: variants\.at_4\.plugin: missing; name the registered attack"),
+    ({"defenses": ["at", "cutout"], "variants": {"cutout": AT_4}},
+     r"^grid g: variants\.cutout: 'cutout' is a registered defense; give the variant a name of its own$"),
+    ({"variants": {"at_4": {**AT_4, "epz": 1}}}, r"^variants\.at_4: unknown config field 'epz'; "
+                                                 r"valid fields: eps, step_size, steps, random_start$"),
+    ({"variants": {"at_4": {**AT_4, "eps": 2}}}, r"^variants\.at_4\.eps: must be in \(0, 1\], got 2"),
+    ({"variants": {"at_4": {**AT_4, "preset": "gpu"}}}, r"^variants\.at_4\.preset: unknown preset 'gpu'"),
+    ({"attacks": ["clean", "at_4"]}, r"^grid g: attacks: 'at_4' is a variant of the defense 'at'; list it in defenses$"),
+    ({"config": {"at_4": {"eps": 0.01}}}, r"^grid g: \[config\.at_4\]: at_4 is a variant; put its fields in \[variants\.at_4\]$"),
+    ({"defenses": ["none", "at", "at_4", "at_8"], "variants": {"at_4": AT_4, "at_8": {"plugin": "at"}}},
+     r"^grid g: defenses: 'at' and 'at_8' run the same plugin with the same config \(one experiment, the same cells\)"),
+    ({"defenses": ["none", "at"]}, r"^grid g: \[variants\.at_4\] is in none of attacks, defenses, archs$"),
+    ({"defenses": ["at+at_4"]}, r"^grid g: defenses: 'at\+at_4' runs 'at\+at': defense at\+at: 'at' appears twice"),
+    ({"defenses": ["none", "at_5"]}, r"^unknown defense 'at_5' .*; known defenses: at, .*; variants: at_4$"),
+    ({"variants": {"at.4": AT_4}}, r"^grid g: variants\.at\.4: a variant's name is letters, digits, _ and - "
+                                   r"\(not recipe or data\)$"),
+    ({"variants": {"recipe": AT_4}}, r"^grid g: variants\.recipe: a variant's name is letters"),
+    ({"variants": {"at_4": {**AT_4, "plugin": "jpeg+at"}}}, r"^grid g: variants\.at_4\.plugin: 'jpeg\+at' is a composition"),
+    ({"variants": {"at_4": AT_4, "at_2": {"plugin": "at_4"}}}, r"^grid g: variants\.at_2\.plugin: 'at_4' is a variant itself"),
+    ({"variants": ["at_4"]}, r"^grid g: variants must be tables \[variants\.NAME\]"),
+    ({"archs": ["tiny_cnn", "narrow"], "variants": {"at_4": AT_4, "narrow": {"plugin": "tiny_cnn", "depth": 2}}},
+     r"^variants\.narrow: unknown argument 'depth'; valid: num_classes, width$"),
+])
+def test_bad_variants_fail_before_any_work_with_the_key_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid({**VARIANTS, **change}, "g")
+
+
+def test_overrides_set_a_variants_fields_and_select_it_by_name():
+    grid = parse_grid(GridOverrides.from_cli(["at_4.eps=2/255", "at.steps=5"]).apply(VARIANTS, "g"), "g")
+    assert grid.resolve("at_4") == ("at", {**AT_4_CONFIG, "eps": 2 / 255, "steps": 5})  # at.steps reaches at_4 too
+    assert grid.resolve("at")[1] == {**as_dict(DEFENSES.config("at")), "steps": 5}
+    assert VARIANTS["variants"]["at_4"] == AT_4, "the grid's own TOML must not change"
+    full = {c.cell_id for c in parse_grid(VARIANTS, "g").cells()}
+    one = parse_grid(GridOverrides.from_cli(defenses="none,at_4").apply(VARIANTS, "g"), "g")
+    assert one.defenses == ("none", "at_4") and len(one.cells()) == 4 and {c.cell_id for c in one.cells()} <= full
+    without = GridOverrides(defenses=("none", "at")).apply(VARIANTS, "g")
+    assert "variants" in without and parse_grid(without, "g").variants == {}  # the variant leaves with its list
+    with pytest.raises(ConfigError, match=r"^--set at_4\.eps=1: 'at_4' is not an attack, defense or arch of grid g; "
+                                          r"allowed: recipe, data, clean, ops, none, at, tiny_cnn$"):
+        GridOverrides(sets=("at_4.eps=1",), defenses=("none", "at")).apply(VARIANTS, "g")
+    with pytest.raises(ConfigError, match=r"allowed: recipe, data, clean, ops, none, at, tiny_cnn, at_4$"):
+        GridOverrides(sets=("em.eps=1",)).apply(VARIANTS, "g")
+    with pytest.raises(ConfigError, match=r"^variants\.at_4\.eps: must be in \(0, 1\]"):
+        parse_grid(GridOverrides(sets=("at_4.eps=2",)).apply(VARIANTS, "g"), "g")

@@ -152,3 +152,21 @@ def test_estimate_takes_the_poisons_as_any_iterable(tmp_path, grid):
     assert [c.attack for c in poisons] == ["clean", "ops"]
     assert estimate(states, iter(poisons), timings) == estimate(states, poisons, timings)
     assert (estimate(states, iter(poisons), timings).poisons, estimate(states, iter(poisons), timings).poisons_unknown) == (1, 1)
+
+
+def test_status_and_dry_run_show_a_variants_name_and_a_grid_shows_its_own(tmp_path):
+    at_4 = {"plugin": "at", "eps": "4/255"}
+    grid = parse_grid({**RAW, "defenses": ["at", "at_4"], "variants": {"at_4": at_4}}, "g")
+    cell = by_label(grid.cells())["ops / at_4 / tiny_cnn / seed 0"]
+    failed = record(cell, status="failed")
+    assert failed.spec["defense"] == "at" and failed.name("defense") == "at_4"
+    # Known from its records only, the failure carries the name of the grid that ran it.
+    assert format_status(store_status({cell.cell_id: failed}, {})[0]).splitlines()[1] == \
+           "  failed  ops / at_4 / tiny_cnn / seed 0: RuntimeError: boom"
+    # Another grid running the same experiment under another name counts the record as its cell, under its name.
+    renamed = parse_grid({**RAW, "defenses": ["at_half"], "variants": {"at_half": at_4}}, "h")
+    status = grid_status(renamed, {cell.cell_id: failed})
+    assert status.counts["failed"] == 1 and status.failures[0][0] == "ops / at_half / tiny_cnn / seed 0"
+    store = Store(tmp_path)
+    store.write_record(failed)
+    assert "ops / at_half / tiny_cnn / seed 0  (RuntimeError: boom)" in format_plan(plan_grid(renamed, store))

@@ -287,3 +287,62 @@ def test_cli_writes_only_the_formats_asked_for(stored):
     assert "| defense | clean | ops (L0 1 px) | random_noise (Linf 8/255) |" in done.output
     bad = runner.invoke(main, ["report", "--out", str(store.root), "--format", "latex,docx"])
     assert bad.exit_code != 0 and "--format: unknown format 'docx'; allowed: latex, csv, md, fig" in bad.output
+
+
+# --- variants: one plugin in two columns under names of the grid's choosing ---------------------
+RADII = {"attacks": ["clean", "ops"], "defenses": ["at", "at_4"], "archs": ["tiny_cnn"], "recipe": "cpu_smoke",
+         "variants": {"at_4": {"plugin": "at", "eps": "4/255", "step_size": "0.8/255"}}}
+
+
+def radii_records(grid) -> list:
+    """A record per cell of a grid with AT at two radii, as the runner writes them: 60% under at, 40% under at_4."""
+    from bench.records import CellResult
+
+    records = []
+    for cell in grid.cells():
+        acc = 0.6 if cell.defense_config["eps"] > 5 / 255 else 0.4
+        outcome = {"metrics": {"test_acc_last": acc, "test_acc_best": acc, "best_epoch": 1, "train_acc": 1.0},
+                   "history": [], "poison": {"key": cell.poison_key, "norm": "l0" if cell.attack == "ops" else "linf",
+                                             "budget": 1.0 if cell.attack == "ops" else 0.0}, "timings": {}}
+        records.append(CellResult.finished(cell, grid.name, outcome, provenance={}, attempts=1, earlier_errors=[],
+                                           wall_seconds=1.0))
+    return records
+
+
+def test_two_variants_of_one_plugin_are_two_columns_under_their_names_and_cite_its_paper(tmp_path):
+    from bench.grid import parse_grid
+    from bench.store import Store
+
+    grid = parse_grid(RADII, "radii")
+    store = Store(tmp_path / "results")
+    for r in radii_records(grid):
+        store.write_record(r)
+    # What a record keeps: the plugin that ran, its whole config, and the grid's name for it.
+    stored = {r.name("defense"): r for r in store.records() if r.attack == "ops"}
+    assert stored["at_4"].spec["defense"] == "at" and stored["at_4"].spec["variants"] == {"defense": "at_4"}
+    assert stored["at_4"].spec["defense_config"]["eps"] == pytest.approx(4 / 255) and "variants" not in stored["at"].spec
+    # The report needs the records only, not the grid file.
+    report = write_report(store.records(), tmp_path / "r", "radii", formats=("md", "csv", "latex"))
+    assert "| attack | at | at_4 |" in report.markdown
+    assert re.search(r"^\| ops \(L0 1 px\) \| \*\*60\.00\*\* \| \*\*40\.00\*\* \|$", report.markdown, re.M)
+    tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
+    assert "at~\\cite{madry2018towards} & at\\_4~\\cite{madry2018towards}" in tex
+    assert re.findall(r"@\w+\{([^,]+),", bib) == ["madry2018towards", "wu2023onepixel"]  # each entry once
+    csv = pd.read_csv(report.paths["csv"])
+    assert set(zip(csv.defense, csv.defense_plugin)) == {("at", "at"), ("at_4", "at")}
+
+
+def test_a_report_of_a_grid_shows_the_grids_names_for_cells_run_under_others(tmp_path):
+    from bench.grid import parse_grid
+    from bench.store import Store
+
+    store = Store(tmp_path / "results")
+    for r in radii_records(parse_grid(RADII, "radii")):
+        store.write_record(r)
+    # The same experiments, the 4/255 column renamed: the records are its cells and show its name.
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text('attacks = ["clean", "ops"]\ndefenses = ["at", "at_half"]\narchs = ["tiny_cnn"]\n'
+                       'recipe = "cpu_smoke"\n[variants.at_half]\nplugin = "at"\neps = "4/255"\nstep_size = "0.8/255"\n')
+    done = CliRunner().invoke(main, ["report", "--grid", str(renamed), "--out", str(store.root), "--format", "md"])
+    assert done.exit_code == 0, done.output
+    assert "| attack | at | at_half |" in done.output and "at_4" not in done.output

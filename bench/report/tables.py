@@ -8,7 +8,8 @@ sources come in parsed (`bench.published`), so matching reads each file's mappin
 
 The attack is keyed by two columns, its name and its budget: a table with attacks as rows (or
 columns) has the two-level index (attack, budget), and a table of one attack keys its group by the
-pair. `bench.report.render` joins them into labels such as `em (Linf 8/255)`.
+pair. `bench.report.render` joins them into labels such as `em (Linf 8/255)`. The attack, defense and arch columns hold what the
+grid calls them (a variant's name, `[variants.NAME]`); `<factor>_plugin` holds the plugin that ran.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit
 MI_METRICS = tuple(m for m in ANALYSIS_METRICS if m.startswith("mi_"))  # bench.mi's estimates, the default first
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
 BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
+PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
 
 
 def budget_label(norm: str, budget: float) -> str:
@@ -54,27 +56,30 @@ def recipe_label(spec: dict) -> str:
 
 def cell_labels(record: CellResult) -> dict[str, str]:
     """A record's factors as tidy's columns hold them: dataset (with its subset size), arch, recipe, attack,
-    budget, defense."""
+    budget, defense, each under the record's name for it (a variant's, else the plugin's)."""
     spec, poison = record.spec, record.poison or {}
     train_size = spec["data"].get("train_size")
-    return {"dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""), "arch": spec["arch"],
-            "recipe": recipe_label(spec), "attack": spec["attack"],
-            "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": spec["defense"]}
+    return {"dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""), "arch": record.name("arch"),
+            "recipe": recipe_label(spec), "attack": record.name("attack"),
+            "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": record.name("defense")}
 
 
 def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
-    """One row per finished cell and metric: accuracies in %, the MI analysis in its own units."""
+    """One row per finished cell and metric: accuracies in %, the MI analysis in its own units; each
+    factor under the record's name for it, and the plugin behind it (citations, depth) at the end."""
     rows = []
     for r in records:
         if not r.done:
             continue
         base = {"cell_id": r.cell_id, "grid": r.grid, **cell_labels(r), "seed": r.spec["seed"]}
+        plugins = {f"{factor}_plugin": r.spec[factor] for factor in PLUGIN_FACTORS}
         for metric in METRICS:
-            rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%"})
+            rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%", **plugins})
         for metric, value in (r.analysis or {}).items():
             if metric in ANALYSIS_METRICS:
-                rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric]})
-    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit"]
+                rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric], **plugins})
+    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit",
+               *(f"{factor}_plugin" for factor in PLUGIN_FACTORS)]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -206,7 +211,7 @@ def mi_setup(record: CellResult) -> str:
 
 
 def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str, str] | None = None) -> pd.DataFrame:
-    """Per (dataset, recipe, defense, attack, budget, arch, MI setup) with MI: mean and `<metric>_std` over
+    """Per (dataset, recipe, defense, attack, budget, arch and its plugin, MI setup) with MI: mean and `<metric>_std` over
     seeds of accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid)
     order. `setups` maps a cell id to its `mi_setup` (records measured differently stay apart)."""
     wanted = ["test_acc_last", *ANALYSIS_METRICS]
@@ -216,7 +221,7 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[st
         return pd.DataFrame()
     setups = setups or {}
     sub["mi_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
-    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "mi_setup"]
+    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "arch_plugin", "mi_setup"]
     stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
     cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
     cells = cells.rename_axis(columns=None).reset_index()

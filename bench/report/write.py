@@ -41,9 +41,17 @@ class Report:
 
 
 def plugin_citations(df: pd.DataFrame) -> dict[tuple[str, str], Citation]:
-    """(kind, name) -> Citation of every attack and defense in the tidy frame, looked up in the installed
-    plugins; a plugin that is no longer installed is not cited."""
-    return {(kind, name): citation(kind, name) for kind in ("attack", "defense") for name in df[kind].unique()}
+    """(kind, name) -> Citation of every attack and defense in the tidy frame: the paper of the plugin
+    behind the name (a variant cites its plugin's), each plugin looked up once in the installed ones;
+    a plugin that is no longer installed is not cited."""
+    found: dict[tuple[str, str], Citation] = {}
+    out = {}
+    for kind in ("attack", "defense"):
+        for name, plugin in df[[kind, f"{kind}_plugin"]].drop_duplicates().itertuples(index=False):
+            if (kind, plugin) not in found:
+                found[kind, plugin] = citation(kind, plugin)
+            out[kind, name] = found[kind, plugin]
+    return out
 
 
 def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
@@ -186,7 +194,7 @@ def gallery_images(records: list[CellResult], store, attack_order) -> tuple[obje
     for r in records:
         poison = r.poison or {}
         if r.done and poison.get("budget", 0) > 0 and poison.get("key"):
-            first_of.setdefault(r.attack, r)
+            first_of.setdefault(r.name("attack"), r)
     if not first_of:
         return None, {}, ["gallery: skipped, no record of a perturbing attack with a cached poison key"]
     data_spec = next(iter(first_of.values())).spec["data"]
