@@ -185,6 +185,54 @@ def test_ueraser_augmentation_is_strong_and_per_image():
     assert (changed > 0.02).float().mean() > 0.5 and changed.std() > 0.01  # most images change, by different amounts
 
 
+def _plasma_only(name, **config):
+    """A UEraser whose channel shuffle is off and whose TrivialAugment is the identity."""
+    ueraser = DEFENSES.create(name, {"shuffle_p": 0.0, **config})
+    ueraser._trivial = lambda batch: batch
+    return ueraser
+
+
+def test_ueraser_applies_both_plasma_steps_to_every_image_as_apbench_since_ca7e688():
+    torch.manual_seed(0)
+    unchanged = lambda out, x: (out == x).flatten(1).all(1).sum().item()
+    # Brightness alone: a mid-grey image moves wherever the brightness map is not zero.
+    grey = torch.full((64, 3, 32, 32), 0.5)
+    assert unchanged(_plasma_only("ueraser", contrast_p=0.0).erase(grey), grey) == 0
+    # Contrast alone: a checkerboard of 0.25 and 0.75 is stretched or squeezed about 0.5.
+    board = (torch.arange(32).view(1, 32) + torch.arange(32).view(32, 1)) % 2 * 0.5 + 0.25
+    board = board.expand(64, 3, 32, 32).clone()
+    assert unchanged(_plasma_only("ueraser", brightness_p=0.0).erase(board), board) == 0
+    # APBench's first commits drew each step with p 0.5: about half the images kept their pixels.
+    first = unchanged(_plasma_only("ueraser", brightness_p=0.5, contrast_p=0.0).erase(grey), grey)
+    assert 16 <= first <= 48
+
+
+def test_ueraser_jpeg_compresses_each_copy_at_one_random_quality_before_the_augmentations(monkeypatch):
+    import defenses.ueraser as module
+    from defenses.basic import jpeg_compress
+
+    calls, seen = [], []
+    monkeypatch.setattr(module, "jpeg_compress",
+                        lambda images, quality: calls.append((quality, len(images))) or jpeg_compress(images, quality))
+    # The augmentations after the JPEG, replaced by a recorder of what they would receive.
+    monkeypatch.setattr(module.UEraser, "erase", lambda self, batch: seen.append(batch) or batch)
+    ueraser = DEFENSES.create("ueraser_jpeg")
+    assert (ueraser.config.brightness_p, ueraser.config.contrast_p) == (0.8, 0.8)  # UEraser_jpeg's plasma steps
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    x = (smooth * 255).round() / 255
+    for _ in range(2000):
+        ueraser.erase(x)
+    qualities = [q for q, n in calls]
+    assert all(n == 4 for _, n in calls) and len(calls) == 2000  # one quality per copy of the batch
+    assert set(qualities) == set(range(10, 100))  # randrange(10, 100): 10..99, each reached in 2000 draws
+    # What the augmentations receive is the JPEG of the batch at the drawn quality.
+    pixels = (x * 255).round().to(torch.uint8)
+    assert torch.equal(seen[-1], jpeg_compress(pixels, calls[-1][0]).float() / 255)
+    assert not torch.equal(seen[-1], x)
+
+
 class _Recorder(Defense):
     """Appends its name to a shared log at every point, so a composition's order can be read back."""
 
@@ -275,6 +323,8 @@ def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
     ("mixup", "alpha", 0, r"defense mixup\.alpha: must be positive, got 0"),
     ("cutmix", "p", 1.5, r"defense cutmix\.p: must be a probability in \[0, 1\], got 1\.5"),
     ("ueraser", "repeats", 0, r"defense ueraser\.repeats: must be at least 1, got 0"),
+    ("ueraser_jpeg", "jpeg_quality", [5, 101], r"defense ueraser_jpeg\.jpeg_quality: must be a range \(low, high\) "
+                                              r"with 1 <= low <= high <= 100, got \(5, 101\)"),
     ("iss_jpeg", "quality", 0, r"defense iss_jpeg\.quality: must be in 1\.\.100, got 0"),
 ])
 def test_defense_configs_are_checked_with_the_field_named(name, field, value, message):
