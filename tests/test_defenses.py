@@ -64,13 +64,38 @@ def test_jpeg_quality_is_checked():
         DEFENSES.create("jpeg", {"quality": 101})
 
 
-def test_iss_grayscale_gives_three_equal_channels_on_train_and_test(tiny_set):
-    defense = DEFENSES.create("iss_gray")
-    for out in (defense.prepare(tiny_set.images, tiny_set.labels), defense.prepare_test(tiny_set.images)):
-        assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
-        # ITU-R 601 luma, as PIL's convert("L"), up to rounding.
-        pil = np.array(Image.fromarray(tiny_set.images[0].permute(1, 2, 0).numpy()).convert("L"))
-        assert np.abs(out[0, 0].numpy().astype(int) - pil.astype(int)).max() <= 1
+def test_iss_grayscale_converts_the_training_set_only_unless_both_train_test(tiny_set):
+    images = tiny_set.images
+    default = DEFENSES.create("iss_gray")
+    train = default.prepare(images, tiny_set.labels)
+    assert torch.equal(train[:, 0], train[:, 1]) and torch.equal(train[:, 1], train[:, 2])
+    assert not torch.equal(train, images)
+    # ISS's default: the test set is left in colour, and the runner has no test stage to run or cache.
+    assert torch.equal(default.prepare_test(images), images) and default.stages("prepare_test") == []
+    both = DEFENSES.create("iss_gray", {"both_train_test": True})  # ISS's --ISS_both_train_test
+    assert torch.equal(both.prepare_test(images), train) and both.stages("prepare_test") == [both]
+    assert torch.equal(both.prepare(images, tiny_set.labels), train)
+
+
+def test_iss_grayscale_grey_levels_are_pils_on_every_rgb_colour():
+    levels = torch.arange(256 ** 3)
+    colours = torch.stack([levels >> 16, levels >> 8 & 255, levels & 255]).to(torch.uint8).view(1, 3, 4096, 4096)
+    pil = np.asarray(Image.fromarray(colours[0].permute(1, 2, 0).numpy()).convert("L"))
+    assert np.array_equal(DEFENSES.create("iss_gray").prepare(colours, None)[0, 1].numpy(), pil)
+
+
+def test_iss_grayscale_grey_levels_are_pils_exactly_on_real_cifar10(cifar10_npz):
+    """The official transforms.Grayscale(3) on PIL images is PIL's convert("L"), which rounds; tensor
+    rgb_to_grayscale truncates and is one level low on about half the pixels."""
+    from torchvision import transforms
+
+    images = np.load(cifar10_npz)["x_train"][:10000]
+    ours = DEFENSES.create("iss_gray").prepare(torch.from_numpy(images).permute(0, 3, 1, 2), None)
+    pil = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in images])
+    assert np.array_equal(ours[:, 0].numpy(), pil)
+    assert torch.equal(ours[:, 0], ours[:, 1]) and torch.equal(ours[:, 1], ours[:, 2])
+    official = np.stack([np.asarray(transforms.Grayscale(3)(Image.fromarray(image))) for image in images[:500]])
+    assert np.array_equal(ours[:500].permute(0, 2, 3, 1).numpy(), official)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 5])
@@ -279,7 +304,9 @@ def test_composed_real_defenses_run_prepare_then_augment(tiny_set):
     out = composed.prepare(tiny_set.images, tiny_set.labels)
     gray = DEFENSES.create("iss_gray").prepare(tiny_set.images, tiny_set.labels)
     assert torch.equal(out, DEFENSES.create("bdr", {"bits": 1}).prepare(gray, tiny_set.labels))  # gray, then BDR
-    assert [s.name for s in composed.stages("prepare_test")] == ["iss_gray"]
+    assert composed.stages("prepare_test") == []  # ISS grayscale converts the training set only
+    both = create_defense("iss_gray+bdr", {"iss_gray": {"both_train_test": True}})
+    assert [s.name for s in both.stages("prepare_test")] == ["iss_gray"]
     jc = create_defense("jpeg+cutout", {"cutout": {"size": 8}})
     assert [s.name for s in jc.stages("prepare")] == ["jpeg"] and [s.name for s in jc.stages("augment")] == ["cutout"]
     assert jc.stages("adversary") == [] and jc.adversary is None
