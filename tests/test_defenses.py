@@ -135,18 +135,49 @@ def _mixed_batch():
     return x, torch.arange(n)
 
 
+def _check_mix(out, soft, x, y):
+    """Mixed images and soft labels agree: each output is (1 - w) * own + w * partner, w = the partner's label share.
+
+    Returns each image's own share and whether its partner is another image."""
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+    own = soft[torch.arange(8), y]
+    mixed = own < 1
+    for i in range(8):
+        j = int((soft[i] * (torch.arange(10) != i)).argmax()) if mixed[i] else i
+        assert torch.allclose(out[i], own[i] * x[i] + (1 - own[i]) * x[j], atol=1e-5)
+    return own, mixed
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_mixup_labels_are_distributions_matching_the_mixing_weight(seed):
+def test_mixup_default_has_one_weight_per_batch_as_the_paper(seed):
     torch.manual_seed(seed)
     x, y = _mixed_batch()
-    out, soft = DEFENSES.create("mixup").augment(x, y)
-    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
-    for i in range(8):
-        lam = soft[i, i]
-        j = int((soft[i] * (torch.arange(10) != i)).argmax()) if lam < 1 else i
-        # The image is lam * own + (1 - lam) * partner, partner = the other class in its label.
-        assert torch.allclose(out[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)
-    assert 0 < soft.max(1).values.min() < 1  # Beta(1, 1) almost surely mixes
+    own, mixed = _check_mix(*DEFENSES.create("mixup").augment(x, y), x, y)
+    assert mixed.all() and 0 < own.min() < 1  # Beta(1, 1) almost surely mixes
+    assert torch.allclose(own, own[0].expand(8)), "Zhang et al.'s code: one lambda for the whole batch"
+
+
+def test_mixup_apbench_preset_has_one_weight_and_partner_per_image_as_kornia():
+    mixup = DEFENSES.create("mixup", {"preset": "apbench"})
+    assert mixup.config.per_image and mixup.config.alpha == 1.0
+    shares, selves = [], 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        x, y = _mixed_batch()
+        own, mixed = _check_mix(*mixup.augment(x, y), x, y)
+        if mixed.sum() >= 2:
+            assert len(own[mixed].unique()) == int(mixed.sum()), "RandomMixUpV2: one lambda per image"
+        shares += (1 - own[mixed]).tolist()
+        selves += int((~mixed).sum())
+    shares = torch.tensor(shares)
+    # lambda ~ U(0, 1): mean 1/2, variance 1/12; a random permutation leaves 1/8 of the images alone.
+    assert abs(shares.mean() - 0.5) < 0.02 and abs(shares.var() - 1 / 12) < 0.006
+    assert 0.09 < selves / 1600 < 0.16
+
+
+def _pasted(out, x):
+    """(n, h, w) bool: where each output image is no longer its own (constant images, so any partner shows)."""
+    return (out != x).all(1)
 
 
 def test_cutmix_labels_are_distributions_matching_the_pasted_area():
@@ -159,7 +190,34 @@ def test_cutmix_labels_are_distributions_matching_the_pasted_area():
         own = (out == x).all(1).float().mean((1, 2))  # fraction of each image's pixels still its own
         assert torch.allclose(soft[torch.arange(8), y], own, atol=1e-6)
         mixed += bool((own < 1).any())
+        boxes = _pasted(out, x)
+        assert (boxes == boxes[0]).all() or not boxes[0].any(), "Yun et al.'s code: one box for the whole batch"
     assert 3 <= mixed <= 17, "with p = 0.5 about half the batches are mixed"
+
+
+def test_cutmix_apbench_preset_pastes_a_box_of_its_own_size_per_image_every_batch():
+    cutmix = DEFENSES.create("cutmix", {"preset": "apbench"})
+    assert cutmix.config.per_image and cutmix.config.p == 1.0
+    sides = []
+    for seed in range(50):
+        torch.manual_seed(seed)
+        x, y = _mixed_batch()
+        out, soft = cutmix.augment(x, y)
+        assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+        pasted = _pasted(out, x)
+        own = 1 - pasted.float().mean((1, 2))
+        assert torch.allclose(soft[torch.arange(8), y], own, atol=1e-6)  # labels weighted by the pasted area
+        rows, cols = pasted.any(2).sum(1), pasted.any(1).sum(1)
+        has = rows > 0
+        assert has.sum() >= 4, "p = 1: every batch is mixed, most images with another image"
+        assert (pasted.sum((1, 2)) == rows * cols).all()  # each a single box
+        assert not pasted[:, -1].any() and not pasted[:, :, -1].any()  # kornia keeps boxes off the last row and column
+        assert torch.equal(rows[has], cols[has])  # square on a square image: side floor(sqrt(1 - b) * 32)
+        assert len(rows[has].unique()) >= 2, "RandomCutMixV2: a box size per image"
+        sides += rows[has].tolist()
+    sides = torch.tensor(sides).float()
+    # side = floor(sqrt(1 - b) * 32), b ~ U(0, 1): mean of sqrt(U) * 32 is 21.3, less the floor's ~0.5.
+    assert 19.5 < sides.mean() < 22.0
 
 
 def test_pgd_adversary_stays_within_eps_and_raises_the_loss():
@@ -365,3 +423,25 @@ def test_every_defense_declares_the_plugin_contract():
         assert issubclass(cls, Defense) and cls.name == name
         for preset in cls.presets.values():
             DEFENSES.config(name, preset)  # every preset is a valid config
+
+
+# Cell ids computed by the code of 771b541, before these defenses followed the anchors' code.
+IDS_BEFORE = {"mixup": "488410e63061215c", "cutmix": "2b1d6e64ada08da9", "cutout": "71dec79ed57257f0",
+              "jpeg+cutmix": "49328833fa782991", "ueraser": "3f600baf98ce1584", "iss_gray": "c48f3e4784b3757b"}
+
+
+def test_only_defenses_whose_default_changed_get_new_cell_ids():
+    grid = {"attacks": ["clean"], "defenses": list(IDS_BEFORE), "archs": ["tiny_cnn"], "seeds": [0],
+            "recipe": "cpu_smoke", "data": {"name": "cifar10", "train_size": 100}}
+    ids = {c.defense: c.cell_id for c in parse_grid(grid, "g").cells()}
+    kept = ("mixup", "cutmix", "cutout", "jpeg+cutmix")  # same behaviour; the per-image option is left out of the dict
+    assert {d: ids[d] for d in kept} == {d: IDS_BEFORE[d] for d in kept}
+    assert ids["ueraser"] != IDS_BEFORE["ueraser"] and ids["iss_gray"] != IDS_BEFORE["iss_gray"]  # new semantics
+    # UEraser at APBench's first-commit probabilities is the experiment the old records ran.
+    first = parse_grid({**grid, "defenses": ["ueraser"], "config": {"ueraser": {"brightness_p": 0.5, "contrast_p": 0.5}}}, "g")
+    assert first.cells()[0].cell_id == IDS_BEFORE["ueraser"]
+    # Setting the added option to its default is the plain config; the preset is another experiment.
+    explicit = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"per_image": False}}}, "g").cells()[0]
+    apbench = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"preset": "apbench"}}}, "g").cells()[0]
+    assert explicit.cell_id == IDS_BEFORE["mixup"] and explicit.defense_config == {"alpha": 1.0}
+    assert apbench.defense_config == {"alpha": 1.0, "per_image": True} and apbench.cell_id != IDS_BEFORE["mixup"]
