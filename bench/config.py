@@ -116,9 +116,28 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+OMITTED_AT_DEFAULT = "omitted_at_default"  # field metadata key: see `added_field`
+
+
+def added_field(default: Any) -> Any:
+    """A config field added after records were made with its class: left out of `as_dict` while it holds `default`.
+
+    The cell id hashes `as_dict`, so a field that adds an option (and whose default keeps the old
+    behaviour) leaves the ids of configs that do not set it unchanged; set, it is hashed and
+    recorded like any other field. `default` must be an immutable value (a bool, number or str).
+    """
+    return dataclasses.field(default=default, metadata={OMITTED_AT_DEFAULT: True})
+
+
 def as_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json_ready(dataclasses.asdict(config)) if dataclasses.is_dataclass(config) else {}
+    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at their default."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    d = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get(OMITTED_AT_DEFAULT) and d[f.name] == f.default:
+            del d[f.name]
+    return json_ready(d)
 
 
 def json_ready(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Set-level defenses that squeeze perturbations out of the images: grayscale, JPEG, bit depth, blur.
 
 Each runs once per poison on the whole uint8 training set (`prepare`), through torchvision's
-functional transforms, which take uint8 batches; the runner caches the result.
+functional transforms, which take uint8 batches (grayscale in PIL's own fixed point, `pil_luma`);
+the runner caches the result.
 """
 from __future__ import annotations
 
@@ -21,18 +22,23 @@ APBENCH = "Qin et al., APBench: A Unified Benchmark for Availability Poisoning A
 
 @dataclass(frozen=True)
 class GrayConfig:
-    pass
+    both_train_test: bool = False  # convert the test images too (ISS's `--ISS_both_train_test`, default False there)
 
 
 @register_defense("iss_gray")
 class ISSGrayscale(Defense):
-    """ISS grayscale: train and test on 3-channel grayscale images (Liu et al., ICML 2023).
+    """ISS grayscale: train on 3-channel grayscale images (Liu et al., ICML 2023).
 
     Threat model: the poisoner perturbs the training set (any norm); the defender converts every
-    image, training and test, to luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, as PIL and the
-    official `transforms.Grayscale(3)`), which removes colour-coded shortcuts such as OPS's
-    corner colours and class-wise colour noise. Test inputs are converted too, so the model never
-    sees a distribution it was not trained on (APBench converts only the training set).
+    training image to luma, which removes colour-coded shortcuts such as OPS's corner colours and
+    class-wise colour noise. As the official code (liuzrcc/ImageShortcutSqueezing, `augmentations.py`
+    and `main.py` at 005d653), only the training set is converted by default; `both_train_test = true`
+    converts the test set too (its `--ISS_both_train_test`), so the model is tested on the
+    distribution it was trained on. APBench's `--gray` converts the training set only, as the default.
+
+    The grey levels are those of the official `transforms.Grayscale(3)` on PIL images, i.e. PIL's
+    `convert("L")`, exactly (`pil_luma`). torchvision's tensor `rgb_to_grayscale` truncates
+    instead of rounding and gives about half the CIFAR-10 pixels one level less.
     """
 
     Config = GrayConfig
@@ -40,10 +46,28 @@ class ISSGrayscale(Defense):
     cite = "liu2023image"
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return TF.rgb_to_grayscale(images, num_output_channels=3)
+        return pil_luma(images)
 
     def prepare_test(self, images: torch.Tensor) -> torch.Tensor:
-        return TF.rgb_to_grayscale(images, num_output_channels=3)
+        return pil_luma(images) if self.config.both_train_test else images
+
+    def stages(self, point: str) -> list[Defense]:
+        if point == "prepare_test" and not self.config.both_train_test:
+            return []  # test images pass unchanged, so the runner neither converts nor caches them
+        return super().stages(point)
+
+
+def pil_luma(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW RGB -> uint8 NCHW with three equal channels, each PIL's `convert("L")` of the image.
+
+    ITU-R 601 luma in PIL's fixed point: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, weights
+    0.299, 0.587, 0.114 in units of 2^-16, rounded to the nearest level. Computed in float32, where
+    every partial sum is a whole number below 2^24 and so exact (as fast as torchvision's own).
+    """
+    r, g, b = images.unbind(1)
+    luma = r.float().mul_(19595).add_(g.float(), alpha=38470).add_(b.float(), alpha=7471)
+    luma = luma.add_(1 << 15).div_(1 << 16).floor_().to(torch.uint8)
+    return luma.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
 @register_defense("iss_jpeg")

@@ -1,4 +1,8 @@
-"""UEraser: strong batched augmentation with repeated sampling and the max-loss choice (APBench)."""
+"""UEraser: strong batched augmentation with repeated sampling and the max-loss choice (APBench).
+
+Both variants follow lafeat/apbench `defense/ueraser.py` at ebd1e4c (2024-05-10, the file's last
+change), whose probabilities date from ca7e688 (2023-11-21), and its `train.py --ueraser`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,14 +15,15 @@ from torchvision.transforms import v2
 from bench.config import require
 from bench.registry import register_defense
 from defenses.base import Defense
+from defenses.basic import jpeg_compress
 
 
 @dataclass(frozen=True)
 class UEraserConfig:
     repeats: int = 5  # augmented copies per image and step, the max-loss one is trained on; 1 = UEraser-Lite
-    brightness_p: float = 0.5  # probability of plasma brightness per image
+    brightness_p: float = 1.0  # probability of plasma brightness per image; 1.0 since APBench's ca7e688 (0.5 before)
     brightness_intensity: tuple[float, float] = (0.5, 1.0)  # range of the brightness map's amplitude, in [0, 1] pixel units
-    contrast_p: float = 0.5  # probability of plasma contrast per image
+    contrast_p: float = 1.0  # probability of plasma contrast per image; 1.0 since APBench's ca7e688 (0.5 before)
     roughness: tuple[float, float] = (0.3, 0.7)  # range of the fractal's amplitude ratio between finer and coarser scales
     shuffle_p: float = 0.5  # probability of a random channel permutation per image
     trivial_chunk: int = 16  # images that share one TrivialAugment op and magnitude (one draw per chunk)
@@ -61,8 +66,11 @@ class UEraser(Defense):
     Threat model: any perturbative poison, with no knowledge of the attack. Each step draws
     `repeats` strongly augmented copies of the batch and trains on, for each image, the copy
     with the highest loss under the current model (APBench `train.py --ueraser`, 5 repeats).
-    The augmentation follows APBench's `defense/ueraser.py`: plasma brightness (p 0.5, intensity
-    0.5..1), plasma contrast (p 0.5), channel shuffle (p 0.5), then TrivialAugment.
+    The augmentation is APBench's `UEraser` in `defense/ueraser.py` as of ca7e688 (2023-11-21):
+    plasma brightness (p 1.0, intensity 0.5..1), plasma contrast (p 1.0), channel shuffle
+    (p 0.5), then TrivialAugment. Its first commits (4d60c50, 2023-06-21) applied both plasma steps
+    with p 0.5; `brightness_p = 0.5, contrast_p = 0.5` is that setting. `ueraser_jpeg` is the
+    variant APBench runs against TAP and AR.
 
     Where it differs from the official code, and why:
     - APBench computes the loss of all repeats with gradients and back-propagates the mean of the
@@ -78,8 +86,6 @@ class UEraser(Defense):
       (2 m - 1) * intensity and the contrast map 4 m, as kornia applies them.
     - TrivialAugment is torchvision's `TrivialAugmentWide` (kornia ships its own op list); one op
       and magnitude per `trivial_chunk` images, since a v2 transform draws once per call.
-    - APBench's `UEraser_jpeg` (used for TAP and AR) JPEG-compresses the batch and then discards
-      the result, so it equals plain UEraser; there is no JPEG step here either.
     """
 
     Config = UEraserConfig
@@ -129,3 +135,48 @@ class UEraser(Defense):
     def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # In the training step's precision: the loop calls the adversary inside its autocast.
         return F.cross_entropy(model(x), y, reduction="none").float()
+
+
+@dataclass(frozen=True)
+class UEraserJPEGConfig(UEraserConfig):
+    brightness_p: float = 0.8  # probability of plasma brightness per image; 0.8 in APBench's UEraser_jpeg (ca7e688)
+    contrast_p: float = 0.8  # probability of plasma contrast per image; 0.8 in APBench's UEraser_jpeg (ca7e688)
+    jpeg_quality: tuple[int, int] = (10, 99)  # range of the JPEG quality, both ends included; one draw per copy of the batch
+
+    def __post_init__(self):
+        super().__post_init__()
+        lo, hi = self.jpeg_quality
+        require(1 <= lo <= hi <= 100, "jpeg_quality",
+                f"must be a range (low, high) with 1 <= low <= high <= 100, got {(lo, hi)}")
+
+
+@register_defense("ueraser_jpeg")
+class UEraserJPEG(UEraser):
+    """UEraser with a random JPEG first: APBench's `UEraser_jpeg`, its UEraser against TAP and AR.
+
+    Threat model: as `ueraser`; the JPEG step adds compression against the error-maximising
+    (TAP) and autoregressive (AR) poisons, which APBench's `train.py` meets with this variant
+    (`--type tap` or `ar`). Each copy of the batch is JPEG-compressed at one quality drawn
+    uniformly from 10..99 (`random.randrange(10, 100)`), always, then augmented as `ueraser` with
+    both plasma steps at p 0.8 (the p 0.8 is the plasma steps'; the JPEG step has no probability).
+    Before APBench's d956737 (2023-11-16) the JPEG result was computed and discarded.
+
+    Where it differs from the official code, and why:
+    - APBench encodes the whole batch as one tall image through PIL; each image is 32 rows (two
+      16-row MCUs), so the blocks are each image's own, but the decoder's chroma upsampling
+      blends the edge rows of vertically neighbouring images (on CIFAR-10 at quality 50, about 6%
+      of the pixels, all in each image's first or last row). Here each image is encoded on its
+      own (`jpeg_compress`, libjpeg through torchvision, PIL's pixels), so that an image's
+      pixels do not depend on its neighbours in the batch.
+    - APBench decodes pixel v to (v - 0.5) / 255, half a level below v (it undoes the +0.5 of
+      its rounding on the way in); here v / 255. Pixels go in rounded half up, as there.
+    - Everything else as `ueraser`.
+    """
+
+    Config = UEraserJPEGConfig
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.config.jpeg_quality
+        quality = int(torch.randint(lo, hi + 1, ()))
+        pixels = (x * 255 + 0.5).clamp(0, 255).to(torch.uint8)  # round half up, as APBench
+        return super().erase(jpeg_compress(pixels, quality).to(x.dtype) / 255)

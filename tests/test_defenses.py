@@ -64,13 +64,38 @@ def test_jpeg_quality_is_checked():
         DEFENSES.create("jpeg", {"quality": 101})
 
 
-def test_iss_grayscale_gives_three_equal_channels_on_train_and_test(tiny_set):
-    defense = DEFENSES.create("iss_gray")
-    for out in (defense.prepare(tiny_set.images, tiny_set.labels), defense.prepare_test(tiny_set.images)):
-        assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
-        # ITU-R 601 luma, as PIL's convert("L"), up to rounding.
-        pil = np.array(Image.fromarray(tiny_set.images[0].permute(1, 2, 0).numpy()).convert("L"))
-        assert np.abs(out[0, 0].numpy().astype(int) - pil.astype(int)).max() <= 1
+def test_iss_grayscale_converts_the_training_set_only_unless_both_train_test(tiny_set):
+    images = tiny_set.images
+    default = DEFENSES.create("iss_gray")
+    train = default.prepare(images, tiny_set.labels)
+    assert torch.equal(train[:, 0], train[:, 1]) and torch.equal(train[:, 1], train[:, 2])
+    assert not torch.equal(train, images)
+    # ISS's default: the test set is left in colour, and the runner has no test stage to run or cache.
+    assert torch.equal(default.prepare_test(images), images) and default.stages("prepare_test") == []
+    both = DEFENSES.create("iss_gray", {"both_train_test": True})  # ISS's --ISS_both_train_test
+    assert torch.equal(both.prepare_test(images), train) and both.stages("prepare_test") == [both]
+    assert torch.equal(both.prepare(images, tiny_set.labels), train)
+
+
+def test_iss_grayscale_grey_levels_are_pils_on_every_rgb_colour():
+    levels = torch.arange(256 ** 3)
+    colours = torch.stack([levels >> 16, levels >> 8 & 255, levels & 255]).to(torch.uint8).view(1, 3, 4096, 4096)
+    pil = np.asarray(Image.fromarray(colours[0].permute(1, 2, 0).numpy()).convert("L"))
+    assert np.array_equal(DEFENSES.create("iss_gray").prepare(colours, None)[0, 1].numpy(), pil)
+
+
+def test_iss_grayscale_grey_levels_are_pils_exactly_on_real_cifar10(cifar10_npz):
+    """The official transforms.Grayscale(3) on PIL images is PIL's convert("L"), which rounds; tensor
+    rgb_to_grayscale truncates and is one level low on about half the pixels."""
+    from torchvision import transforms
+
+    images = np.load(cifar10_npz)["x_train"][:10000]
+    ours = DEFENSES.create("iss_gray").prepare(torch.from_numpy(images).permute(0, 3, 1, 2), None)
+    pil = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in images])
+    assert np.array_equal(ours[:, 0].numpy(), pil)
+    assert torch.equal(ours[:, 0], ours[:, 1]) and torch.equal(ours[:, 1], ours[:, 2])
+    official = np.stack([np.asarray(transforms.Grayscale(3)(Image.fromarray(image))) for image in images[:500]])
+    assert np.array_equal(ours[:500].permute(0, 2, 3, 1).numpy(), official)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 5])
@@ -110,18 +135,49 @@ def _mixed_batch():
     return x, torch.arange(n)
 
 
+def _check_mix(out, soft, x, y):
+    """Mixed images and soft labels agree: each output is (1 - w) * own + w * partner, w = the partner's label share.
+
+    Returns each image's own share and whether its partner is another image."""
+    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+    own = soft[torch.arange(8), y]
+    mixed = own < 1
+    for i in range(8):
+        j = int((soft[i] * (torch.arange(10) != i)).argmax()) if mixed[i] else i
+        assert torch.allclose(out[i], own[i] * x[i] + (1 - own[i]) * x[j], atol=1e-5)
+    return own, mixed
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_mixup_labels_are_distributions_matching_the_mixing_weight(seed):
+def test_mixup_default_has_one_weight_per_batch_as_the_paper(seed):
     torch.manual_seed(seed)
     x, y = _mixed_batch()
-    out, soft = DEFENSES.create("mixup").augment(x, y)
-    assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
-    for i in range(8):
-        lam = soft[i, i]
-        j = int((soft[i] * (torch.arange(10) != i)).argmax()) if lam < 1 else i
-        # The image is lam * own + (1 - lam) * partner, partner = the other class in its label.
-        assert torch.allclose(out[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)
-    assert 0 < soft.max(1).values.min() < 1  # Beta(1, 1) almost surely mixes
+    own, mixed = _check_mix(*DEFENSES.create("mixup").augment(x, y), x, y)
+    assert mixed.all() and 0 < own.min() < 1  # Beta(1, 1) almost surely mixes
+    assert torch.allclose(own, own[0].expand(8)), "Zhang et al.'s code: one lambda for the whole batch"
+
+
+def test_mixup_apbench_preset_has_one_weight_and_partner_per_image_as_kornia():
+    mixup = DEFENSES.create("mixup", {"preset": "apbench"})
+    assert mixup.config.per_image and mixup.config.alpha == 1.0
+    shares, selves = [], 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        x, y = _mixed_batch()
+        own, mixed = _check_mix(*mixup.augment(x, y), x, y)
+        if mixed.sum() >= 2:
+            assert len(own[mixed].unique()) == int(mixed.sum()), "RandomMixUpV2: one lambda per image"
+        shares += (1 - own[mixed]).tolist()
+        selves += int((~mixed).sum())
+    shares = torch.tensor(shares)
+    # lambda ~ U(0, 1): mean 1/2, variance 1/12; a random permutation leaves 1/8 of the images alone.
+    assert abs(shares.mean() - 0.5) < 0.02 and abs(shares.var() - 1 / 12) < 0.006
+    assert 0.09 < selves / 1600 < 0.16
+
+
+def _pasted(out, x):
+    """(n, h, w) bool: where each output image is no longer its own (constant images, so any partner shows)."""
+    return (out != x).all(1)
 
 
 def test_cutmix_labels_are_distributions_matching_the_pasted_area():
@@ -134,7 +190,34 @@ def test_cutmix_labels_are_distributions_matching_the_pasted_area():
         own = (out == x).all(1).float().mean((1, 2))  # fraction of each image's pixels still its own
         assert torch.allclose(soft[torch.arange(8), y], own, atol=1e-6)
         mixed += bool((own < 1).any())
+        boxes = _pasted(out, x)
+        assert (boxes == boxes[0]).all() or not boxes[0].any(), "Yun et al.'s code: one box for the whole batch"
     assert 3 <= mixed <= 17, "with p = 0.5 about half the batches are mixed"
+
+
+def test_cutmix_apbench_preset_pastes_a_box_of_its_own_size_per_image_every_batch():
+    cutmix = DEFENSES.create("cutmix", {"preset": "apbench"})
+    assert cutmix.config.per_image and cutmix.config.p == 1.0
+    sides = []
+    for seed in range(50):
+        torch.manual_seed(seed)
+        x, y = _mixed_batch()
+        out, soft = cutmix.augment(x, y)
+        assert soft.shape == (8, 10) and torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+        pasted = _pasted(out, x)
+        own = 1 - pasted.float().mean((1, 2))
+        assert torch.allclose(soft[torch.arange(8), y], own, atol=1e-6)  # labels weighted by the pasted area
+        rows, cols = pasted.any(2).sum(1), pasted.any(1).sum(1)
+        has = rows > 0
+        assert has.sum() >= 4, "p = 1: every batch is mixed, most images with another image"
+        assert (pasted.sum((1, 2)) == rows * cols).all()  # each a single box
+        assert not pasted[:, -1].any() and not pasted[:, :, -1].any()  # kornia keeps boxes off the last row and column
+        assert torch.equal(rows[has], cols[has])  # square on a square image: side floor(sqrt(1 - b) * 32)
+        assert len(rows[has].unique()) >= 2, "RandomCutMixV2: a box size per image"
+        sides += rows[has].tolist()
+    sides = torch.tensor(sides).float()
+    # side = floor(sqrt(1 - b) * 32), b ~ U(0, 1): mean of sqrt(U) * 32 is 21.3, less the floor's ~0.5.
+    assert 19.5 < sides.mean() < 22.0
 
 
 def test_pgd_adversary_stays_within_eps_and_raises_the_loss():
@@ -185,6 +268,54 @@ def test_ueraser_augmentation_is_strong_and_per_image():
     assert (changed > 0.02).float().mean() > 0.5 and changed.std() > 0.01  # most images change, by different amounts
 
 
+def _plasma_only(name, **config):
+    """A UEraser whose channel shuffle is off and whose TrivialAugment is the identity."""
+    ueraser = DEFENSES.create(name, {"shuffle_p": 0.0, **config})
+    ueraser._trivial = lambda batch: batch
+    return ueraser
+
+
+def test_ueraser_applies_both_plasma_steps_to_every_image_as_apbench_since_ca7e688():
+    torch.manual_seed(0)
+    unchanged = lambda out, x: (out == x).flatten(1).all(1).sum().item()
+    # Brightness alone: a mid-grey image moves wherever the brightness map is not zero.
+    grey = torch.full((64, 3, 32, 32), 0.5)
+    assert unchanged(_plasma_only("ueraser", contrast_p=0.0).erase(grey), grey) == 0
+    # Contrast alone: a checkerboard of 0.25 and 0.75 is stretched or squeezed about 0.5.
+    board = (torch.arange(32).view(1, 32) + torch.arange(32).view(32, 1)) % 2 * 0.5 + 0.25
+    board = board.expand(64, 3, 32, 32).clone()
+    assert unchanged(_plasma_only("ueraser", brightness_p=0.0).erase(board), board) == 0
+    # APBench's first commits drew each step with p 0.5: about half the images kept their pixels.
+    first = unchanged(_plasma_only("ueraser", brightness_p=0.5, contrast_p=0.0).erase(grey), grey)
+    assert 16 <= first <= 48
+
+
+def test_ueraser_jpeg_compresses_each_copy_at_one_random_quality_before_the_augmentations(monkeypatch):
+    import defenses.ueraser as module
+    from defenses.basic import jpeg_compress
+
+    calls, seen = [], []
+    monkeypatch.setattr(module, "jpeg_compress",
+                        lambda images, quality: calls.append((quality, len(images))) or jpeg_compress(images, quality))
+    # The augmentations after the JPEG, replaced by a recorder of what they would receive.
+    monkeypatch.setattr(module.UEraser, "erase", lambda self, batch: seen.append(batch) or batch)
+    ueraser = DEFENSES.create("ueraser_jpeg")
+    assert (ueraser.config.brightness_p, ueraser.config.contrast_p) == (0.8, 0.8)  # UEraser_jpeg's plasma steps
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    x = (smooth * 255).round() / 255
+    for _ in range(2000):
+        ueraser.erase(x)
+    qualities = [q for q, n in calls]
+    assert all(n == 4 for _, n in calls) and len(calls) == 2000  # one quality per copy of the batch
+    assert set(qualities) == set(range(10, 100))  # randrange(10, 100): 10..99, each reached in 2000 draws
+    # What the augmentations receive is the JPEG of the batch at the drawn quality.
+    pixels = (x * 255).round().to(torch.uint8)
+    assert torch.equal(seen[-1], jpeg_compress(pixels, calls[-1][0]).float() / 255)
+    assert not torch.equal(seen[-1], x)
+
+
 class _Recorder(Defense):
     """Appends its name to a shared log at every point, so a composition's order can be read back."""
 
@@ -231,7 +362,9 @@ def test_composed_real_defenses_run_prepare_then_augment(tiny_set):
     out = composed.prepare(tiny_set.images, tiny_set.labels)
     gray = DEFENSES.create("iss_gray").prepare(tiny_set.images, tiny_set.labels)
     assert torch.equal(out, DEFENSES.create("bdr", {"bits": 1}).prepare(gray, tiny_set.labels))  # gray, then BDR
-    assert [s.name for s in composed.stages("prepare_test")] == ["iss_gray"]
+    assert composed.stages("prepare_test") == []  # ISS grayscale converts the training set only
+    both = create_defense("iss_gray+bdr", {"iss_gray": {"both_train_test": True}})
+    assert [s.name for s in both.stages("prepare_test")] == ["iss_gray"]
     jc = create_defense("jpeg+cutout", {"cutout": {"size": 8}})
     assert [s.name for s in jc.stages("prepare")] == ["jpeg"] and [s.name for s in jc.stages("augment")] == ["cutout"]
     assert jc.stages("adversary") == [] and jc.adversary is None
@@ -275,6 +408,8 @@ def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
     ("mixup", "alpha", 0, r"defense mixup\.alpha: must be positive, got 0"),
     ("cutmix", "p", 1.5, r"defense cutmix\.p: must be a probability in \[0, 1\], got 1\.5"),
     ("ueraser", "repeats", 0, r"defense ueraser\.repeats: must be at least 1, got 0"),
+    ("ueraser_jpeg", "jpeg_quality", [5, 101], r"defense ueraser_jpeg\.jpeg_quality: must be a range \(low, high\) "
+                                              r"with 1 <= low <= high <= 100, got \(5, 101\)"),
     ("iss_jpeg", "quality", 0, r"defense iss_jpeg\.quality: must be in 1\.\.100, got 0"),
 ])
 def test_defense_configs_are_checked_with_the_field_named(name, field, value, message):
@@ -288,3 +423,25 @@ def test_every_defense_declares_the_plugin_contract():
         assert issubclass(cls, Defense) and cls.name == name
         for preset in cls.presets.values():
             DEFENSES.config(name, preset)  # every preset is a valid config
+
+
+# Cell ids computed by the code of 771b541, before these defenses followed the anchors' code.
+IDS_BEFORE = {"mixup": "488410e63061215c", "cutmix": "2b1d6e64ada08da9", "cutout": "71dec79ed57257f0",
+              "jpeg+cutmix": "49328833fa782991", "ueraser": "3f600baf98ce1584", "iss_gray": "c48f3e4784b3757b"}
+
+
+def test_only_defenses_whose_default_changed_get_new_cell_ids():
+    grid = {"attacks": ["clean"], "defenses": list(IDS_BEFORE), "archs": ["tiny_cnn"], "seeds": [0],
+            "recipe": "cpu_smoke", "data": {"name": "cifar10", "train_size": 100}}
+    ids = {c.defense: c.cell_id for c in parse_grid(grid, "g").cells()}
+    kept = ("mixup", "cutmix", "cutout", "jpeg+cutmix")  # same behaviour; the per-image option is left out of the dict
+    assert {d: ids[d] for d in kept} == {d: IDS_BEFORE[d] for d in kept}
+    assert ids["ueraser"] != IDS_BEFORE["ueraser"] and ids["iss_gray"] != IDS_BEFORE["iss_gray"]  # new semantics
+    # UEraser at APBench's first-commit probabilities is the experiment the old records ran.
+    first = parse_grid({**grid, "defenses": ["ueraser"], "config": {"ueraser": {"brightness_p": 0.5, "contrast_p": 0.5}}}, "g")
+    assert first.cells()[0].cell_id == IDS_BEFORE["ueraser"]
+    # Setting the added option to its default is the plain config; the preset is another experiment.
+    explicit = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"per_image": False}}}, "g").cells()[0]
+    apbench = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"preset": "apbench"}}}, "g").cells()[0]
+    assert explicit.cell_id == IDS_BEFORE["mixup"] and explicit.defense_config == {"alpha": 1.0}
+    assert apbench.defense_config == {"alpha": 1.0, "per_image": True} and apbench.cell_id != IDS_BEFORE["mixup"]
