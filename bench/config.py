@@ -116,9 +116,26 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+ADDED = "added"  # field metadata: the version that added a field to a config whose cells already had ids
+
+
+def added_field(default: Any, since: str) -> Any:
+    """A config field added after cells of the config were recorded: `as_dict` leaves it out while it
+    holds its default, so those cells keep their ids (and their poisons their keys); set to anything
+    else, it is a new experiment with a new id."""
+    return dataclasses.field(default=default, metadata={ADDED: since})
+
+
 def as_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json_ready(dataclasses.asdict(config)) if dataclasses.is_dataclass(config) else {}
+    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at
+    their default."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if ADDED in f.metadata and out[f.name] == f.default:
+            del out[f.name]
+    return json_ready(out)
 
 
 def json_ready(value: Any) -> Any:
