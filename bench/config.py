@@ -116,26 +116,28 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
-ADDED = "added"  # field metadata: the version that added a field to a config whose cells already had ids
+OMITTED_AT_DEFAULT = "omitted_at_default"  # field metadata key: see `added_field`
 
 
-def added_field(default: Any, since: str) -> Any:
-    """A config field added after cells of the config were recorded: `as_dict` leaves it out while it
-    holds its default, so those cells keep their ids (and their poisons their keys); set to anything
-    else, it is a new experiment with a new id."""
-    return dataclasses.field(default=default, metadata={ADDED: since})
+def added_field(default: Any) -> Any:
+    """A config field added after records were made with its class: left out of `as_dict` while it holds `default`.
+
+    The cell id hashes `as_dict`, so a field that adds an option (and whose default keeps the old
+    behaviour) leaves the ids of configs that do not set it unchanged; set, it is hashed and
+    recorded like any other field. `default` must be an immutable value (a bool, number or str).
+    """
+    return dataclasses.field(default=default, metadata={OMITTED_AT_DEFAULT: True})
 
 
 def as_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at
-    their default."""
+    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at their default."""
     if not dataclasses.is_dataclass(config):
         return {}
-    out = dataclasses.asdict(config)
+    d = dataclasses.asdict(config)
     for f in dataclasses.fields(config):
-        if ADDED in f.metadata and out[f.name] == f.default:
-            del out[f.name]
-    return json_ready(out)
+        if f.metadata.get(OMITTED_AT_DEFAULT) and d[f.name] == f.default:
+            del d[f.name]
+    return json_ready(d)
 
 
 def json_ready(value: Any) -> Any:

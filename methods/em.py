@@ -33,7 +33,7 @@ class EMConfig(SurrogateConfig):
     # True: publish the images EM's official loader trains on (dataset.PoisonCIFAR10 adds
     # noise.mul(255).clamp_(0, 255) and truncates to uint8), the positive half of the noise only;
     # False: all of the noise, rounded to the nearest level (what a released poison would hold).
-    official_loader: bool = added_field(False, since="2026-12-01")
+    official_loader: bool = added_field(False)
 
     def __post_init__(self):
         super().__post_init__()
