@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import require
+from bench.config import added_field, require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
@@ -30,6 +30,10 @@ class EMConfig(SurrogateConfig):
     stop_accuracy: float = 0.99  # stop when the surrogate classifies this share of poisoned images
     max_rounds: int = 200  # cap on rounds if the stop rule is never met
     random_start: bool = False  # official default: noise starts at zero
+    # True: publish the images EM's official loader trains on (dataset.PoisonCIFAR10 adds
+    # noise.mul(255).clamp_(0, 255) and truncates to uint8), the positive half of the noise only;
+    # False: all of the noise, rounded to the nearest level (what a released poison would hold).
+    official_loader: bool = added_field(False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -40,6 +44,16 @@ class EMConfig(SurrogateConfig):
         require(0 < self.stop_accuracy <= 1, "stop_accuracy", f"must be in (0, 1], got {self.stop_accuracy}")
         require(self.grad_clip > 0, "grad_clip", f"must be positive, got {self.grad_clip}")
         require_sgd(self)
+
+
+def publish(images: torch.Tensor, noise: torch.Tensor, c: EMConfig) -> Poison:
+    """The uint8 poison of `noise` (float, [0, 1] units): all of it rounded to the nearest level, or,
+    with `official_loader`, what the official loader makes of it (positive half, truncated)."""
+    if not c.official_loader:
+        return Poison(apply_delta(images, noise, "linf", c.eps), "linf", c.eps)
+    # float32 sum, clip, then truncation toward zero, in the order of the official numpy code
+    poisoned = (images.float() + noise.mul(255).clamp(0, 255)).clamp(0, 255).to(torch.uint8)
+    return Poison(poisoned, "linf", c.eps)
 
 
 # Small CPU settings: same code path, fewer and cheaper rounds.
@@ -108,7 +122,8 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
     poisoned set reaches 99%. Differences from the official code: images are clamped to [0, 1]
     wherever noise is added (the official training step adds it unclamped), and the published
     poison is clean + noise rounded to uint8, where the official loader clamps the *noise* at zero
-    and so drops its negative half (acknowledged by the authors in their issue #13); and
+    and so drops its negative half (acknowledged by the authors in their issue #13; the paper's
+    numbers come from that loader, which `official_loader = true` reproduces); and
     the surrogate runs in bf16 autocast with channels_last weights where the device computes bf16
     natively (`bf16 = false` runs fp32, as the official code; docs/attacks.md has the measured effect).
     """
@@ -133,7 +148,7 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
                                            c.steps, c.step_size, c.eps)
 
         self.min_min(data, ctx, deltas, update_noise, lambda model: poisoned_accuracy(model, images, labels, deltas), "data")
-        return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)
+        return publish(images, deltas.all(), c)
 
 
 @dataclass(frozen=True)
@@ -214,4 +229,4 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
             return poisoned_accuracy(model, images[subset], labels[subset], _ClassNoise(noise.q, labels[subset]))
 
         self.min_min(data, ctx, noise, update_noise, accuracy, "subset")
-        return Poison(apply_delta(images, noise.q[labels], "linf", c.eps), "linf", c.eps)
+        return publish(images, noise.q[labels], c)

@@ -10,7 +10,7 @@ from bench.data import ImageSet
 from bench.registry import ATTACKS
 from bench.config import ConfigError, build_config
 from bench.plugin import Plugin
-from methods.base import Attack, BudgetError, Poison, SurrogateConfig, check_budget, perturbation_size
+from methods.base import Attack, BudgetError, Poison, SurrogateConfig, apply_delta, check_budget, perturbation_size
 from methods.ops import CORNERS, search_pixels
 
 
@@ -287,3 +287,29 @@ def test_budgets_that_claim_nothing_are_refused(tiny_set, norm, budget, message)
 def test_external_refuses_an_infinite_claim():
     with pytest.raises(ConfigError, match="eps: must be a finite number >= 0, got inf"):
         ATTACKS.config("external", {"path": "p.npz", "eps": "inf"})
+
+
+@pytest.mark.parametrize("name", ["em", "em_classwise"])
+def test_em_official_loader_keeps_the_positive_half_of_the_noise_as_the_official_code(name, tiny_set):
+    """dataset.PoisonCIFAR10: float32 image + noise.mul(255).clamp_(0, 255), np.clip, astype(uint8)."""
+    from methods.em import publish
+
+    g = torch.Generator().manual_seed(0)
+    noise = (torch.rand(tiny_set.images.shape, generator=g) * 2 - 1) * (8 / 255)
+    official = publish(tiny_set.images, noise, ATTACKS.config(name, {"official_loader": True}))
+    expected = np.clip(tiny_set.images.numpy().astype(np.float32) + np.clip(noise.numpy() * 255, 0, 255), 0, 255)
+    assert torch.equal(official.images, torch.from_numpy(expected.astype(np.uint8)))
+    assert (official.images >= tiny_set.images).all() and (official.images > tiny_set.images).any()
+    full = publish(tiny_set.images, noise, ATTACKS.config(name))
+    assert (full.images < tiny_set.images).any(), "by default both signs of the noise are kept"
+    assert torch.equal(full.images, apply_delta(tiny_set.images, noise, "linf", 8 / 255))
+    check_budget(tiny_set.images, official)
+
+
+def test_a_field_added_at_its_default_leaves_ids_as_they_were():
+    """em's official_loader is an added_field: absent from the config dict (hence the cell id) at its default."""
+    from bench.config import as_dict
+
+    assert "official_loader" not in as_dict(ATTACKS.config("em"))
+    assert as_dict(ATTACKS.config("em", {"official_loader": True}))["official_loader"] is True
+    assert ATTACKS.config("em", as_dict(ATTACKS.config("em"))) == ATTACKS.config("em")
