@@ -346,3 +346,26 @@ def test_a_report_of_a_grid_shows_the_grids_names_for_cells_run_under_others(tmp
     done = CliRunner().invoke(main, ["report", "--grid", str(renamed), "--out", str(store.root), "--format", "md"])
     assert done.exit_code == 0, done.output
     assert "| attack | at | at_half |" in done.output and "at_4" not in done.output
+
+
+def test_records_under_one_name_with_other_settings_are_told_apart_not_averaged(tmp_path):
+    """Two runs of tiny_cnn at two widths (two grids, or --set) are two rows, never one cell's seeds."""
+    from bench.grid import parse_grid
+    from bench.records import CellResult
+
+    def runs(width: int, acc: float) -> list[CellResult]:
+        grid = parse_grid({"attacks": ["clean"], "defenses": ["none"], "archs": ["tiny_cnn"], "recipe": "cpu_smoke",
+                           "config": {"tiny_cnn": {"width": width}}}, f"w{width}")
+        outcome = {"metrics": {"test_acc_last": acc, "test_acc_best": acc, "best_epoch": 1, "train_acc": 1.0},
+                   "history": [], "poison": {"key": "k", "norm": "linf", "budget": 0.0}, "timings": {}}
+        return [CellResult.finished(cell, grid.name, outcome, provenance={}, attempts=1, earlier_errors=[],
+                                    wall_seconds=1.0) for cell in grid.cells()]
+
+    both = runs(8, 0.30) + runs(16, 0.50)
+    report = write_report(both, tmp_path / "r", "widths", formats=("md",), layout=TableLayout("arch", "defense"))
+    assert re.search(r"^\| tiny_cnn \(width 8\) \| \*\*30\.00\*\* \|$", report.markdown, re.M), report.markdown
+    assert re.search(r"^\| tiny_cnn \(width 16\) \| 50\.00 \|$", report.markdown, re.M)
+    assert "40.00" not in report.markdown, "the two widths are not averaged"
+    # One width alone keeps its plain label, as every report did before.
+    alone = write_report(runs(8, 0.30), tmp_path / "a", "w8", formats=("md",), layout=TableLayout("arch", "defense"))
+    assert re.search(r"^\| tiny_cnn \| \*\*30\.00\*\* \|$", alone.markdown, re.M), alone.markdown

@@ -64,14 +64,52 @@ def cell_labels(record: CellResult) -> dict[str, str]:
             "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": record.name("defense")}
 
 
+# The part of a record's spec that says what each factor's label stands for.
+SETTINGS_OF = {"dataset": "data", "arch": "arch_config", "recipe": "recipe", "attack": "attack_config",
+               "defense": "defense_config"}
+
+
+def told_apart(records: list[CellResult]) -> dict[str, dict[str, str]]:
+    """`cell_labels` of each record (by cell id), where two records under one label ran with other
+    settings (resnet18 at width 8 and at 16, em with 10 or 20 steps, from different grids or `--set`)
+    the label names what differs: `resnet18 (width 8)`. Otherwise they would be averaged as seeds of
+    one cell. Labels no other record shares with other settings stay as they are."""
+    labels = {r.cell_id: cell_labels(r) for r in records}
+    for factor, key in SETTINGS_OF.items():
+        groups: dict[tuple, dict[str, dict]] = {}
+        for r in records:
+            label = labels[r.cell_id]
+            settings = {k: v for k, v in r.spec.get(key, {}).items() if not (factor == "dataset" and k == "name")}
+            group = (label[factor], label["budget"]) if factor == "attack" else (label[factor],)
+            groups.setdefault(group, {})[r.cell_id] = settings
+        for members in groups.values():
+            distinct = {json.dumps(v, sort_keys=True) for v in members.values()}
+            if len(distinct) < 2:
+                continue
+            keys = sorted({k for v in members.values() for k in v})
+            differing = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in members.values()}) > 1]
+            for cell_id, settings in members.items():
+                what = ", ".join(f"{k} {_setting(settings.get(k))}" for k in differing)
+                labels[cell_id][factor] = f"{labels[cell_id][factor]} ({what})"
+    return labels
+
+
+def _setting(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return "unset" if value is None else str(value)
+
+
 def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
     """One row per finished cell and metric: accuracies in %, the MI analysis in its own units; each
     factor under the record's name for it, and the plugin behind it (citations, depth) at the end."""
     rows = []
-    for r in records:
-        if not r.done:
-            continue
-        base = {"cell_id": r.cell_id, "grid": r.grid, **cell_labels(r), "seed": r.spec["seed"]}
+    done = [r for r in records if r.done]
+    labels = told_apart(done)
+    for r in done:
+        base = {"cell_id": r.cell_id, "grid": r.grid, **labels[r.cell_id], "seed": r.spec["seed"]}
         plugins = {f"{factor}_plugin": r.spec[factor] for factor in PLUGIN_FACTORS}
         for metric in METRICS:
             rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%", **plugins})
