@@ -372,7 +372,9 @@ def recipe_differences(spec: dict, source: PublishedSource, metric: str) -> list
 
 
 def _config_differences(name: str, config: dict, wanted: dict) -> list[str]:
-    return [f"{name} {key} {value_text(config.get(key))} vs {value_text(value)}"
+    # A key the config lacks is an added_field at its default (bench.config), which the table layer
+    # cannot look up: it says so rather than guess the value.
+    return [f"{name} {key} {value_text(config[key]) if key in config else 'default'} vs {value_text(value)}"
             for key, value in wanted.items() if not same(config.get(key), value)]
 
 
