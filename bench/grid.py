@@ -153,7 +153,10 @@ def parse_grid(raw: dict, name: str) -> Grid:
         values = raw.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
-        lists[key] = tuple(values)
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # the same cells twice would be planned, counted and reported twice
+            log.warning("grid %s: %s %s listed more than once; each runs once", name, key, ", ".join(repeated))
+        lists[key] = tuple(dict.fromkeys(values))
     variant_plugins = _variant_plugins(raw.get("variants", {}), name)
     _check_lists(lists, variant_plugins, name)
     named = _named_plugins(raw)

@@ -361,3 +361,10 @@ def test_overrides_set_a_variants_fields_and_select_it_by_name():
         GridOverrides(sets=("em.eps=1",)).apply(VARIANTS, "g")
     with pytest.raises(ConfigError, match=r"^variants\.at_4\.eps: must be in \(0, 1\]"):
         parse_grid(GridOverrides(sets=("at_4.eps=2",)).apply(VARIANTS, "g"), "g")
+
+
+def test_a_plugin_listed_twice_runs_once_with_a_warning(caplog):
+    grid = parse_grid({**BASE, "attacks": ["clean", "ops", "clean"], "defenses": ["none", "none"]}, "g")
+    assert grid.attacks == ("clean", "ops") and grid.defenses == ("none",)
+    assert len(grid.cells()) == len({c.cell_id for c in grid.cells()}) == 2
+    assert "attacks clean listed more than once" in caplog.text and "defenses none listed more than once" in caplog.text
