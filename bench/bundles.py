@@ -47,7 +47,7 @@ class Manifest:
     attack_config: dict  # its config as the cell recorded it ({} for a release)
     seed: int | None  # None where the release does not say
     dataset: str  # the dataset's name: "cifar10", or the path of an .npz
-    clean_fingerprint: str  # clean_fingerprint() of the clean images at `index` and their labels
+    clean_fingerprint: str  # bench.data.fingerprint of the clean images at `index` and their labels
     count: int  # images in the bundle
     split_size: int  # images in the clean training split `index` points into
     image_shape: list  # (H, W, C)
@@ -87,16 +87,6 @@ class Bundle:
     images: np.ndarray  # uint8 (N, H, W, C)
     index: np.ndarray  # int64 (N,)
     manifest: Manifest
-
-
-def clean_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    """SHA-256 (16 hex digits) of clean uint8 (N, H, W, C) images and their labels: what a bundle
-    was made from, whatever subset or file name the dataset had."""
-    digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(images, dtype=np.uint8), np.ascontiguousarray(labels, dtype=np.int64)):
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()[:16]
 
 
 def write_bundle(folder: Path, images: np.ndarray, index: np.ndarray, manifest: dict) -> Manifest:

@@ -5,9 +5,9 @@ layer (which runs them), so each of those imports it from here and none imports 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from bench.config import as_dict
+from bench.config import added_field, as_dict
 from bench.data import DataSpec
 from bench.registry import ATTACKS
 from bench.store import canonical_hash
@@ -46,20 +46,12 @@ class CellSpec:
     recipe: Recipe
     recipe_name: str
     seed: int
-    analysis: tuple[str, ...] = ()  # measurements beyond accuracy, from ANALYSES
-    variants: dict = field(default_factory=dict)  # factor ("attack", "defense", "arch") -> its variant name
+    # Both added after cells had ids: left out of the spec while empty, so those cells keep theirs.
+    analysis: tuple[str, ...] = added_field(())  # measurements beyond accuracy, from ANALYSES
+    variants: dict = added_field(default_factory=dict)  # factor ("attack", "defense", "arch") -> its variant name
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["recipe"] = as_dict(self.recipe)
-        # Without an analysis the key is left out, so cells (and records) from before it keep their ids.
-        if not self.analysis:
-            del d["analysis"]
-        else:
-            d["analysis"] = list(self.analysis)
-        if not self.variants:  # likewise: a cell of plain names keeps the spec it had before variants existed
-            del d["variants"]
-        return d
+        return as_dict(self)
 
     @property
     def cell_id(self) -> str:

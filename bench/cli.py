@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from bench.config import ConfigError
+from bench.config import ConfigError, parse_number
 from bench.data import DataUnavailable
 from bench.published import DEFAULT_TOLERANCE
 
@@ -236,9 +236,8 @@ def _one_line(action):
 
 def _budget(value: str) -> float:
     """`8/255`, `0.5` or `32`: a budget as people write it."""
-    num, _, den = value.partition("/")
     try:
-        return float(num) / float(den) if den else float(num)
+        return float(parse_number(value))
     except (ValueError, ZeroDivisionError):
         raise click.BadParameter(f"{value!r} is not a number or a fraction such as 8/255", param_hint="--eps") from None
 

@@ -84,7 +84,7 @@ def coerce(value: Any, type_: Any, where: str) -> Any:
     if type_ in (int, float):
         if isinstance(value, str):
             try:
-                value = _parse_number(value)
+                value = parse_number(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -101,7 +101,7 @@ def coerce(value: Any, type_: Any, where: str) -> Any:
     return value
 
 
-def _parse_number(text: str) -> float:
+def parse_number(text: str) -> float:
     """Numbers as researchers write budgets: '0.03', '8/255'."""
     if "/" in text:
         num, den = text.split("/", 1)
@@ -119,14 +119,19 @@ def require(condition: bool, field: str, message: str) -> None:
 OMITTED_AT_DEFAULT = "omitted_at_default"  # field metadata key: see `added_field`
 
 
-def added_field(default: Any) -> Any:
-    """A config field added after records were made with its class: left out of `as_dict` while it holds `default`.
+def added_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field added after records were made with its class: left out of `as_dict` while it holds
+    its default (`default`, or what `default_factory` makes: `dict` for an empty dict).
 
-    The cell id hashes `as_dict`, so a field that adds an option (and whose default keeps the old
-    behaviour) leaves the ids of configs that do not set it unchanged; set, it is hashed and
-    recorded like any other field. `default` must be an immutable value (a bool, number or str).
+    Cell ids hash `as_dict`, so a field that adds an option (and whose default keeps the old
+    behaviour) leaves the ids of configs, and cells, that do not set it unchanged; set, it is hashed
+    and recorded like any other field.
     """
-    return dataclasses.field(default=default, metadata={OMITTED_AT_DEFAULT: True})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={OMITTED_AT_DEFAULT: True})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def as_dict(config: Any) -> dict[str, Any]:
@@ -135,7 +140,7 @@ def as_dict(config: Any) -> dict[str, Any]:
         return {}
     d = dataclasses.asdict(config)
     for f in dataclasses.fields(config):
-        if f.metadata.get(OMITTED_AT_DEFAULT) and d[f.name] == f.default:
+        if f.metadata.get(OMITTED_AT_DEFAULT) and d[f.name] == _default(f):
             del d[f.name]
     return json_ready(d)
 

@@ -50,6 +50,10 @@ class ImageSet:
     def to(self, device: torch.device | str) -> "ImageSet":
         return replace(self, images=self.images.to(device), labels=self.labels.to(device), index=self.index.to(device))
 
+    def take(self, rows: torch.Tensor | slice) -> "ImageSet":
+        """The images at `rows` of this set, their labels and positions with them."""
+        return replace(self, images=self.images[rows], labels=self.labels[rows], index=self.index[rows])
+
     def with_images(self, images: torch.Tensor) -> "ImageSet":
         if images.shape != self.images.shape or images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images of shape {tuple(self.images.shape)}, got {images.dtype} {tuple(images.shape)}")
@@ -90,10 +94,11 @@ def load_dataset(spec: DataSpec, device: torch.device | str = "cpu") -> Dataset:
     return Dataset(spec.name, train.to(device), test.to(device), classes, fingerprint(train, test))
 
 
-def fingerprint(train: ImageSet, test: ImageSet) -> str:
-    """SHA-256 (16 hex digits) of the images and labels of both splits as used: about 0.3 s for all of CIFAR-10."""
+def fingerprint(*splits: ImageSet) -> str:
+    """SHA-256 (16 hex digits) of the images and labels of `splits` as used (a dataset's: train and
+    test; a poison bundle's clean images: the one split it perturbs): about 0.3 s for all of CIFAR-10."""
     digest = hashlib.sha256()
-    for split in (train, test):
+    for split in splits:
         for tensor in (split.images, split.labels):
             array = np.ascontiguousarray(tensor.cpu().numpy())
             digest.update(f"{array.dtype}{array.shape}".encode())

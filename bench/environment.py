@@ -14,6 +14,7 @@ import torch
 
 import bench
 from bench.config import ConfigError
+from bench.train import cpu_has_avx512_bf16, cpu_has_bf16_matmul
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -61,16 +62,8 @@ def cpu_name() -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    native = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512_BF16", "_is_avx512_bf16_supported"))
-              if _probe(probe)]
+    native = [name for name, has in (("AMX", cpu_has_bf16_matmul), ("AVX512_BF16", cpu_has_avx512_bf16)) if has()]
     return f"{model or 'cpu'}, {torch.get_num_threads()} threads" + (f", {' '.join(native)}" if native else "")
-
-
-def _probe(name: str) -> bool:
-    try:
-        return bool(getattr(torch.cpu, name, lambda: False)())
-    except Exception:  # private probes: absent or failing means "don't know"
-        return False
 
 
 def _git_commit() -> str | None:

@@ -153,10 +153,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
         values = raw.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigError(f"grid {name}: {key} must be a non-empty list of names; known: {', '.join(registry.names())}")
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:  # the same cells twice would be planned, counted and reported twice
-            log.warning("grid %s: %s %s listed more than once; each runs once", name, key, ", ".join(repeated))
-        lists[key] = tuple(dict.fromkeys(values))
+        lists[key] = tuple(_once(values, key, name))
     variant_plugins = _variant_plugins(raw.get("variants", {}), name)
     _check_lists(lists, variant_plugins, name)
     named = _named_plugins(raw)
@@ -275,7 +272,7 @@ def _check_distinct(grid: Grid, lists: dict[str, tuple[str, ...]]) -> None:
     """Two names of one list that run the same plugin and config would be the same cells twice."""
     for key in PLUGIN_LISTS:
         seen: dict[str, str] = {}
-        for written in dict.fromkeys(lists[key]):
+        for written in lists[key]:  # already each once
             experiment = canonical_hash(list(grid.resolve(written)))
             if experiment in seen:
                 raise ConfigError(f"grid {grid.name}: {key}: {seen[experiment]!r} and {written!r} run the same plugin "
@@ -295,11 +292,16 @@ def _seeds_of(value: Any, grid: str) -> list[int]:
     for seed in value:
         if type(seed) is not int or not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"grid {grid}: seeds must be {allowed}; {seed!r} is not")
-    unique = list(dict.fromkeys(value))
-    if len(unique) < len(value):
-        repeated = sorted({s for s in value if value.count(s) > 1})
-        log.warning("grid %s: seed(s) %s listed more than once; each runs once", grid, ", ".join(map(str, repeated)))
-    return unique
+    return _once(value, "seed(s)", grid)
+
+
+def _once(values: list, key: str, grid: str) -> list:
+    """`values` in order, each once; a repeat is warned of (it would plan, count and report the same
+    cells twice)."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        log.warning("grid %s: %s %s listed more than once; each runs once", grid, key, ", ".join(map(str, repeated)))
+    return list(dict.fromkeys(values))
 
 
 def _analysis(value: Any, grid: str) -> tuple[str, ...]:

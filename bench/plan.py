@@ -14,16 +14,16 @@ from typing import Iterable, Mapping
 
 from bench.cell import CellSpec, cell_label
 from bench.grid import Grid
-from bench.records import CellResult
+from bench.records import STATUSES as RECORD_STATUSES, CellResult
 from bench.store import Store, canonical_hash
 
-STATUSES = ("done", "failed", "pending")
+STATUSES = (*RECORD_STATUSES, "pending")  # a cell without a (readable) record is pending
 
 
 @dataclass(frozen=True)
 class CellState:
     cell: CellSpec
-    status: str  # one of STATUSES; a record that is neither done nor failed counts as pending
+    status: str  # one of STATUSES
     error: dict | None = None  # a failed record's error: type, message (and traceback)
 
 
@@ -43,7 +43,7 @@ def cell_states(cells: Iterable[CellSpec], records: Mapping[str, CellResult]) ->
     states = []
     for cell in cells:
         record = records.get(cell.cell_id)
-        status = record.status if record is not None and record.status in ("done", "failed") else "pending"
+        status = record.status if record is not None else "pending"  # CellResult holds done or failed only
         states.append(CellState(cell, status, record.error if status == "failed" else None))
     return states
 

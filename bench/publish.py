@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.bundles import Manifest, clean_fingerprint, read_bundle, write_bundle
+from bench.bundles import Manifest, read_bundle, write_bundle
 from bench.config import ConfigError
-from bench.data import DataSpec, Dataset, ImageSet, load_dataset
+from bench.data import DataSpec, Dataset, fingerprint, load_dataset
 from bench.environment import provenance
 from bench.store import Store, content_sha256
-from methods.base import NORMS, BudgetError, Poison, check_budget
+from methods.base import NORMS, BudgetError, Poison, check_budget, largest_perturbation
 from methods.external import PoisonFile, check_order, check_poison_file
 from methods.releases import read_release, release_format
 
@@ -73,7 +73,7 @@ def export_cached(store: Store, key: str, folder: Path) -> Manifest:
               "generate_seconds": meta.get("generate_seconds")}
     return write_bundle(folder, images.transpose(0, 2, 3, 1), clean.index.numpy(), {
         "attack": meta["attack"], "attack_config": meta.get("attack_config", {}), "seed": meta.get("seed"),
-        "dataset": data["name"], "clean_fingerprint": _clean_fingerprint(clean), "split_size": clean.split_size,
+        "dataset": data["name"], "clean_fingerprint": fingerprint(clean), "split_size": clean.split_size,
         "norm": meta["norm"], "budget": meta["budget"], "measured": measured_sizes(clean.images, poison.images),
         "source": source, "provenance": _provenance(), "data_fingerprint": dataset.fingerprint})
 
@@ -101,7 +101,7 @@ def convert_release(path: Path, folder: Path, *, fmt: str, data: str, attack: st
         source["em_noise"] = em_noise
     return write_bundle(folder, images, clean.index.numpy(), {
         "attack": attack, "attack_config": {}, "seed": seed, "dataset": data,
-        "clean_fingerprint": _clean_fingerprint(clean), "split_size": clean.split_size, "norm": norm,
+        "clean_fingerprint": fingerprint(clean), "split_size": clean.split_size, "norm": norm,
         "budget": eps, "measured": measured_sizes(clean.images, poisoned), "source": source,
         "provenance": _provenance(), "data_fingerprint": None})
 
@@ -122,8 +122,7 @@ def verify_bundle(folder: Path, data: str | None = None) -> Verified:
     full = _full(name).train
     if full.split_size != manifest.split_size:
         raise ConfigError(f"{folder}: indexes a training split of {manifest.split_size} images; {name}'s has {full.split_size}")
-    index = torch.from_numpy(bundle.index)
-    clean = ImageSet(full.images[index], full.labels[index], index, full.num_classes, full.split_size)
+    clean = full.take(torch.from_numpy(bundle.index))  # the full split: row i is position i
     source = PoisonFile(bundle.images, bundle.index, manifest)
     poisoned = torch.from_numpy(np.ascontiguousarray(bundle.images.transpose(0, 3, 1, 2)))
     check_poison_file(folder, source, clean, manifest.norm, manifest.budget)  # the clean fingerprint first
@@ -139,21 +138,11 @@ def verify_bundle(folder: Path, data: str | None = None) -> Verified:
 def measured_sizes(clean: torch.Tensor, poisoned: torch.Tensor) -> dict:
     """The largest per-image perturbation in every norm (linf, l2 in [0, 1] units; l0 in pixels), in
     float64 so that a manifest states 8/255 as 8/255."""
-    worst = dict.fromkeys(NORMS, 0.0)
-    for i in range(0, len(clean), 4096):
-        delta = (poisoned[i:i + 4096].double() - clean[i:i + 4096].double()) / 255
-        worst["linf"] = max(worst["linf"], delta.abs().flatten(1).amax(1).max().item())
-        worst["l2"] = max(worst["l2"], delta.flatten(1).norm(dim=1).max().item())
-        worst["l0"] = max(worst["l0"], (delta != 0).any(dim=1).flatten(1).sum(1).max().item())
-    return {norm: float(worst[norm]) for norm in NORMS}
+    return {norm: largest_perturbation(clean, poisoned, norm, torch.float64) for norm in NORMS}
 
 
 def _full(name: str) -> Dataset:
     return load_dataset(DataSpec(name=name))
-
-
-def _clean_fingerprint(clean: ImageSet) -> str:
-    return clean_fingerprint(clean.images.permute(0, 2, 3, 1).numpy(), clean.labels.numpy())
 
 
 def _data_of_records(store: Store) -> dict[str, dict]:

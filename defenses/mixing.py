@@ -60,7 +60,8 @@ def box_mask(top, left, height, width, h: int, w: int) -> torch.Tensor:
     device = top.device
     shape = (-1, 1, 1)
     top, left = top.view(shape), left.view(shape)
-    height, width = (torch.as_tensor(v, device=device).view(shape) for v in (height, width))
+    # Cutout's sizes are ints, which broadcast as they are: no device tensors made per batch for them.
+    height, width = (v.view(shape) if torch.is_tensor(v) else v for v in (height, width))
     rows = torch.arange(h, device=device).view(1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, w)
     return (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)

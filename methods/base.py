@@ -61,8 +61,7 @@ def check_budget(clean: torch.Tensor, poison: Poison) -> float:
         raise BudgetError(
             f"poison must be uint8 of shape {tuple(clean.shape)}, got {poison.images.dtype} {tuple(poison.images.shape)}"
         )
-    worst = max((perturbation_size(clean[i : i + 4096], poison.images[i : i + 4096], poison.norm).max().item()
-                 for i in range(0, len(clean), 4096)), default=0.0)
+    worst = largest_perturbation(clean, poison.images, poison.norm)
     # 1e-6 absorbs float32 summation error only; quantisation must be the attack's own business.
     if worst > poison.budget + 1e-6:
         unit = "pixels" if poison.norm == "l0" else "in [0,1] units"
@@ -70,14 +69,22 @@ def check_budget(clean: torch.Tensor, poison: Poison) -> float:
     return worst
 
 
-def perturbation_size(clean: torch.Tensor, poisoned: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-image size of poisoned - clean in `norm` ((N,) float)."""
+def perturbation_size(clean: torch.Tensor, poisoned: torch.Tensor, norm: Norm,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-image size of poisoned - clean in `norm` ((N,) of `dtype`; float64 states 8/255 as 8/255)."""
     delta = (poisoned.to(torch.int16) - clean.to(torch.int16)).flatten(1) if norm != "l0" else None
     if norm == "linf":
-        return delta.abs().amax(1).float() / 255
+        return delta.abs().amax(1).to(dtype) / 255
     if norm == "l2":
-        return (delta.float() / 255).norm(dim=1)
-    return (poisoned != clean).any(dim=1).flatten(1).sum(1).float()
+        return (delta.to(dtype) / 255).norm(dim=1)
+    return (poisoned != clean).any(dim=1).flatten(1).sum(1).to(dtype)
+
+
+def largest_perturbation(clean: torch.Tensor, poisoned: torch.Tensor, norm: Norm,
+                         dtype: torch.dtype = torch.float32) -> float:
+    """The largest per-image `perturbation_size`, in chunks of 4,096 images (bounded memory)."""
+    return max((perturbation_size(clean[i : i + 4096], poisoned[i : i + 4096], norm, dtype).max().item()
+                for i in range(0, len(clean), 4096)), default=0.0)
 
 
 def apply_delta(clean: torch.Tensor, delta: torch.Tensor, norm: Literal["linf", "l2"], budget: float) -> torch.Tensor:

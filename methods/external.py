@@ -9,10 +9,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bench.bundles import Manifest, clean_fingerprint, is_bundle, read_bundle
+from bench.bundles import Manifest, is_bundle, read_bundle
 from bench.config import ConfigError, require
 from bench.context import RunContext
-from bench.data import ImageSet
+from bench.data import ImageSet, fingerprint
 from bench.registry import register_attack
 from bench.store import content_sha256
 from methods.base import NORMS, Attack, BudgetError, Poison, check_budget
@@ -116,9 +116,7 @@ def _clean_at(index: np.ndarray, data: ImageSet, ctx: RunContext) -> ImageSet | 
         return data
     if ctx.full_train is None:
         return None
-    full = ctx.full_train()
-    return ImageSet(full.images[torch.from_numpy(index)].cpu(), full.labels[torch.from_numpy(index)].cpu(),
-                    torch.from_numpy(index), full.num_classes, full.split_size)
+    return ctx.full_train().to("cpu").take(torch.from_numpy(index))  # the full split: row i is position i
 
 
 def check_poison_file(path: Path, source: PoisonFile, clean: ImageSet, norm: str, eps: float) -> float:
@@ -128,7 +126,7 @@ def check_poison_file(path: Path, source: PoisonFile, clean: ImageSet, norm: str
     images = torch.from_numpy(np.ascontiguousarray(source.images.transpose(0, 3, 1, 2)))
     clean_images = clean.images.cpu()
     if source.manifest is not None:
-        found = clean_fingerprint(clean_images.permute(0, 2, 3, 1).numpy(), clean.labels.cpu().numpy())
+        found = fingerprint(clean)
         if found != source.manifest.clean_fingerprint:
             raise ConfigError(f"external poison {path}: the bundle was made from other clean images (its "
                               f"fingerprint {source.manifest.clean_fingerprint}, this dataset's {found})")

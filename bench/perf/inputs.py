@@ -19,7 +19,7 @@ from bench.train import Recipe
 
 def head(data: ImageSet, n: int) -> ImageSet:
     """The first `n` images of `data`."""
-    return ImageSet(data.images[:n], data.labels[:n], data.index[:n], data.num_classes, data.split_size)
+    return data.take(slice(n))
 
 
 def synthetic_set(n: int, device: torch.device | str = "cpu", num_classes: int = 10) -> ImageSet:

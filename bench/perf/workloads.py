@@ -62,7 +62,7 @@ def preset_overrides(name: str, device: torch.device, preset: str = ONE_ROUND) -
     An attack that does not declare `preset` has no rounds to cut (the model-free ones): it runs
     at its full settings, or at its `cpu` preset on a CPU where it has one.
     """
-    presets = getattr(ATTACKS.get(name), "presets", {})
+    presets = ATTACKS.get(name).presets
     on_cpu = {"preset": "cpu"} if device.type == "cpu" and "cpu" in presets else {}
     return {**on_cpu, **presets.get(preset, {})}
 

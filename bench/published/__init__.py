@@ -25,11 +25,10 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from fractions import Fraction
 from importlib import resources
 from typing import Any, Iterable
 
-from bench.config import ConfigError, comma_choices
+from bench.config import ConfigError, comma_choices, parse_number
 
 ALL = "published"  # the --compare value that means every shipped source
 # What a source's [recipe] may state, in our names: the data, the victim and bench.train.Recipe's fields.
@@ -52,7 +51,7 @@ def number(value: Any) -> Any:
         if value == "none":
             return None
         if re.fullmatch(r"\d+/\d+", value):
-            return float(Fraction(value))
+            return float(parse_number(value))
     return value
 
 
@@ -75,7 +74,7 @@ class Budget:
         found = _BUDGET.fullmatch(text)
         if not found:
             return cls(text, None, None)
-        return cls(text, _NORMS[found.group(1)], float(Fraction(found.group(2))))
+        return cls(text, _NORMS[found.group(1)], float(parse_number(found.group(2))))
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,6 @@ class PublishedSource:
     @property
     def link(self) -> str:
         return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv and not self.url else self.url
-
-    def attacks_for(self, attack: str) -> list[PublishedAttack]:
-        return [row for row in self.attacks if attack in row.ours]
-
-    def defenses_for(self, defense: str) -> list[PublishedDefense]:
-        return [column for column in self.defenses if defense in column.ours]
 
 
 _SOURCE_KEYS = {"title", "paper", "table", "read_from", "arxiv", "url", "cite", "metric", "unverified", "notes",

@@ -43,11 +43,15 @@ def budget_label(norm: str, budget: float) -> str:
         return ""
     if norm == "l0":
         return f"L0 {budget:g} px"
-    if norm == "linf":
-        frac = Fraction(budget).limit_denominator(255)
-        if frac.denominator == 255 and math.isclose(float(frac), budget, rel_tol=1e-6):
-            return f"Linf {frac.numerator}/255"
+    if norm == "linf" and (levels := on_255_grid(budget)) is not None:
+        return f"Linf {levels}/255"
     return f"{'Linf' if norm == 'linf' else 'L2'} {budget:.2f}"
+
+
+def on_255_grid(value: float) -> int | None:
+    """k where `value` is k/255 (to float precision), else None: budgets and step sizes as written."""
+    frac = Fraction(value).limit_denominator(255)
+    return frac.numerator if frac.denominator == 255 and math.isclose(float(frac), value, rel_tol=1e-6) else None
 
 
 def recipe_label(spec: dict) -> str:
@@ -80,7 +84,7 @@ def told_apart(records: list[CellResult]) -> dict[str, dict[str, str]]:
         for r in records:
             label = labels[r.cell_id]
             settings = {k: v for k, v in r.spec.get(key, {}).items() if not (factor == "dataset" and k == "name")}
-            group = (label[factor], label["budget"]) if factor == "attack" else (label[factor],)
+            group = factor_key(label, factor)
             groups.setdefault(group, {})[r.cell_id] = settings
         for members in groups.values():
             distinct = {json.dumps(v, sort_keys=True) for v in members.values()}
@@ -89,17 +93,9 @@ def told_apart(records: list[CellResult]) -> dict[str, dict[str, str]]:
             keys = sorted({k for v in members.values() for k in v})
             differing = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in members.values()}) > 1]
             for cell_id, settings in members.items():
-                what = ", ".join(f"{k} {_setting(settings.get(k))}" for k in differing)
+                what = ", ".join(f"{k} {value_text(settings.get(k))}" for k in differing)
                 labels[cell_id][factor] = f"{labels[cell_id][factor]} ({what})"
     return labels
-
-
-def _setting(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return "unset" if value is None else str(value)
 
 
 def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
@@ -315,13 +311,13 @@ def value_text(value) -> str:
     """A setting as people write it: 8/255 for a float on the 1/255 grid, 'none' for None, lists joined."""
     if value is None:
         return "none"
+    if isinstance(value, dict):  # a composed defense's config: one table per part
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     if isinstance(value, (list, tuple)):
         return ", ".join(value_text(v) for v in value)
     if isinstance(value, float):
-        frac = Fraction(value).limit_denominator(255)
-        if frac.denominator == 255 and math.isclose(float(frac), value, rel_tol=1e-6):
-            return f"{frac.numerator}/255"
-        return f"{value:g}"
+        levels = on_255_grid(value)
+        return f"{levels}/255" if levels is not None else f"{value:g}"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int) and value >= 1000:
@@ -424,6 +420,7 @@ def compare_published(records: Iterable[CellResult], sources: Iterable[Published
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"--tolerance: must be a number of points >= 0, got {tolerance!r}")
     groups = _seed_groups(records)
+    labels = told_apart([r for group in groups for r in group])
     rows = []
     for source in sources:
         for row in source.attacks:
@@ -440,7 +437,7 @@ def compare_published(records: Iterable[CellResult], sources: Iterable[Published
                                + defense_differences(spec, column))
                     published = row.acc[column.label]
                     delta = values.mean() - published if not reasons else math.nan
-                    rows.append({"source": source.id, **cell_labels(first), "seeds": len(group), "ours": values.mean(),
+                    rows.append({"source": source.id, **labels[first.cell_id], "seeds": len(group), "ours": values.mean(),
                                  "ours_std": values.std(), "source_attack": row.label, "source_defense": column.label,
                                  "published": published, "unverified": source.unverified or row.unverified,
                                  "comparable": not reasons, "delta": delta,
