@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bench.config import require
 from bench.registry import register_defense
+from bench.robust import pgd_linf
 from defenses.base import Defense
 
 
@@ -36,7 +36,8 @@ class AdversarialTraining(Defense):
     (batch-norm running statistics, no update of them by attack steps) and the training step then
     sees only the adversarial batch. APBench starts from Gaussian noise of scale step_size; we use
     Madry's uniform start. The training loop calls the adversary inside its autocast, so the attack
-    steps run in the training step's precision (`bench.train.precision`).
+    steps run in the training step's precision (`bench.train.precision`). The PGD loop is
+    `bench.robust.pgd_linf`, which the robust-accuracy analysis runs too.
     """
 
     Config = ATConfig
@@ -46,18 +47,5 @@ class AdversarialTraining(Defense):
     presets = {"cpu_smoke": {"steps": 2, "step_size": 4 / 255}}
 
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        eps, step = self.config.eps, self.config.step_size
-        was_training = model.training
-        model.eval()
-        x_adv = x.detach().clone()
-        if self.config.random_start:
-            x_adv = (x_adv + torch.empty_like(x_adv).uniform_(-eps, eps)).clamp_(0, 1)
-        for _ in range(self.config.steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y)
-            # Gradient with respect to the input only: the parameters' .grad stay untouched.
-            (grad,) = torch.autograd.grad(loss, [x_adv])
-            x_adv = x_adv.detach() + step * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-        model.train(was_training)
-        return x_adv.detach()
+        c = self.config
+        return pgd_linf(model, x, y, eps=c.eps, step_size=c.step_size, steps=c.steps, random_start=c.random_start)
