@@ -46,9 +46,10 @@ class CellSpec:
     recipe: Recipe
     recipe_name: str
     seed: int
-    # Both added after cells had ids: left out of the spec while empty, so those cells keep theirs.
+    # Added after cells had ids: left out of the spec while empty, so those cells keep theirs.
     analysis: tuple[str, ...] = added_field(())  # measurements beyond accuracy, from ANALYSES
     variants: dict = added_field(default_factory=dict)  # factor ("attack", "defense", "arch") -> its variant name
+    robust: dict = added_field(default_factory=dict)  # bench.robust.RobustConfig, where analysis has "robust"
 
     def to_dict(self) -> dict:
         return as_dict(self)

@@ -12,8 +12,13 @@ name = "cifar10"                # or a path to an .npz
 train_size = 5000
 [config.jpeg]                   # overrides for any attack, defense or arch of the grid
 quality = 10
-analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi)
+analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust)
 ```
+
+`analysis = ["robust"]` records PGD robust test accuracy (`bench.robust`); a `[robust]` table sets
+its `RobustConfig` fields (`eps = "4/255"`, `steps = 10`, ...) and may name the grid's defenses whose
+cells run it (`defenses = ["at", "at_4"]`; default every cell). Cells that do not run it keep the ids
+they have without it.
 
 A defense named `a+b` composes registered defenses (`jpeg+cutout`, `iss_gray+at`); each part is
 checked, and `[config.cutout]` applies to cutout wherever it appears. A composed cell records one
@@ -46,7 +51,7 @@ import logging
 import re
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,6 +60,7 @@ from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
 from bench.registry import ARCHS, COMPOSE, REGISTRIES, defense_parts
+from bench.robust import RobustConfig
 from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
 from defenses.base import create_defense
@@ -62,13 +68,16 @@ from defenses.base import create_defense
 log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis",
-             "variants")
-ANALYSES = ("mi",)  # per-cell measurements the runner knows: mi = bench.mi on the trained model's features
+             "variants", "robust")
+# Per-cell measurements the runner knows: mi = bench.mi on the trained model's features, robust =
+# bench.robust.robust_accuracy of the trained model on its test images.
+ANALYSES = ("mi", "robust")
+ROBUST_SCOPE = "defenses"  # the [robust] key that chooses cells; its other keys are RobustConfig fields
 PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
 # A variant's name is a TOML bare key without dots or `+`, so `--set NAME.FIELD=` and `jpeg+NAME` parse
 # one way; `recipe` and `data` are what `--set recipe.FIELD` and `--set data.FIELD` mean.
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-RESERVED_NAMES = ("recipe", "data")
+RESERVED_NAMES = ("recipe", "data", "robust")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,8 @@ class Grid:
     config: dict = field(default_factory=dict)  # plugin name -> validated config dict
     analysis: tuple[str, ...] = ()
     variants: dict = field(default_factory=dict)  # variant name -> Variant
+    robust: dict = field(default_factory=dict)  # the checked RobustConfig where analysis has "robust", else empty
+    robust_defenses: tuple[str, ...] | None = None  # the defenses (as the grid names them) that run it; None = all
 
     def resolve(self, name: str) -> tuple[str, dict]:
         """(plugin, config) of a name in the grid's lists: a variant's, else the plugin's own. A composed
@@ -111,9 +122,18 @@ class Grid:
             names = {"attack": attack, "defense": defense, "arch": arch}
             runs = {factor: self.resolve(name) for factor, name in names.items()}
             variants = {factor: name for factor, name in names.items() if name != runs[factor][0]}
+            analysis = self.analysis_of(defense)
             cells.append(CellSpec(self.data, *runs["attack"], *runs["defense"], *runs["arch"], self.recipe,
-                                  self.recipe_name, seed, self.analysis, variants))
+                                  self.recipe_name, seed, analysis, variants,
+                                  robust=self.robust if "robust" in analysis else {}))
         return cells
+
+    def analysis_of(self, defense: str) -> tuple[str, ...]:
+        """The analyses of the cells under `defense` (as the grid names it): the grid's, "robust" only
+        under the defenses its [robust] table names."""
+        if self.robust_defenses is None or defense in self.robust_defenses:
+            return self.analysis
+        return tuple(a for a in self.analysis if a != "robust")
 
 
 def shipped_grids() -> dict[str, Any]:
@@ -190,8 +210,10 @@ def parse_grid(raw: dict, name: str) -> Grid:
             if plugin not in config:
                 config[plugin] = as_dict(registry.config(plugin))
     variants = {variant: _variant(variant, plugin, raw, lists) for variant, plugin in variant_plugins.items()}
+    analysis = _analysis(raw.get("analysis", []), name)
+    robust, robust_defenses = _robust(raw.get("robust"), analysis, lists["defenses"], name)
     grid = Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"], lists["archs"],
-                tuple(seeds), recipe, recipe_name, config, _analysis(raw.get("analysis", []), name), variants)
+                tuple(seeds), recipe, recipe_name, config, analysis, variants, robust, robust_defenses)
     for defense in lists["defenses"]:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
             plugin, parts = grid.resolve(defense)
@@ -215,7 +237,8 @@ def _variant_plugins(value: Any, grid: str) -> dict[str, str]:
     for variant, table in value.items():
         where = f"grid {grid}: variants.{variant}"
         if not VARIANT_NAME.fullmatch(variant) or variant in RESERVED_NAMES:
-            raise ConfigError(f"{where}: a variant's name is letters, digits, _ and - (not {' or '.join(RESERVED_NAMES)})")
+            raise ConfigError(f"{where}: a variant's name is letters, digits, _ and - (not "
+                              f"{', '.join(RESERVED_NAMES[:-1])} or {RESERVED_NAMES[-1]})")
         if variant in registered:  # one name, one meaning: in the lists, --set and the records
             raise ConfigError(f"{where}: {variant!r} is a registered {registered[variant]}; give the variant a name "
                               "of its own")
@@ -313,6 +336,36 @@ def _analysis(value: Any, grid: str) -> tuple[str, ...]:
     return tuple(sorted(set(value)))  # order-free, so the cell id does not depend on how the list is written
 
 
+def _robust(table: Any, analysis: tuple[str, ...], defenses: tuple[str, ...], grid: str
+            ) -> tuple[dict, tuple[str, ...] | None]:
+    """The checked RobustConfig of `[robust]` (its defaults without one) and the defenses whose cells run
+    it (None: all); empty where the grid does not ask for the analysis."""
+    if table is None:
+        return (as_dict(RobustConfig()) if "robust" in analysis else {}), None
+    allowed = [f.name for f in fields(RobustConfig)] + [ROBUST_SCOPE]
+    if not isinstance(table, dict):
+        raise ConfigError(f"grid {grid}: robust must be a table [robust] of {', '.join(allowed)}")
+    if "robust" not in analysis:
+        raise ConfigError(f"grid {grid}: [robust] is set but analysis does not list \"robust\"; add it to analysis")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(f"grid {grid}: robust: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    config = as_dict(build_config(RobustConfig, {k: v for k, v in table.items() if k != ROBUST_SCOPE}, "robust"))
+    scope = table.get(ROBUST_SCOPE)
+    if scope is None:
+        return config, None
+    if isinstance(scope, str):  # from --set robust.defenses=at,at_4
+        scope = [name.strip() for name in scope.split(",") if name.strip()]
+    if not isinstance(scope, list) or not all(isinstance(name, str) for name in scope):
+        raise ConfigError(f"grid {grid}: robust.{ROBUST_SCOPE} must be a list of the grid's defenses "
+                          f"({', '.join(defenses)})")
+    unlisted = [d for d in scope if d not in defenses]
+    if unlisted:
+        raise ConfigError(f"grid {grid}: robust.{ROBUST_SCOPE}: {unlisted[0]!r} is not one of the grid's defenses; "
+                          f"allowed: {', '.join(defenses)}")
+    return config, tuple(_once(scope, f"robust.{ROBUST_SCOPE}", grid))
+
+
 def _arch_arguments(arch: str, overrides: dict, owner: str | None = None) -> dict:
     """An architecture's keyword arguments, coerced to its annotations (the CLI gives strings); errors
     name the argument after `owner` (default `arch <name>`)."""
@@ -333,8 +386,9 @@ class GridOverrides:
     """Changes to a grid from the command line, applied to its raw TOML before `parse_grid` checks it.
 
     `sets` are `NAME.FIELD=VALUE` (a config field of an attack, defense or arch of the grid, or of
-    one of its variants), `recipe.FIELD=VALUE` or `data.FIELD=VALUE`; values are strings, coerced by
-    the config's types. `attacks`, `defenses`, `archs` and `seeds` replace the grid's lists: any
+    one of its variants), `recipe.FIELD=VALUE`, `data.FIELD=VALUE` or, in a grid with the robust
+    analysis, `robust.FIELD=VALUE`; values are strings, coerced by the config's types. `attacks`,
+    `defenses`, `archs` and `seeds` replace the grid's lists: any
     registered name or variant of the grid is allowed (to run a new plugin under a shipped grid's
     settings), and a cell the grid already had keeps its id. Any other change makes a different
     experiment, with other cell ids.
@@ -367,6 +421,11 @@ class GridOverrides:
         if replaced and isinstance(raw.get("variants"), dict):  # and a variant with its last list
             raw["variants"] = {variant: table for variant, table in raw["variants"].items() if variant in listed}
         variants = [v for v in raw.get("variants", {}) if v in listed] if isinstance(raw.get("variants"), dict) else []
+        robust = raw.get("robust")
+        if self.defenses is not None and isinstance(robust, dict) and isinstance(robust.get(ROBUST_SCOPE), list):
+            # [robust]'s defenses leave with them, as a plugin's config table does
+            robust[ROBUST_SCOPE] = [d for d in robust[ROBUST_SCOPE] if d in raw["defenses"]]
+        asks_robust = isinstance(raw.get("analysis"), list) and "robust" in raw["analysis"]
         for assignment in self.sets:
             target, key, value = _assignment(assignment)
             # A table of the wrong type is left for parse_grid to name.
@@ -377,6 +436,9 @@ class GridOverrides:
             elif target == "data":
                 data = raw.get("data", {})
                 raw["data"] = {**data, key: value} if isinstance(data, dict) else data
+            elif target == "robust" and asks_robust:
+                robust = raw.get("robust", {})
+                raw["robust"] = {**robust, key: value} if isinstance(robust, dict) else robust
             elif target in variants:
                 if isinstance(raw["variants"][target], dict):
                     raw["variants"][target][key] = value
@@ -385,8 +447,9 @@ class GridOverrides:
                 if isinstance(config, dict) and isinstance(config.setdefault(target, {}), dict):
                     config[target][key] = value
             else:
+                tables = ["recipe", "data"] + (["robust"] if asks_robust else [])
                 raise ConfigError(f"--set {assignment}: {target!r} is not an attack, defense or arch of grid {grid}; "
-                                  f"allowed: recipe, data, {', '.join(named + variants)}")
+                                  f"allowed: {', '.join(tables + named + variants)}")
         return raw
 
 

@@ -28,6 +28,7 @@ from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.records import CellResult
 from bench.registry import ARCHS, ATTACKS
+from bench.robust import RobustConfig, robust_accuracy
 from defenses.base import create_defense
 from bench.store import Store, canonical_hash
 from bench.train import Recipe, TrainingDiverged, train_model
@@ -182,6 +183,13 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
         start = time.perf_counter()
         outcome["analysis"] = analyze(model, data.train.images, poison.images, data.train.labels, device=device)
         outcome["timings"]["analysis_s"] = time.perf_counter() - start
+    if "robust" in cell.analysis:
+        # On the test images clean accuracy was measured on: after the defense's prepare_test.
+        start = time.perf_counter()
+        robust = robust_accuracy(model, data.test.with_images(test_images), RobustConfig(**cell.robust), seed=cell.seed,
+                                 batch_size=cell.recipe.eval_batch_size, channels_last=cell.recipe.channels_last)
+        outcome["analysis"] = {**outcome.get("analysis", {}), **robust}
+        outcome["timings"]["robust_s"] = time.perf_counter() - start
     return outcome
 
 

@@ -78,8 +78,8 @@ def test_cells_without_analysis_keep_the_ids_of_stored_records():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"analysis": ["kl"]}, r"grid g: unknown analysis 'kl'; allowed: mi"),
-    ({"analysis": "mi"}, r"grid g: analysis must be a list of names; allowed: mi"),
+    ({"analysis": ["kl"]}, r"grid g: unknown analysis 'kl'; allowed: mi, robust"),
+    ({"analysis": "mi"}, r"grid g: analysis must be a list of names; allowed: mi, robust"),
     ({"config": {"ops": {}}, "attacks": ["random_noise"]}, r"\[config\.ops\] names no attack"),
     ({"attacks": ["random_noise"], "config": {"random_noise": {"eps": -0.03}}}, r"attack random_noise\.eps: must be in \(0, 1\]"),
     ({"attacks": ["em"], "config": {"em": {"surrogate": "resnet19"}}}, r"attack em\.surrogate: unknown arch 'resnet19'; known archs: "),
@@ -176,7 +176,8 @@ def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
     assert depth.defenses == ("none",) and depth.analysis == ("mi",)
     assert depth.archs == ("resnet18", "resnet34", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
     assert all(c.analysis == ("mi",) for c in depth.cells())
-    assert all(not c.analysis for c in grids["paper"].cells())
+    # The robust analysis on the AT cells only (tests/test_robust.py checks the others keep their ids).
+    assert all(bool(c.analysis) == (c.name("defense") in ("at", "at_4")) for c in grids["paper"].cells())
 
 
 def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_and_share_their_poisons():
@@ -331,7 +332,7 @@ def test_the_variant_spelling_loads_from_a_toml_file(tmp_path):
     ({"defenses": ["at+at_4"]}, r"^grid g: defenses: 'at\+at_4' runs 'at\+at': defense at\+at: 'at' appears twice"),
     ({"defenses": ["none", "at_5"]}, r"^unknown defense 'at_5' .*; known defenses: at, .*; variants: at_4$"),
     ({"variants": {"at.4": AT_4}}, r"^grid g: variants\.at\.4: a variant's name is letters, digits, _ and - "
-                                   r"\(not recipe or data\)$"),
+                                   r"\(not recipe, data or robust\)$"),
     ({"variants": {"recipe": AT_4}}, r"^grid g: variants\.recipe: a variant's name is letters"),
     ({"variants": {"at_4": {**AT_4, "plugin": "jpeg+at"}}}, r"^grid g: variants\.at_4\.plugin: 'jpeg\+at' is a composition"),
     ({"variants": {"at_4": AT_4, "at_2": {"plugin": "at_4"}}}, r"^grid g: variants\.at_2\.plugin: 'at_4' is a variant itself"),
