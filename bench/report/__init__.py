@@ -9,6 +9,8 @@
   `\\cite{}` each plugin's paper and `<name>.bib` holds the entries.
 - Where records carry the MI analysis (`bench.mi`), a table of the MI-UE chain per attack and
   architecture, and the estimators' error on correlated Gaussians at the same settings.
+- Where records carry robust accuracy (`bench.robust`), a table of it beside clean accuracy, per
+  attack and defense.
 - With `compare` (`bench report --compare published`), each cell beside the published number for it
   (`bench.published`), the difference where the recipe is the source's, what differs where not.
 - Figures (`bench.figures`): accuracy heatmap, training curves, a gallery of poisons (from the
@@ -21,14 +23,16 @@ writes the files).
 """
 from bench.report.render import (MISSING, analysis_table, attack_label, caption, cell_text, comparison_section,
                                  index_labels, labelled, recipe_description, to_latex, to_markdown)
-from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, SummaryTable,
-                                 TableLayout, analysis_cells, budget_label, compare_published, histories_frame, mi_setup,
-                                 recipe_label, summary_tables, tidy)
+from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, ROBUST_METRICS,
+                                 SummaryTable, TableLayout, analysis_cells, budget_label, compare_published,
+                                 histories_frame, mi_setup, recipe_label, robust_cells, robust_setup, summary_tables,
+                                 tidy)
 from bench.report.write import FORMATS, Report, gallery_images, parse_formats, write_report
 
 __all__ = [
     "ANALYSIS_METRICS", "BASELINE_ATTACKS", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
     "SummaryTable", "TableLayout", "analysis_cells", "analysis_table", "attack_label", "budget_label", "caption",
     "cell_text", "compare_published", "comparison_section", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
-    "recipe_description", "recipe_label", "summary_tables", "tidy", "to_latex", "to_markdown", "write_report",
+    "ROBUST_METRICS", "recipe_description", "recipe_label", "robust_cells", "robust_setup", "summary_tables", "tidy",
+    "to_latex", "to_markdown", "write_report",
 ]

@@ -216,6 +216,52 @@ def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tup
     return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]
 
 
+# --- robust accuracy -----------------------------------------------------------------------------
+def robust_setup_text(setup: str) -> str:
+    """A `tables.robust_setup` in words: 'PGD-20 at Linf 8/255 in steps of 2/255 from a random start, fp32,
+    on 10,000 test images'."""
+    s = json.loads(setup)
+    start = "from a random start" if s["robust_random_start"] else "from the clean image"
+    return (f"PGD-{s['robust_steps']} at Linf {value_text(s['robust_eps'])} in steps of "
+            f"{value_text(s['robust_step_size'])} {start}, {s['robust_precision']}, on {value_text(s['robust_images'])} test images")
+
+
+def robust_table(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Clean and robust test accuracy per attack (rows) and defense (two columns each) of `tables.robust_cells`,
+    as text; and the setups in words, numbered in the column labels where there are several."""
+    setups = list(dict.fromkeys(cells.robust_setup))
+    varying = [f for f in ("arch", "dataset", "recipe") if cells[f].nunique() > 1]
+    clean = mean_std(cells.test_acc_last, cells.test_acc_last_std)
+    robust = mean_std(cells.robust_acc, cells.robust_acc_std)
+    rows: dict[str, dict[str, str]] = {}
+    columns: dict[str, None] = {}
+    for row, clean_text, robust_text in zip(cells.itertuples(), clean, robust):
+        label = " / ".join([attack_label(row.attack, row.budget), *(str(getattr(row, f)) for f in varying)])
+        head = row.defense + (f" (setup {setups.index(row.robust_setup) + 1})" if len(setups) > 1 else "")
+        for column, text in ((f"{head} clean (%)", clean_text), (f"{head} robust (%)", robust_text)):
+            rows.setdefault(label, {})[column] = text
+            columns[column] = None
+    # Rows and columns in the order they first appear: `cells` is in grid order, attack by attack.
+    index = pd.Index(list(rows), name=" / ".join(["attack", *varying]))
+    table = pd.DataFrame([[rows[label].get(c, MISSING) for c in columns] for label in rows], index=index,
+                         columns=list(columns))
+    return table, [robust_setup_text(setup) for setup in setups]
+
+
+def robust_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and the LaTeX table of robust accuracy beside clean accuracy (`tables.robust_cells`)."""
+    if cells.empty:
+        return [], []
+    table, setups = robust_table(cells)
+    where = (setups[0] if len(setups) == 1
+             else "; ".join(f"setup {i + 1}: {text}" for i, text in enumerate(setups)))
+    text = ("Robust test accuracy (%) of each trained victim under " + where + " (bench.robust), beside its clean "
+            "test accuracy (%, last epoch, all of the cell's test images); an image counts as robust when it is "
+            "classified correctly both as it is and attacked; mean ± std over seeds.")
+    md = ["### Robust accuracy", "", text, "", to_markdown(table, table.index.name), ""]
+    return md, [frame_to_latex(table, text, f"tab:{name}-robust")]
+
+
 # --- beside the published numbers ----------------------------------------------------------------
 def source_recipe_text(recipe: dict) -> str:
     """A source's recipe in words: 'cifar10 (train all, test all), resnet18, 60 epochs of sgd (lr 0.1, ...)'."""

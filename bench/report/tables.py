@@ -27,11 +27,16 @@ from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttac
 from bench.records import CellResult
 
 METRICS = ("test_acc_last", "test_acc_best", "train_acc")
-ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit
+ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit; "%" is a fraction in the record, as the accuracies
     "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
-    "intra_class_cosine": "",
+    "intra_class_cosine": "", "robust_acc": "%",
 }
 MI_METRICS = tuple(m for m in ANALYSIS_METRICS if m.startswith("mi_"))  # bench.mi's estimates, the default first
+ROBUST_METRICS = ("robust_acc",)  # bench.robust's; the rest of ANALYSIS_METRICS is the MI analysis
+# What a record's robust accuracy was measured under (bench.robust.robust_accuracy's keys): records that
+# differ in any of these are not averaged together.
+ROBUST_SETUP_KEYS = ("robust_eps", "robust_step_size", "robust_steps", "robust_random_start", "robust_images",
+                     "robust_precision")
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
 BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
 PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
@@ -99,7 +104,7 @@ def told_apart(records: list[CellResult]) -> dict[str, dict[str, str]]:
 
 
 def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
-    """One row per finished cell and metric: accuracies in %, the MI analysis in its own units; each
+    """One row per finished cell and metric: accuracies (robust too) in %, the MI analysis in its own units; each
     factor under the record's name for it, and the plugin behind it (citations, depth) at the end."""
     rows = []
     done = [r for r in records if r.done]
@@ -111,7 +116,9 @@ def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
             rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%", **plugins})
         for metric, value in (r.analysis or {}).items():
             if metric in ANALYSIS_METRICS:
-                rows.append({**base, "metric": metric, "value": value, "unit": ANALYSIS_METRICS[metric], **plugins})
+                unit = ANALYSIS_METRICS[metric]
+                rows.append({**base, "metric": metric, "value": 100 * value if unit == "%" else value, "unit": unit,
+                             **plugins})
     columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit",
                *(f"{factor}_plugin" for factor in PLUGIN_FACTORS)]
     return pd.DataFrame(rows, columns=columns)
@@ -234,6 +241,17 @@ def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: Tabl
     return sorted(tables, key=lambda t: tuple(group_keys[g].index(t.group[g]) for g in layout.groups))
 
 
+def over_seeds(sub: pd.DataFrame, keys: list[str], wanted: list[str], orders: dict | None) -> pd.DataFrame:
+    """Mean and `<metric>_std` over seeds (std NaN for one) of the `wanted` metrics of tidy rows `sub`, one
+    row per value of `keys`; attacks, archs and defenses in `orders`' (grid) order."""
+    stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
+    cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
+    cells = cells.rename_axis(columns=None).reset_index()
+    orders = orders or {}
+    return cells.sort_values(keys, ignore_index=True, key=lambda column: positions(column, orders.get(column.name))
+                             if column.name in ("attack", "arch", "defense") else column)
+
+
 # --- the MI analysis -----------------------------------------------------------------------------
 def mi_setup(record: CellResult) -> str:
     """What a record's MI was measured on and how (bench.mi.SETUP_KEYS), as one comparable string;
@@ -248,7 +266,7 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[st
     """Per (dataset, recipe, defense, attack, budget, arch and its plugin, MI setup) with MI: mean and `<metric>_std` over
     seeds of accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid)
     order. `setups` maps a cell id to its `mi_setup` (records measured differently stay apart)."""
-    wanted = ["test_acc_last", *ANALYSIS_METRICS]
+    wanted = ["test_acc_last", *(m for m in ANALYSIS_METRICS if m not in ROBUST_METRICS)]
     sub = df[df.metric.isin(wanted)].copy()
     sub = sub[sub.cell_id.isin(sub[sub.metric.isin(MI_METRICS)].cell_id)]
     if sub.empty:
@@ -256,12 +274,28 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[st
     setups = setups or {}
     sub["mi_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
     keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "arch_plugin", "mi_setup"]
-    stats = sub.groupby(keys + ["metric"])["value"].agg(["mean", "std"]).unstack("metric")
-    cells = stats["mean"].reindex(columns=wanted).join(stats["std"].reindex(columns=wanted).add_suffix("_std"))
-    cells = cells.rename_axis(columns=None).reset_index()
-    orders = orders or {}
-    return cells.sort_values(keys, ignore_index=True, key=lambda column: positions(column, orders.get(column.name))
-                             if column.name in ("attack", "arch", "defense") else column)
+    return over_seeds(sub, keys, wanted, orders)
+
+
+# --- robust accuracy ------------------------------------------------------------------------------
+def robust_setup(record: CellResult) -> str:
+    """What a record's robust accuracy was measured under (ROBUST_SETUP_KEYS), as one comparable string."""
+    analysis = record.analysis or {}
+    return json.dumps({key: analysis.get(key) for key in ROBUST_SETUP_KEYS}, sort_keys=True)
+
+
+def robust_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per (dataset, recipe, arch, attack, budget, defense, robust setup) with robust accuracy: mean and
+    `<metric>_std` over seeds of clean (last epoch) and robust test accuracy, in %; in `orders`' (grid)
+    order. `setups` maps a cell id to its `robust_setup`, so records measured differently stay apart."""
+    wanted = ["test_acc_last", *ROBUST_METRICS]
+    sub = df[df.metric.isin(wanted) & df.cell_id.isin(df[df.metric.isin(ROBUST_METRICS)].cell_id)].copy()
+    if sub.empty:
+        return pd.DataFrame()
+    setups = setups or {}
+    sub["robust_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
+    keys = ["dataset", "recipe", "arch", "attack", "budget", "defense", "robust_setup"]
+    return over_seeds(sub, keys, wanted, orders)
 
 
 # --- training curves -----------------------------------------------------------------------------
@@ -402,7 +436,7 @@ def _seed_groups(records: Iterable[CellResult]) -> list[list[CellResult]]:
     groups: dict[str, list[CellResult]] = {}
     for r in records:
         if r.done:
-            spec = {k: v for k, v in r.spec.items() if k not in ("seed", "analysis")}
+            spec = {k: v for k, v in r.spec.items() if k not in ("seed", "analysis", "robust")}
             groups.setdefault(json.dumps(spec, sort_keys=True, default=str), []).append(r)
     return list(groups.values())
 

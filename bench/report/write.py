@@ -19,8 +19,9 @@ from bench.config import ConfigError, comma_choices
 from bench.published import PublishedSource
 from bench.records import CellResult
 from bench.report import render
-from bench.report.tables import (DEFAULT_TOLERANCE, METRICS, TableLayout, analysis_cells, compare_published,
-                                 histories_frame, mi_setup, ordered, recipe_label, summary_tables, tidy, unpublished)
+from bench.report.tables import (DEFAULT_TOLERANCE, METRICS, MI_METRICS, TableLayout, analysis_cells,
+                                 compare_published, histories_frame, mi_setup, ordered, recipe_label, robust_cells,
+                                 robust_setup, summary_tables, tidy, unpublished)
 
 log = logging.getLogger("bench")
 
@@ -63,7 +64,7 @@ def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
     """
     from bench.mi import MISettings, calibration  # here, not at the top: bench.mi loads torch and scipy
 
-    analyses = [r.analysis for r in records if r.done and r.analysis]
+    analyses = [r.analysis for r in records if r.done and set(r.analysis or {}) & set(MI_METRICS)]
     if not analyses:
         return pd.DataFrame()
     settings = MISettings(**{f.name: int(analyses[0][f.name]) for f in fields(MISettings) if f.name in analyses[0]})
@@ -98,13 +99,15 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
     calibration = estimator_calibration(done) if not cells.empty else pd.DataFrame()
     mi_md, mi_tex = render.mi_section(cells, calibration, name)
+    robust = robust_cells(df, orders, {r.cell_id: robust_setup(r) for r in done if r.analysis})
+    robust_md, robust_tex = render.robust_section(robust, name)
     compare = tuple(compare)
     comparison, cmp_md, cmp_tex = pd.DataFrame(), [], []
     if compare:
         comparison = compare_published(done, compare, metric, tolerance)
         cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
-    md += mi_md + cmp_md
-    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex, *cmp_tex]
+    md += mi_md + robust_md + cmp_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex, *robust_tex, *cmp_tex]
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
