@@ -75,7 +75,7 @@ ANALYSES = ("mi", "robust")
 ROBUST_SCOPE = "defenses"  # the [robust] key that chooses cells; its other keys are RobustConfig fields
 PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
 # A variant's name is a TOML bare key without dots or `+`, so `--set NAME.FIELD=` and `jpeg+NAME` parse
-# one way; `recipe` and `data` are what `--set recipe.FIELD` and `--set data.FIELD` mean.
+# one way; `recipe`, `data` and `robust` are what `--set recipe.FIELD` (and the others) mean.
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 RESERVED_NAMES = ("recipe", "data", "robust")
 
