@@ -256,7 +256,7 @@ def robust_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]
     where = (setups[0] if len(setups) == 1
              else "; ".join(f"setup {i + 1}: {text}" for i, text in enumerate(setups)))
     text = ("Robust test accuracy (%) of each trained victim under " + where + " (bench.robust), beside its clean "
-            "test accuracy (%, last epoch, all of the cell's test images); an image counts as robust when it is "
+            "test accuracy (%, last epoch, on every test image of the cell); an image counts as robust when it is "
             "classified correctly both as it is and attacked; mean ± std over seeds.")
     md = ["### Robust accuracy", "", text, "", to_markdown(table, table.index.name), ""]
     return md, [frame_to_latex(table, text, f"tab:{name}-robust")]
