@@ -43,6 +43,7 @@ class CellResult:
     poison: dict | None = None  # key, attack, config, seed, norm, budget, measured size, timings, cached
     timings: dict | None = None  # seconds: generate_s, poison_generate_s, defense_prepare_s, train_s, ...
     analysis: dict | None = None  # bench.mi.analyze's figures where the grid asked for "mi"
+    pretraining: dict | None = None  # a self-supervised victim's (bench.contrastive): its loss per epoch, seconds
     out_of_memory: dict | None = None  # the batch sizes tried where CUDA ran out of memory
     # A failed cell (and a done one that needed more than one attempt):
     error: dict | None = None  # type, message, traceback of the last attempt
@@ -151,7 +152,7 @@ class CellResult:
 
 _NOT_STORED = {"extra", "skipped"}
 _KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
-          "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "error": dict,
+          "poison": dict, "timings": dict, "analysis": dict, "pretraining": dict, "out_of_memory": dict, "error": dict,
           "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str,
           "input_fingerprint": str}
 

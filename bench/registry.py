@@ -30,10 +30,10 @@ class Entry:
 class Registry:
     """Name -> plugin. `register` fills it; `create(name, overrides)` builds a configured plugin."""
 
-    def __init__(self, kind: str, group: str, builtin_module: str, base: type | None = None):
+    def __init__(self, kind: str, group: str, builtin_modules: tuple[str, ...], base: type | None = None):
         self.kind = kind
         self.group = group
-        self.builtin_module = builtin_module
+        self.builtin_modules = builtin_modules  # imported on first use: their decorators register the built-ins
         self.base = base  # what every class registered here must subclass (the contract it declares)
         self._entries: dict[str, Entry] = {}
         self._loaded = False
@@ -60,7 +60,8 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        importlib.import_module(self.builtin_module)
+        for module in self.builtin_modules:
+            importlib.import_module(module)
         for ep in entry_points(group=self.group):
             origin = f"{self.kind} plugin {ep.name!r} of package {_package(ep)} ({ep.value})"
             try:
@@ -144,9 +145,10 @@ def _describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
 
 
-ATTACKS = Registry("attack", "bench.attacks", "methods", base=Plugin)  # methods.base.Attack
-DEFENSES = Registry("defense", "bench.defenses", "defenses", base=Plugin)  # defenses.base.Defense
-ARCHS = Registry("arch", "bench.archs", "bench.archs")
+ATTACKS = Registry("attack", "bench.attacks", ("methods",), base=Plugin)  # methods.base.Attack
+DEFENSES = Registry("defense", "bench.defenses", ("defenses",), base=Plugin)  # defenses.base.Defense
+# bench.contrastive: victims trained by self-supervision before their probe (SimCLR).
+ARCHS = Registry("arch", "bench.archs", ("bench.archs", "bench.contrastive"))
 
 register_attack = ATTACKS.register
 register_defense = DEFENSES.register

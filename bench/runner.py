@@ -31,7 +31,7 @@ from bench.registry import ARCHS, ATTACKS
 from bench.robust import RobustConfig, robust_accuracy
 from defenses.base import create_defense
 from bench.store import Store, canonical_hash
-from bench.train import Recipe, TrainingDiverged, train_model
+from bench.train import Recipe, TrainingDiverged, precision, train_model
 from methods.base import BudgetError, Poison, check_budget
 
 log = logging.getLogger("bench")
@@ -159,8 +159,13 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
+    trained_on = data.train.with_images(train_images)
+    pretraining = None
+    if hasattr(model, "pretrain"):  # a self-supervised victim (bench.contrastive): its encoder first, then the recipe probes it
+        pretraining = model.pretrain(train_images, seed=cell.seed, precision=precision(cell.recipe, device))
+        trained_on = model.probe_set(clean=data.train, poisoned=trained_on)
     result = train_model(
-        model, data.train.with_images(train_images), data.test.with_images(test_images), cell.recipe,
+        model, trained_on, data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
     )
     outcome = {
@@ -177,6 +182,9 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
                     "compile_s": result.compile_seconds,
                     "images_per_second": result.images_per_second},
     }
+    if pretraining is not None:
+        outcome["pretraining"] = pretraining
+        outcome["timings"]["pretrain_s"] = pretraining["seconds"]
     if "mi" in cell.analysis:
         from bench.mi import analyze  # scipy's KD-tree and PCA only load when a grid asks for them
 

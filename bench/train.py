@@ -67,6 +67,10 @@ RECIPES: dict[str, Recipe] = {
     # APBench train.py: 200 epochs, batch 256, MultiStepLR([100, 200, 300], gamma 0.5) = halve at epoch 100.
     "apbench200": Recipe(epochs=200, batch_size=256, lr=0.1, weight_decay=5e-4, schedule="multistep",
                          milestones=(0.5,), gamma=0.5),
+    # APBench's linear probe of a SimCLR victim (util_us.py train_val_linear): 100 epochs, batch 128,
+    # SGD 0.5 without weight decay; its lr falls only from 0.50 to 0.45 (a schedule computed over the
+    # 500 pre-training epochs), which constant 0.5 approximates. bench/contrastive.py.
+    "simclr_probe": Recipe(epochs=100, batch_size=128, lr=0.5, weight_decay=0.0, schedule="constant"),
     # The CPU smoke grid: tiny_cnn on a few thousand images in well under a minute per cell.
     "cpu_smoke": Recipe(epochs=12, batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine"),
 }

@@ -16,7 +16,7 @@ LAYERS = {
     "executors": ["bench.executors", "bench.report", "bench.figures", "bench.citations", "bench.perf"],
     "grids and plans": ["bench.grid", "bench.plan"],
     "one cell": ["bench.runner", "bench.publish"],
-    "plugins": ["methods", "defenses", "bench.archs"],
+    "plugins": ["methods", "defenses", "bench.archs", "bench.contrastive"],
     "foundations": ["bench"],  # every other module of the bench package
 }
 RANK = {prefix: rank for rank, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}

@@ -263,7 +263,7 @@ def test_the_model_based_attacks_share_one_surrogate_config():
 def test_a_registry_of_plugins_refuses_a_class_outside_the_contract():
     from bench.registry import Registry
 
-    registry = Registry("attack", "bench.no-such-group", "methods", base=Plugin)
+    registry = Registry("attack", "bench.no-such-group", ("methods",), base=Plugin)
     with pytest.raises(ValueError, match="must be a class that subclasses Plugin"):
         registry.register("loose")(type("Loose", (), {"Config": SurrogateConfig}))
 

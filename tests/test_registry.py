@@ -17,7 +17,7 @@ class DemoConfig:
 
 
 def make_registry() -> Registry:
-    reg = Registry("widget", "bench.test-widgets", "bench.config")
+    reg = Registry("widget", "bench.test-widgets", ("bench.config",))
 
     @reg.register("alpha")
     class Alpha:
