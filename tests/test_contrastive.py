@@ -161,3 +161,26 @@ def test_a_grid_runs_a_simclr_victim_and_records_its_pretraining(tiny_npz, tmp_p
     assert record.pretraining["epochs"] == 2 and len(record.pretraining["loss"]) == 2
     assert record.pretraining["probe_data"] == "clean"
     assert record.timings["pretrain_s"] > 0 and len(record.history) == 2
+
+
+@pytest.mark.slow
+def test_simclr_pretraining_on_real_images_gives_features_a_linear_probe_reads(cifar10_npz):
+    """1,000 CIFAR-10 images, a width-8 tiny_cnn encoder, 8 epochs of SimCLR, a 10-epoch probe.
+    Measured (2-core AMD EPYC, fp32): probe 18.0% and 21.6% (seeds 0, 1) after pre-training, 10.0%
+    both on the frozen random encoder; chance is 10%."""
+    from bench.data import DataSpec, load_dataset
+
+    data = load_dataset(DataSpec(name=str(cifar10_npz), train_size=1000, test_size=500))
+    probe = make_recipe({"preset": "simclr_probe", "epochs": 10})
+    accuracy = {}
+    for pretrain_epochs in (0, 8):
+        torch.manual_seed(0)
+        model = ARCHS.create("simclr", {"encoder": "tiny_cnn", "width": 8, "epochs": max(pretrain_epochs, 1),
+                                        "batch_size": 128}, num_classes=10)
+        if pretrain_epochs:
+            model.pretrain(data.train.images, seed=0)
+        else:
+            model.freeze_encoder()
+        accuracy[pretrain_epochs] = train_model(model, data.train, data.test, probe, seed=0).test_acc_last
+    print(f"linear probe: random encoder {accuracy[0]:.1%}, after SimCLR {accuracy[8]:.1%}")
+    assert accuracy[8] >= accuracy[0] + 0.05, accuracy
