@@ -379,3 +379,9 @@ def test_lsp_warns_where_cifars_default_budget_meets_another_size(wide_set, capl
     with caplog.at_level(logging.WARNING, logger="bench"):
         ATTACKS.create("lsp", {"eps": 2.61})(wide_set, RunContext(seed=0))
     assert "lsp" not in caplog.text
+
+
+def test_a_split_goes_on_the_gpu_only_where_it_takes_at_most_a_quarter_of_the_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8_000, 16_000))
+    assert data_mod.fits_on("cuda", 2_000) and not data_mod.fits_on("cuda", 2_001)
+    assert data_mod.fits_on("cpu", 10**12)  # the host keeps any split, memory-mapped
