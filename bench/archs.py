@@ -322,8 +322,11 @@ def wrn34_10(num_classes: int = 10) -> Classifier:
 
 @register_arch("vit_small", paper="Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
                                   "Recognition at Scale, ICLR 2021")
-def vit_small(num_classes: int = 10) -> Classifier:
+def vit_small(num_classes: int = 10, image_size: int = 32) -> Classifier:
     """A small ViT for 32x32 inputs: 4x4 patches, 6 layers, width 512, 8 heads, MLP 512; 512-d features.
+
+    A ViT's position embeddings fix its input size: for other images set `[config.vit_small]
+    image_size` (64 for Tiny-ImageNet: 256 patches of 4x4 pixels; the depth and width stay).
 
     torchvision's `VisionTransformer` (class token, learned position embeddings, pre-norm encoder)
     with the sizes and dropout 0.1 of APBench's `vit_small`, which also adds shifted-patch
@@ -332,7 +335,9 @@ def vit_small(num_classes: int = 10) -> Classifier:
     """
     from torchvision.models import VisionTransformer
 
-    net = VisionTransformer(image_size=32, patch_size=4, num_layers=6, num_heads=8, hidden_dim=512, mlp_dim=512,
+    if image_size < 4 or image_size % 4:
+        raise ConfigError(f"arch vit_small.image_size: must be a multiple of its 4-pixel patches, got {image_size}")
+    net = VisionTransformer(image_size=image_size, patch_size=4, num_layers=6, num_heads=8, hidden_dim=512, mlp_dim=512,
                             dropout=0.1)
     net.heads = nn.Identity()  # the forward pass then ends at the class token's features
     return Classifier(net, net.hidden_dim, num_classes)

@@ -5,7 +5,7 @@ layer (which runs them), so each of those imports it from here and none imports 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from bench.config import added_field, as_dict
 from bench.data import DataSpec
@@ -78,5 +78,5 @@ class CellSpec:
     def poison_key(self) -> str:
         """One poison serves every defense, architecture and recipe of the same attack and seed: its
         plugin and config, whatever the grid calls it."""
-        return canonical_hash({"data": asdict(self.data), "attack": self.attack,
+        return canonical_hash({"data": as_dict(self.data), "attack": self.attack,
                                "attack_config": self.attack_config, "seed": self.seed})

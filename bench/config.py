@@ -135,13 +135,16 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def as_dict(config: Any) -> dict[str, Any]:
-    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at their default."""
+    """Plain JSON-ready dict of a config dataclass (tuples become lists), without `added_field`s at their
+    default, its nested dataclasses' (a cell's `DataSpec`) included."""
     if not dataclasses.is_dataclass(config):
         return {}
-    d = dataclasses.asdict(config)
+    d = {}
     for f in dataclasses.fields(config):
-        if f.metadata.get(OMITTED_AT_DEFAULT) and d[f.name] == _default(f):
-            del d[f.name]
+        value = getattr(config, f.name)
+        if f.metadata.get(OMITTED_AT_DEFAULT) and value == _default(f):
+            continue
+        d[f.name] = as_dict(value) if dataclasses.is_dataclass(value) else value
     return json_ready(d)
 
 

@@ -1,29 +1,41 @@
 """Datasets as uint8 tensors, and class-balanced seeded subsets.
 
-Every split is held as one uint8 tensor (N, C, H, W) on the training device; augmentation and
-attacks work on it in batches. CIFAR-10 comes through torchvision where the machine can download
-it, or from any `.npz` holding `x_train, y_train, x_test, y_test` (uint8 NHWC images), named by
-path or by the environment variable `BENCH_CIFAR10`.
+Every split is held as one uint8 tensor (N, C, H, W), on the training device where it fits (and
+on the host, memory-mapped, where it does not: the training loop then moves it in batches);
+augmentation and attacks work on it in batches. A dataset is named by `DataSpec.name`:
+
+- `cifar10`, `cifar100` (the 100 fine labels), `svhn` (the train and test splits, digit 0 as
+  label 0): an `.npz` named by `BENCH_CIFAR10` / `BENCH_CIFAR100` / `BENCH_SVHN`, else
+  torchvision's files under the data root (read by the readers here, not by torchvision's
+  classes, which would also check their md5), else downloaded there through torchvision;
+- a path to an `.npz` holding `x_train, y_train, x_test, y_test` (uint8 NHWC images);
+- `folder:/path` with `image_size`: `train/<class>/**/*.png|jpg|jpeg` and `test/` (or `val/`)
+  with the same class folders, decoded once into a uint8 cache under the data root (`FolderSet`).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
+import pickle
 import socket
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from bench.config import ConfigError, require
+from bench.config import ConfigError, added_field, require
+from bench.imagefolder import FolderSet
+
+log = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
-NPZ_ENV = {"cifar10": "BENCH_CIFAR10"}
-TORCHVISION_SETS = ("cifar10",)
 DOWNLOAD_TIMEOUT_S = 30  # a blocked network must fail, not hang
+FOLDER_PREFIX = "folder:"  # `name = "folder:/path/to/imagenet100"`
 
 
 class DataUnavailable(RuntimeError):
@@ -64,15 +76,25 @@ class ImageSet:
 class DataSpec:
     """Which data a cell trains and tests on."""
 
-    name: str = "cifar10"  # a registered dataset name or a path to an .npz
+    name: str = "cifar10"  # cifar10, cifar100, svhn, a path to an .npz, or folder:/path
     train_size: int | None = None  # class-balanced subset of the training split; None = all
     test_size: int | None = None  # class-balanced subset of the test split; None = all
     subset_seed: int = 0  # the subset is fixed across cells, whatever the cell's seed
+    # Side in pixels a folder dataset's images are resized and centre-cropped to (folder datasets
+    # only: the others come at their own size). Added after cells had ids: left out of them unset.
+    image_size: int | None = added_field(None)
 
     def __post_init__(self):
         for field in ("train_size", "test_size"):
             value = getattr(self, field)
             require(value is None or value >= 1, f"data.{field}", f"must be at least 1, got {value}")
+        folder = self.name.startswith(FOLDER_PREFIX)
+        require(not folder or self.image_size is not None, "data.image_size",
+                f"a folder dataset needs the side its images are resized to (e.g. 32 or 64), for {self.name!r}")
+        require(folder or self.image_size is None, "data.image_size",
+                f"only folder datasets are resized; {self.name!r} comes at its own size (leave image_size unset)")
+        require(self.image_size is None or self.image_size >= MIN_IMAGE_SIZE, "data.image_size",
+                f"must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
 
 
 @dataclass(frozen=True)
@@ -87,11 +109,33 @@ class Dataset:
 
 
 def load_dataset(spec: DataSpec, device: torch.device | str = "cpu") -> Dataset:
-    x_train, y_train, x_test, y_test, classes = _load_arrays(spec.name)
+    """The dataset `spec` names, each split on `device` where it fits (`fits_on`), else on the host."""
+    x_train, y_train, x_test, y_test, classes = _load_arrays(spec)
     num_classes = len(classes)
     train = _to_imageset(x_train, y_train, num_classes, spec.train_size, spec.subset_seed, "train")
     test = _to_imageset(x_test, y_test, num_classes, spec.test_size, spec.subset_seed, "test")
-    return Dataset(spec.name, train.to(device), test.to(device), classes, fingerprint(train, test))
+    return Dataset(spec.name, _place(train, device, spec), _place(test, device, spec), classes, fingerprint(train, test))
+
+
+DEVICE_SHARE = 0.25  # of a GPU's free memory one split may take; the rest: poison, defended copy, model
+
+
+def fits_on(device: torch.device | str, nbytes: int) -> bool:
+    """Whether `nbytes` of images may sit on `device` (the host always takes them: they stay memory-mapped)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
+
+
+def _place(split: ImageSet, device: torch.device | str, spec: DataSpec) -> ImageSet:
+    nbytes = split.images.numel()
+    if fits_on(device, nbytes):
+        return split.to(device)
+    log.warning("%s: %.1f GB of images stay on the host, memory-mapped; training moves them to %s in batches",
+                spec.name, nbytes / 1e9, device)
+    return split
 
 
 def fingerprint(*splits: ImageSet) -> str:
@@ -123,19 +167,26 @@ def balanced_subset(labels: np.ndarray, size: int, num_classes: int, seed: int) 
 def _to_imageset(x: np.ndarray, y: np.ndarray, num_classes: int, size: int | None, seed: int, split: str) -> ImageSet:
     if size is not None and size > len(y):
         raise ConfigError(f"data.{split}_size: {size} is larger than the {split} split ({len(y)} images)")
-    index = np.arange(len(y)) if size is None or size == len(y) else balanced_subset(y, size, num_classes, seed)
-    images = torch.from_numpy(np.ascontiguousarray(x[index].transpose(0, 3, 1, 2)))
+    whole = size is None or size == len(y)
+    index = np.arange(len(y)) if whole else balanced_subset(y, size, num_classes, seed)
+    # The whole of a memory-mapped NCHW cache (a folder's) stays the mapped file: no copy into memory.
+    images = torch.from_numpy(np.ascontiguousarray((x if whole else x[index]).transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(y[index].astype(np.int64))
     return ImageSet(images, labels, torch.from_numpy(index), num_classes, len(y))
 
 
-def _load_arrays(name: str):
+def _load_arrays(spec: DataSpec):
+    name = spec.name
+    if name.startswith(FOLDER_PREFIX):
+        folder = FolderSet(Path(name[len(FOLDER_PREFIX):]).expanduser(), spec.image_size, data_root() / "folders")
+        return check_arrays(*folder.load(), folder.where)
     if name.endswith(".npz"):
         return _load_npz_cached(*_file_state(Path(name)))
     if name not in TORCHVISION_SETS:
-        raise ConfigError(f"data.name: unknown dataset {name!r}; use one of {', '.join(TORCHVISION_SETS)} or a path to an .npz")
-    env = NPZ_ENV.get(name)
-    if env and os.environ.get(env):
+        raise ConfigError(f"data.name: unknown dataset {name!r}; use one of {', '.join(TORCHVISION_SETS)}, "
+                          f"a path to an .npz, or {FOLDER_PREFIX}/path/to/folder")
+    env = TORCHVISION_SETS[name].env
+    if os.environ.get(env):
         return _load_npz_cached(*_file_state(Path(os.environ[env])))
     return _load_torchvision_cached(name)
 
@@ -223,22 +274,114 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, Path.home() / ".cache" / "unlearnable-bench" / "data"))
 
 
-def _load_torchvision(name: str):
-    from torchvision.datasets import CIFAR10
+# --- torchvision's datasets: its on-disk files read here, torchvision only to download them ---
 
-    root = data_root()
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for the CIFAR python files that builds dicts, lists and numpy arrays and nothing
+    else: a file under the data root cannot run code by being read."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3 writes an array's bytes in the files' protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR file holds only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _ArraysOnly(f, encoding="latin1").load()  # latin1: the files were pickled by Python 2, as torchvision reads them
+
+
+def _read_cifar(folder: Path, train: list[str], test: list[str], label_key: str, meta: str, names_key: str):
+    """The CIFAR python version (`cifar-10-batches-py/`, `cifar-100-python/`): pickled dicts of
+    `data` (N, 3072 uint8, channel-major rows) and labels, class names in the meta file."""
+    def split(files: list[str]):
+        batches = [_unpickle(folder / f) for f in files]
+        x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), np.concatenate([np.asarray(b[label_key]) for b in batches])
+
+    x_train, y_train = split(train)
+    x_test, y_test = split(test)
+    return x_train, y_train, x_test, y_test, tuple(_unpickle(folder / meta)[names_key])
+
+
+def _read_svhn(root: Path):
+    """SVHN's cropped digits (`train_32x32.mat`, `test_32x32.mat`; the `extra` split is not used):
+    X is (32, 32, 3, N); label 10 is the digit 0, as torchvision maps it."""
+    from scipy.io import loadmat  # scipy loads only for SVHN
+
+    def split(name: str):
+        mat = loadmat(root / f"{name}_32x32.mat")
+        y = mat["y"].astype(np.int64).reshape(-1)
+        return np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2)), np.where(y == 10, 0, y)
+
+    return (*split("train"), *split("test"), tuple(map(str, range(10))))
+
+
+@dataclass(frozen=True)
+class TorchvisionSet:
+    """A dataset torchvision can download: where its files lie under the data root and how to read them."""
+
+    title: str  # as people write it, for messages
+    env: str  # the environment variable naming an offline .npz copy
+    files: tuple[str, ...]  # what torchvision leaves under the data root, relative to it
+    read: Callable[[Path], tuple]  # data root -> x_train, y_train, x_test, y_test, classes
+    download: Callable[[Path], None]
+
+
+def _torchvision_download(cls_name: str, **splits) -> Callable[[Path], None]:
+    def download(root: Path) -> None:
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, cls_name)
+        for split in splits.values():
+            cls(root, download=True, **split)
+    return download
+
+
+_CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TORCHVISION_SETS = {
+    "cifar10": TorchvisionSet(
+        "CIFAR-10", "BENCH_CIFAR10",
+        tuple(f"cifar-10-batches-py/{f}" for f in (*_CIFAR10_BATCHES, "test_batch", "batches.meta")),
+        lambda root: _read_cifar(root / "cifar-10-batches-py", _CIFAR10_BATCHES, ["test_batch"], "labels",
+                                 "batches.meta", "label_names"),
+        _torchvision_download("CIFAR10", train={"train": True}, test={"train": False})),
+    "cifar100": TorchvisionSet(
+        "CIFAR-100", "BENCH_CIFAR100", ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+        lambda root: _read_cifar(root / "cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
+                                 "fine_label_names"),
+        _torchvision_download("CIFAR100", train={"train": True}, test={"train": False})),
+    "svhn": TorchvisionSet(
+        "SVHN", "BENCH_SVHN", ("train_32x32.mat", "test_32x32.mat"), _read_svhn,
+        _torchvision_download("SVHN", train={"split": "train"}, test={"split": "test"})),
+}
+NPZ_ENV = {name: s.env for name, s in TORCHVISION_SETS.items()}
+
+
+def _load_torchvision(name: str):
+    """`name`'s files under the data root, downloaded there first where they are missing."""
+    dataset, root = TORCHVISION_SETS[name], data_root()
+    if not all((root / f).is_file() for f in dataset.files):
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            dataset.download(root)
+        except Exception as err:
+            raise DataUnavailable(
+                f"{dataset.title} is not in {root} and could not be downloaded ({type(err).__name__}: {err}).\n"
+                f"Either put torchvision's copy ({', '.join(sorted({f.split('/')[0] for f in dataset.files}))}) under "
+                f"{root} or set {DATA_ROOT_ENV} to its parent,\n"
+                f"or set {dataset.env}=/path/to/{name}.npz (uint8 x_train, y_train, x_test, y_test)."
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
     try:
-        train = CIFAR10(root, train=True, download=True)
-        test = CIFAR10(root, train=False, download=True)
-    except Exception as err:
-        raise DataUnavailable(
-            f"CIFAR-10 is not in {root} and could not be downloaded ({type(err).__name__}: {err}).\n"
-            f"Either put the torchvision copy (cifar-10-batches-py/) under {root} or set {DATA_ROOT_ENV} to its parent,\n"
-            f"or set {NPZ_ENV[name]}=/path/to/cifar10.npz (uint8 x_train, y_train, x_test, y_test)."
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    return check_arrays(train.data, np.asarray(train.targets), test.data, np.asarray(test.targets), tuple(train.classes),
-                        f"dataset {name} in {root}")
+        arrays = dataset.read(root)
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError(f"dataset {name} in {root}: its files are not {dataset.title}'s torchvision layout "
+                          f"({type(err).__name__}: {err})") from None
+    return check_arrays(*arrays, f"dataset {name} in {root}")

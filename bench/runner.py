@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 
@@ -89,7 +89,7 @@ class PoisonSource:
                 "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint}
         if cell.cacheable:
             # The cache entry names its data spec too, so `bench poison export` can find the clean images.
-            self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": asdict(cell.data)})
+            self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": as_dict(cell.data)})
         shutil.rmtree(work_dir, ignore_errors=True)  # resumable state is no longer needed
         return poison, meta
 
@@ -167,6 +167,7 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     result = train_model(
         model, trained_on, data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
+        device=device,
     )
     outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
@@ -217,7 +218,7 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
             try:
                 with torch.no_grad():
                     model(images)
-            except RuntimeError as err:
+            except (RuntimeError, AssertionError) as err:  # torchvision's ViT asserts its input size
                 size = "x".join(map(str, images.shape[1:]))
                 raise ConfigError(f"arch {cell.arch}: cannot take the {size} images of {spec.name} "
                                   f"({str(err).splitlines()[0][:200]})") from None

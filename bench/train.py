@@ -2,7 +2,9 @@
 
 In the spirit of airbench (Jordan, 2024): the uint8 training set sits on the device, each epoch
 is a permutation of it, and random crop and flip are a gather over the whole batch, with no
-PIL and no per-image Python. On CUDA the loop uses bf16 autocast, channels_last and the fused SGD
+PIL and no per-image Python. A set too large for the device stays on the host (a folder
+dataset's memory-mapped cache: `bench.data.fits_on`), and each batch is gathered there and moved
+to the device (`.to(device, non_blocking=True)`): the same code and the same random draws. On CUDA the loop uses bf16 autocast, channels_last and the fused SGD
 step. On the CPU it is the same code, in bf16 autocast where the CPU multiplies bf16 in hardware
 (Intel AMX: 1.5x for tiny_cnn on this project's machine) and in fp32 elsewhere; every record says
 which (`precision`), and `recipe.bf16 = false` asks for fp32 everywhere.
@@ -194,15 +196,17 @@ def autocast_to(precision_name: str, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, recipe: Recipe) -> float:
-    """Accuracy of `model` on `data` (no augmentation), in [0, 1]."""
+def evaluate(model: nn.Module, data: ImageSet, recipe: Recipe, device: torch.device | None = None) -> float:
+    """Accuracy of `model` on `data` (no augmentation), in [0, 1], computed on `device` (default: where `data` lies)."""
+    device = data.device if device is None else torch.device(device)
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=data.device)  # one synchronisation at the end, not per batch
+    correct = torch.zeros((), dtype=torch.long, device=device)  # one synchronisation at the end, not per batch
+    labels = data.labels.to(device)
     for i in range(0, len(data), recipe.eval_batch_size):
-        x = to_float(data.images[i : i + recipe.eval_batch_size], recipe.channels_last)
-        with autocast_to(precision(recipe, data.device), data.device):
+        x = to_float(data.images[i : i + recipe.eval_batch_size].to(device, non_blocking=True), recipe.channels_last)
+        with autocast_to(precision(recipe, device), device):
             logits = model(x)
-        correct += (logits.argmax(1) == data.labels[i : i + recipe.eval_batch_size]).sum()
+        correct += (logits.argmax(1) == labels[i : i + recipe.eval_batch_size]).sum()
     return correct.item() / max(len(data), 1)
 
 
@@ -218,8 +222,10 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train: ImageSet, recipe: Recipe, *, seed: int = 0,
-                 augment: Callable | None = None, adversary: Callable | None = None, compile: bool = False):
-        self.device = device = train.device
+                 augment: Callable | None = None, adversary: Callable | None = None, compile: bool = False,
+                 device: torch.device | None = None):
+        self.device = device = train.device if device is None else torch.device(device)
+        self.labels = train.labels.to(device)
         self.train, self.recipe, self.augment, self.adversary = train, recipe, augment, adversary
         layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=layout)
@@ -240,12 +246,14 @@ class Trainer:
         model.train()
         start = time.perf_counter()
         order = torch.randperm(len(train), generator=g, device=device)
+        rows = order.to(train.device)  # where the images lie: `order` itself when they are on the device
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         for i in range(0, len(train), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
-            x = to_float(random_crop_flip(train.images[idx], recipe.crop_padding, recipe.flip, g), recipe.channels_last)
-            y = train.labels[idx]
+            batch = train.images[rows[i : i + recipe.batch_size]].to(device, non_blocking=True)
+            x = to_float(random_crop_flip(batch, recipe.crop_padding, recipe.flip, g), recipe.channels_last)
+            y = self.labels[idx]
             if self.augment is not None:
                 x, y = self.augment(x, y)
             with autocast_to(self.precision, device):  # the adversary's attack steps run in the training step's precision
@@ -281,6 +289,7 @@ def train_model(
     adversary: Callable | None = None,
     on_epoch: EpochCallback | None = None,
     compile: bool = False,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train `model` on `train` with `recipe`, testing on `test` after every epoch.
 
@@ -289,9 +298,12 @@ def train_model(
     `compile=True` runs the training forward and backward through `torch.compile` (evaluation and
     the adversary stay eager, so that no eval-mode graph is compiled); where it cannot compile on
     this machine it warns and trains without it. Off by default: on this project's CPU it does not
-    pay for tiny_cnn (docs/performance.md), and on CUDA it is not measured yet.
+    pay for tiny_cnn (docs/performance.md), and on CUDA it is not measured yet. `device` is where
+    the model trains (default: where `train` lies); images lying elsewhere move there in batches.
     """
-    trainer = Trainer(model, train, recipe, seed=seed, augment=augment, adversary=adversary, compile=compile)
+    trainer = Trainer(model, train, recipe, seed=seed, augment=augment, adversary=adversary, compile=compile,
+                      device=device)
+    device = trainer.device
     history: list[dict] = []
     best, best_epoch = -1.0, 0
     start = time.perf_counter()
@@ -300,7 +312,7 @@ def train_model(
         epoch_loss, running_acc, train_seconds = trainer.epoch()
         if not math.isfinite(epoch_loss):
             raise TrainingDiverged(f"training loss became {epoch_loss} in epoch {epoch}")
-        test_acc = evaluate(model, test, recipe)
+        test_acc = evaluate(model, test, recipe, device)
         if test_acc > best:
             best, best_epoch = test_acc, epoch
         record = {
@@ -315,7 +327,7 @@ def train_model(
     first, *steady = [h["train_seconds"] for h in history]
     return TrainResult(
         test_acc_last=history[-1]["test_acc"], test_acc_best=best, best_epoch=best_epoch,
-        train_acc=evaluate(model, train, recipe), seconds=seconds,
+        train_acc=evaluate(model, train, recipe, device), seconds=seconds,
         images_per_second=len(train) * len(steady or [first]) / sum(steady or [first]),
         compile_seconds=max(first - statistics.median(steady), 0.0) if steady else None, history=history,
         precision=trainer.precision,

@@ -1,6 +1,7 @@
 """Linearly separable synthetic perturbations (LSP)."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from methods.base import Attack, Poison, apply_delta
+
+log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class LinearlySeparablePerturbation(Attack):
     level on average and can break the budget); an image that rounding would push past the budget
     is shrunk by 0.5% and rounded again (`apply_delta`). As the perturbation is constant over each
     patch, rounding errs coherently over 64 pixels: published poisons sit 0-2% under the budget.
+
+    Other image sizes: the grid is (H/patch_size) x (W/patch_size) x C features (8x8x3 = 192 on
+    64x64 images with the default 8-pixel patches). The default `eps` is CIFAR's (6/255 per pixel
+    over 32x32x3); the official generator scales the L2 budget with the image, 6/255 * sqrt(H*W*C)
+    (APBench's ImageNet-100 script, which also widens patches to 32 pixels at 224x224), so on other
+    sizes set `eps` to that (2.61 on 64x64x3): `generate` warns where the default meets another size.
     """
 
     Config = LSPConfig
@@ -55,6 +64,10 @@ class LinearlySeparablePerturbation(Attack):
         if height % p or width % p:
             raise ValueError(f"lsp.patch_size {p} must divide the image size {height}x{width}")
         grid_h, grid_w = height // p, width // p
+        if (channels, height, width) != (3, 32, 32) and self.config.eps == LSPConfig.eps:
+            log.warning("lsp: the default eps (%.2f) is the L2 budget of 32x32x3 images; the official scaling for "
+                        "%dx%dx%d images is eps = %.2f (6/255 * sqrt(H*W*C))", self.config.eps, height, width,
+                        channels, 6 / 255 * math.sqrt(channels * height * width))
         labels = data.labels.cpu().numpy()
         counts = np.bincount(labels, minlength=data.num_classes)
         per_class = int(counts.max())

@@ -29,6 +29,9 @@ class OnePixelShortcut(Attack):
     class (the exact pair: a position may recur with another colour) is written into all three
     channels of that pixel in every image of the class. Ties go to the first pair in
     (colour, row, column) order, where the official argsort leaves them to the sort.
+
+    Defined for RGB images and for at most 8*H*W classes (the distinct (position, colour) pairs;
+    8,192 on 32x32, 32,768 on 64x64): other sets are refused with an error saying so.
     """
 
     Config = OPSConfig
@@ -36,6 +39,12 @@ class OnePixelShortcut(Attack):
     cite = "wu2023onepixel"
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
+        _, channels, height, width = data.images.shape
+        if channels != 3:
+            raise ValueError(f"ops: defined for RGB images (its colours are the RGB cube's corners), got {channels} channel(s)")
+        if data.num_classes > len(CORNERS) * height * width:
+            raise ValueError(f"ops: {data.num_classes} classes need more than the {len(CORNERS) * height * width} distinct "
+                             f"(position, colour) pairs of {height}x{width} images; OPS gives each class its own pair")
         pairs = search_pixels(data.images, data.labels, data.num_classes)
         images = data.images.clone()
         for c, (row, col, colour) in pairs.items():
