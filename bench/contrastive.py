@@ -233,10 +233,13 @@ class ContrastiveVictim(Classifier):
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, settings.projection_dim))
         self.frozen = False
 
-    def pretrain(self, images: torch.Tensor, *, seed: int, precision: str = "fp32", on_epoch=None) -> dict:
-        """SimCLR on uint8 images (N, C, H, W) on their device; then the encoder is frozen, so the
-        recipe that follows trains the linear head only. Returns the per-epoch loss and the time."""
-        s, device = self.settings, images.device
+    def pretrain(self, images: torch.Tensor, *, seed: int, device: torch.device | None = None, precision: str = "fp32",
+                 on_epoch=None) -> dict:
+        """SimCLR on uint8 images (N, C, H, W), in batches moved to `device` (default: where the images
+        are); then the encoder is frozen, so the recipe that follows trains the linear head only.
+        Returns the per-epoch loss and the time."""
+        s = self.settings
+        device = torch.device(device) if device is not None else images.device
         if len(images) < max(s.batch_size, 2):
             raise ValueError(f"simclr.batch_size {s.batch_size} is more than the {len(images)} training images; "
                              "with the last partial batch dropped no step would run (lower simclr.batch_size)")
@@ -253,10 +256,10 @@ class ContrastiveVictim(Classifier):
             # Set once per epoch, from epoch 1, as APBench's adjust_lr (so the first epoch is already below lr).
             for group in optimizer.param_groups:
                 group["lr"] = floor + (s.lr - floor) * (1 + math.cos(math.pi * epoch / s.epochs)) / 2
-            order = torch.randperm(len(images), generator=g, device=device)
+            order = torch.randperm(len(images), generator=g, device=device).to(images.device)
             total = torch.zeros((), device=device)
             for step in range(steps):
-                x = images[order[step * s.batch_size : (step + 1) * s.batch_size]].float() / 255
+                x = images[order[step * s.batch_size : (step + 1) * s.batch_size]].to(device, non_blocking=True).float() / 255
                 with autocast_to(precision, device):
                     z = F.normalize(self.projection(self.body(torch.cat([views(x), views(x)]))).float(), dim=1)
                     loss = nt_xent(z[: len(x)], z[len(x) :], s.temperature)

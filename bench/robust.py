@@ -73,7 +73,7 @@ class RobustConfig:
 
 
 def robust_accuracy(model: nn.Module, test: ImageSet, config: RobustConfig, *, seed: int, batch_size: int = 1024,
-                    channels_last: bool = True) -> dict:
+                    channels_last: bool = True, device: torch.device | None = None) -> dict:
     """`model`'s accuracy on `test` under `pgd_linf` with `config`, as the record's analysis keys.
 
     An image counts as robust when the model classifies it correctly both as it is and after the
@@ -81,20 +81,22 @@ def robust_accuracy(model: nn.Module, test: ImageSet, config: RobustConfig, *, s
     the clean accuracy of the same images under the same arithmetic. In fp32, whatever the recipe
     trained in: sign gradients from bf16 can point elsewhere and make a weaker attack, which would
     overstate robustness. The random start is drawn from a generator seeded with `seed` (the cell's).
+    Batches move to `device` (default: where the images are), so a split held on the host works too.
     """
+    device = torch.device(device) if device is not None else test.device
     if config.test_size is not None:
         if config.test_size > len(test):
             raise ConfigError(f"robust.test_size: {config.test_size} is more than the cell's {len(test)} test images")
         rows = balanced_subset(test.labels.cpu().numpy(), config.test_size, test.num_classes, SUBSET_SEED)
         test = test.take(torch.from_numpy(rows).to(test.device))
-    generator = torch.Generator(device=test.device)
+    generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    clean = robust = torch.zeros((), dtype=torch.long, device=test.device)
+    clean = robust = torch.zeros((), dtype=torch.long, device=device)
     model.eval()
-    with torch.autocast(test.device.type, enabled=False):  # fp32 even inside a caller's autocast
+    with torch.autocast(device.type, enabled=False):  # fp32 even inside a caller's autocast
         for i in range(0, len(test), batch_size):
-            x = to_float(test.images[i : i + batch_size], channels_last)
-            y = test.labels[i : i + batch_size]
+            x = to_float(test.images[i : i + batch_size].to(device, non_blocking=True), channels_last)
+            y = test.labels[i : i + batch_size].to(device, non_blocking=True)
             x_adv = pgd_linf(model, x, y, eps=config.eps, step_size=config.step_size, steps=config.steps,
                              random_start=config.random_start, generator=generator)
             with torch.no_grad():

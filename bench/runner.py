@@ -162,7 +162,7 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     trained_on = data.train.with_images(train_images)
     pretraining = None
     if hasattr(model, "pretrain"):  # a self-supervised victim (bench.contrastive): its encoder first, then the recipe probes it
-        pretraining = model.pretrain(train_images, seed=cell.seed, precision=precision(cell.recipe, device))
+        pretraining = model.pretrain(train_images, seed=cell.seed, device=device, precision=precision(cell.recipe, device))
         trained_on = model.probe_set(clean=data.train, poisoned=trained_on)
     result = train_model(
         model, trained_on, data.test.with_images(test_images), cell.recipe,
@@ -196,7 +196,8 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
         # On the test images clean accuracy was measured on: after the defense's prepare_test.
         start = time.perf_counter()
         robust = robust_accuracy(model, data.test.with_images(test_images), RobustConfig(**cell.robust), seed=cell.seed,
-                                 batch_size=cell.recipe.eval_batch_size, channels_last=cell.recipe.channels_last)
+                                 batch_size=cell.recipe.eval_batch_size, channels_last=cell.recipe.channels_last,
+                                 device=device)
         outcome["analysis"] = {**outcome.get("analysis", {}), **robust}
         outcome["timings"]["robust_s"] = time.perf_counter() - start
     return outcome
