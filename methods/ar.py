@@ -1,7 +1,6 @@
 """Autoregressive perturbations (AR)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +60,9 @@ class AutoregressivePerturbation(Attack):
     response of at least `min_response` from every process kept before it. As the official code
     (`create_ar_poisons_3channel.py`), except: the search runs for every poison, seeded with the
     cell seed, where the official poisons use one set of coefficients found once (unseeded) for
-    10-class datasets and one for CIFAR-100; the samples are drawn from the cell seed too. Any
+    10-class datasets and one for CIFAR-100; it is batched and rejects a divergent candidate early
+    (`find_processes`), which orders the random draws differently from the official loop but
+    applies the same rule to every candidate; the samples are drawn from the cell seed too. Any
     class count and image size is served: the search always samples at 32x32 as the official
     one, and the found processes are sampled at the image size (as the official code reused its
     CIFAR coefficients for STL-10's 96x96 images). An image that rounding would push past the
@@ -156,8 +157,9 @@ def find_processes(num_classes: int, channels: int, config: ARConfig, g: torch.G
         candidates = draw_coefficients(batch, channels, g)
         # Most draws diverge (about 99% at 32x32). A sample's norm past the crop is at least that of its
         # top-left block (`sample_processes`), so a block already above max_norm rules its candidate out
-        # with an eighth of the work; only the others are grown to full size. The same candidates pass
-        # as with full samples only.
+        # with a ninth of the work; only the others are grown to full size, and a candidate that fails
+        # a trial draws no further ones. Given its samples, a candidate passes exactly when it would
+        # with full samples and every trial drawn.
         for _ in range(config.trials):
             noise = torch.randn(len(candidates), channels, size, size, generator=g)
             block = sample_processes(candidates, noise[:, :, :PROBE, :PROBE])[:, :, config.crop :, config.crop :]
