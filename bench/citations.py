@@ -45,6 +45,21 @@ BIBTEX = {
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2023}
 }""",
+    "sandovalsegura2022autoregressive": """@inproceedings{sandovalsegura2022autoregressive,
+  title     = {Autoregressive Perturbations for Data Poisoning},
+  author    = {Sandoval-Segura, Pedro and Singla, Vasu and Geiping, Jonas and Goldblum, Micah and Goldstein, Tom and Jacobs, David},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  volume    = {35},
+  pages     = {27374--27386},
+  year      = {2022}
+}""",
+    "sadasivan2023cuda": """@inproceedings{sadasivan2023cuda,
+  title     = {{CUDA}: Convolution-Based Unlearnable Datasets},
+  author    = {Sadasivan, Vinu Sankar and Soltanolkotabi, Mahdi and Feizi, Soheil},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages     = {3862--3871},
+  year      = {2023}
+}""",
     "zhu2026why": """@inproceedings{zhu2026why,
   title     = {Why Do Unlearnable Examples Work: A Novel Perspective of Mutual Information},
   author    = {Zhu, Yifan and Miao, Yibo and Dong, Yinpeng and Gao, Xiao-Shan},

@@ -182,7 +182,7 @@ GOOD_GRID = 'attacks = ["clean", "random_noise"]\ndefenses = ["none"]\narchs = [
 BAD_GRIDS = {  # kind of bad input -> (grid file, what the one line must say)
     "typo in a key": (GOOD_GRID + "seed = [0]\n", "grid bad: unknown key 'seed'; allowed keys: description, data, attacks"),
     "unknown attack": (GOOD_GRID.replace('"random_noise"', '"random_nosie"'),
-                       "unknown attack 'random_nosie' (did you mean 'random_noise'?); known attacks: clean"),
+                       "unknown attack 'random_nosie' (did you mean 'random_noise'?); known attacks: ar, clean"),
     "negative eps": (GOOD_GRID + "[config.random_noise]\neps = -0.03\n", "attack random_noise.eps: must be in (0, 1]"),
     "zero epochs": (GOOD_GRID.replace("epochs = 1", "epochs = 0"), "recipe.epochs: must be at least 1, got 0"),
 }

@@ -46,7 +46,7 @@ EXPECTED = {
 UNVERIFIED = {"cuda_rsk"}  # REFERENCE.md: "third-party, RSK paper; unverified"
 BUDGETS = {("iss2023", "LSP"): ("l2", 1.0), ("iss2023", "AR"): ("l2", 1.0), ("iss2023", "OPS"): ("l0", 1.0),
            ("iss2023", "clean data"): ("none", 0.0), ("apbench2023", "LSP"): ("l2", math.sqrt(3072) * 6 / 255),
-           ("apbench2023", "OPS"): ("l0", 1.0)}
+           ("apbench2023", "OPS"): ("l0", 1.0), ("cuda_rsk", "CUDA"): ("linf", 1.0)}
 
 
 def test_the_shipped_sources_hold_the_numbers_of_reference_md_exactly():
@@ -57,7 +57,7 @@ def test_the_shipped_sources_hold_the_numbers_of_reference_md_exactly():
         assert source.unverified == (source_id in UNVERIFIED)
         assert not any(row.unverified for row in source.attacks)
         for row in source.attacks:
-            norm, eps = BUDGETS.get((source_id, row.label), ("linf", 8 / 255) if source_id != "cuda_rsk" else (None, None))
+            norm, eps = BUDGETS.get((source_id, row.label), ("linf", 8 / 255))
             assert (row.budget.norm, row.budget.eps) == (norm, pytest.approx(eps, rel=1e-4) if eps else eps), row.label
 
 
@@ -116,6 +116,7 @@ def test_budgets_parse_as_papers_write_them():
     assert Budget.parse("Linf 8/255") == Budget("Linf 8/255", "linf", 8 / 255)
     assert Budget.parse("L2 1.3041").eps == 1.3041 and Budget.parse("L0 1 px").norm == "l0"
     assert Budget.parse("none").eps == 0.0 and Budget.parse("class-wise blur kernels").norm is None
+    assert Budget.parse("unbounded") == Budget("unbounded", "linf", 1.0)  # what cuda claims
 
 
 def test_compare_takes_published_or_source_ids_and_names_the_allowed_ones():
@@ -214,7 +215,7 @@ def test_cpu_grids_are_not_comparable_with_any_source_and_show_no_differences(gr
     shown = [s for s in SOURCES.values() if (frame.source == s.id).any()]
     assert section.count("Nothing here is comparable with this source") == len(shown)
     assert not re.search(r"\| [+-]\d+\.\d\d(\*\*)? \|", section), "a difference was printed for a cell not comparable"
-    assert "No cell of ours has an attack and a defense of this table." in section  # CUDA: no plugin of ours
+    assert "No cell of ours has an attack and a defense of this table." in section  # CUDA: in no CPU grid
 
 
 def test_cli_compare_names_the_allowed_sources_on_one_line_and_writes_the_comparison(apbench_records, tmp_path):

@@ -17,7 +17,7 @@ A file's keys (docs/reports.md, "Beside the published numbers", shows one in ful
     notes                             differences worth knowing that do not decide comparability
     [recipe]                          RECIPE_KEYS, only those the source states
     [defenses.<label>]                ours = [...], config = {...}, differs = "..."
-    [attacks.<label>]                 ours, budget ("Linf 8/255", "L2 1.0", "L0 1 px", "none"), config,
+    [attacks.<label>]                 ours, budget ("Linf 8/255", "L2 1.0", "L0 1 px", "none", "unbounded"), config,
                                       differs, unverified, acc = {<defense label> = %}
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ class Budget:
     """An attack's budget as the source states it: `text`, and its norm and size where it is one.
 
     `norm` is linf, l2 or l0 (eps in [0, 1] pixel units, pixels for l0), "none" for an attack that
-    perturbs nothing (eps 0), or None for a budget that is no norm ("class-wise blur kernels").
+    perturbs nothing (eps 0), linf 1.0 for "unbounded" (a change bounded by no norm: CUDA's blur), or
+    None for a budget that is no norm the source states.
     """
 
     text: str
@@ -71,6 +72,8 @@ class Budget:
     def parse(cls, text: str) -> Budget:
         if text == "none":
             return cls(text, "none", 0.0)
+        if text == "unbounded":  # bounded by no norm (CUDA): the claim such a poison of ours makes, L-inf 1
+            return cls(text, "linf", 1.0)
         found = _BUDGET.fullmatch(text)
         if not found:
             return cls(text, None, None)

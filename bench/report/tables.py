@@ -43,9 +43,12 @@ PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by
 
 
 def budget_label(norm: str, budget: float) -> str:
-    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0."""
+    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0, and
+    'unbounded' for L-inf 1 (the whole pixel range: what an attack bounded by no norm, CUDA, claims)."""
     if budget == 0:
         return ""
+    if norm == "linf" and budget >= 1:
+        return "unbounded"
     if norm == "l0":
         return f"L0 {budget:g} px"
     if norm == "linf" and (levels := on_255_grid(budget)) is not None:
