@@ -36,7 +36,7 @@ def test_config_changes_the_ids():
     ({"attacks": ["opz"]}, r"unknown attack 'opz' \(did you mean 'ops'\?\); known attacks: .*\bclean, .*\bem\b.*\blsp\b.*\bops\b"),
     ({"defenses": []}, r"defenses must be a non-empty list"),
     ({"recipe": {"preset": "cpu_smoke", "epochs": 0}}, r"recipe\.epochs: must be at least 1, got 0"),
-    ({"recipe": "fast"}, r"recipe\.preset: unknown preset 'fast'; known presets: em60, iss60, apbench200, cpu_smoke"),
+    ({"recipe": "fast"}, r"recipe\.preset: unknown preset 'fast'; known presets: em60, iss60, apbench200, simclr_probe, cpu_smoke"),
     ({"config": {"jpeg": {"quality": 0}}}, r"defense jpeg\.quality: must be in 1\.\.100, got 0"),
     ({"config": {"lsp": {"eps": 1.0}}}, r"\[config\.lsp\] names no attack, defense or arch of this grid"),
     ({"config": {"tiny_cnn": {"depth": 3}}}, r"arch tiny_cnn: unknown argument 'depth'"),
@@ -91,7 +91,7 @@ def test_cells_without_analysis_keep_the_ids_of_stored_records():
     ({"recipe": {"preset": "em60", "eval_batch_size": 0}}, r"recipe\.eval_batch_size: must be at least 1"),
     ({"config": {"tiny_cnn": {"width": "wide"}}}, r"arch tiny_cnn\.width: expected a number, got 'wide'"),
     ({"config": ["jpeg"]}, r"grid g: config must be tables \[config\.NAME\] of field = value"),
-    ({"recipe": 60}, r"grid g: recipe must be a preset name \(em60, iss60, apbench200, cpu_smoke\) or a table"),
+    ({"recipe": 60}, r"grid g: recipe must be a preset name \(em60, iss60, apbench200, simclr_probe, cpu_smoke\) or a table"),
 ])
 def test_out_of_range_values_name_the_key_and_what_is_allowed(change, message):
     with pytest.raises(ConfigError, match=message):
