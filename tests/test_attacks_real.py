@@ -12,7 +12,7 @@ from bench.store import Store
 from methods import bilevel
 from tests.test_attacks import TINY
 
-MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue"]
+MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue", "hypo", "sep"]
 # Each attack runs its CPU preset (same code path as the official settings, smaller numbers).
 REAL = ["em", "rem", "miue", "tap"]
 
@@ -56,6 +56,8 @@ def test_interrupted_generation_resumes_to_the_same_poison(name, tiny_set, tmp_p
         overrides.update(epochs=4)
     if name == "tap":
         overrides.update(batch_size=16)  # 4 batches x 2 restarts: checkpoints mid-restart
+    if name in ("hypo", "sep"):
+        overrides.update(batch_size=16)  # 4 batches, a checkpoint after each
     attack = ATTACKS.create(name, overrides)
     saves = []
     original = bilevel.Checkpoint.save
