@@ -27,6 +27,18 @@ BIBTEX = {
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2021}
 }""",
+    "tao2021better": """@inproceedings{tao2021better,
+  title     = {Better Safe Than Sorry: Preventing Delusive Adversaries with Adversarial Training},
+  author    = {Tao, Lue and Feng, Lei and Yi, Jinfeng and Huang, Sheng-Jun and Chen, Songcan},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2021}
+}""",
+    "chen2023self": """@inproceedings{chen2023self,
+  title     = {Self-Ensemble Protection: Training Checkpoints Are Good Data Protectors},
+  author    = {Chen, Sizhe and Yuan, Geng and Cheng, Xinwen and Gong, Yifan and Qin, Minghai and Wang, Yanzhi and Huang, Xiaolin},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2023}
+}""",
     "fu2022robust": """@inproceedings{fu2022robust,
   title     = {Robust Unlearnable Examples: Protecting Data Against Adversarial Learning},
   author    = {Fu, Shaopeng and He, Fengxiang and Liu, Yang and Shen, Li and Tao, Dacheng},

@@ -166,10 +166,10 @@ class LinfConfig:
 
 @dataclass(frozen=True)
 class SurrogateConfig:
-    """The model a model-based attack (EM, TAP, REM, MI-UE) optimises its noise against.
+    """The model a model-based attack (EM, TAP, REM, MI-UE, HYPO, SEP) optimises its noise against.
 
     Every such attack's `Config` subclasses this and calls `super().__post_init__()` from its own.
-    All four official codes use a CIFAR ResNet-18 in fp32.
+    All their official codes (APBench's for HYPO) use a CIFAR ResNet-18 in fp32.
     """
 
     surrogate: str = "resnet18"  # a registered architecture

@@ -1,9 +1,6 @@
 """Targeted adversarial poisoning (TAP)."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from dataclasses import dataclass
 
 import torch
@@ -13,10 +10,10 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from bench.store import atomic_write_bytes, canonical_hash
-from bench.train import Recipe, train_model
+from bench.train import Recipe
 from methods.base import Attack, Poison, SurrogateConfig, apply_delta
-from methods.bilevel import Checkpoint, DeltaStore, batches, make_surrogate, signed_steps, to_unit
+from methods.bilevel import Checkpoint, DeltaStore, batches, signed_steps, to_unit
+from methods.clean_surrogate import clean_surrogate
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,14 @@ class TAPConfig(SurrogateConfig):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.shift >= 0, "shift", f"must be >= 0, got {self.shift}")
         require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
+
+
+def clean_recipe(c) -> Recipe:
+    """TAP's official clean training of its surrogate (SGD nesterov, steps at epochs 14/25/35 of 40), from
+    a config's `surrogate_epochs`, `surrogate_batch_size`, `surrogate_lr` and `bf16` (TAP's and HYPO's)."""
+    return Recipe(epochs=c.surrogate_epochs, batch_size=c.surrogate_batch_size, lr=c.surrogate_lr,
+                  nesterov=True, weight_decay=5e-4, schedule="multistep",
+                  milestones=(14 / 40, 25 / 40, 35 / 40), gamma=0.1, bf16=c.bf16)
 
 
 def shift_flip(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
@@ -95,32 +100,8 @@ class TargetedAdversarialPoisoning(Attack):
 
     def clean_model(self, data: ImageSet, ctx: RunContext):
         """The clean surrogate: trained once per (data, arch, recipe, seed) and cached, hash-checked."""
-        c = self.config
-        model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
-        recipe = Recipe(epochs=c.surrogate_epochs, batch_size=c.surrogate_batch_size, lr=c.surrogate_lr,
-                        nesterov=True, weight_decay=5e-4, schedule="multistep",
-                        milestones=(14 / 40, 25 / 40, 35 / 40), gamma=0.1, bf16=c.bf16)
-        data_hash = hashlib.sha256(data.images.cpu().numpy().tobytes() + data.labels.cpu().numpy().tobytes()).hexdigest()
-        key = canonical_hash({"data": data_hash, "arch": c.surrogate, "width": c.surrogate_width,
-                              "recipe": recipe.__dict__, "seed": ctx.seed})
-        path = ctx.cache_dir / "models" / f"{key}.pt" if ctx.cache_dir else None
-        if path is not None and path.exists() and path.with_suffix(".json").exists():
-            payload = path.read_bytes()
-            if hashlib.sha256(payload).hexdigest() == json.loads(path.with_suffix(".json").read_text())["sha256"]:
-                model.load_state_dict(torch.load(io.BytesIO(payload), map_location=data.device, weights_only=True))
-                ctx.log(f"tap: clean surrogate {key} from the cache")
-                return model.eval()
-            ctx.log(f"tap: cached surrogate {key} does not match its hash; training it again")
-        ctx.log(f"tap: training the clean surrogate ({c.surrogate}, {c.surrogate_epochs} epochs)")
-        result = train_model(model, data, data, recipe, seed=ctx.seed)
-        ctx.log(f"tap: clean surrogate reaches {result.train_acc:.2%} on its training data")
-        if path is not None:
-            buffer = io.BytesIO()
-            torch.save(model.state_dict(), buffer)
-            atomic_write_bytes(path, buffer.getvalue())
-            atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-                {"sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "train_acc": result.train_acc}).encode())
-        return model.eval()
+        model, _ = clean_surrogate(self.config, data, ctx, clean_recipe(self.config), "tap")
+        return model
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config

@@ -21,6 +21,9 @@ TINY = {
     "rem": {"preset": "cpu", "train_steps": 2, "steps": 2, "samples": 1, "adv_steps": 1, "batch_size": 32},
     "tap": {"preset": "cpu", "surrogate_width": 8, "surrogate_epochs": 1, "steps": 2, "restarts": 2, "batch_size": 32},
     "miue": {"preset": "cpu", "epochs": 2, "steps": 2, "batch_size": 32, "perturb_batch_size": 32},
+    "hypo": {"preset": "cpu", "surrogate_width": 8, "surrogate_epochs": 1, "steps": 2, "batch_size": 32},
+    "sep": {"preset": "cpu", "surrogate_width": 8, "surrogate_epochs": 2, "models": 2, "steps": 2, "vr_steps": 2,
+            "batch_size": 32},
 }
 
 
@@ -256,7 +259,7 @@ def test_model_based_attacks_check_their_surrogate(name):
 
 def test_the_model_based_attacks_share_one_surrogate_config():
     shared = {n for n in ATTACKS.names() if issubclass(ATTACKS.get(n).Config, SurrogateConfig)}
-    assert shared == {"em", "em_classwise", "rem", "tap", "miue"}
+    assert shared == {"em", "em_classwise", "rem", "tap", "miue", "hypo", "sep"}
     assert all(not hasattr(ATTACKS.get(n).Config, "surrogate") for n in set(ATTACKS.names()) - shared)
 
 

@@ -12,19 +12,23 @@ from bench.store import Store
 from methods import bilevel
 from tests.test_attacks import TINY
 
-MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue"]
+MODEL_BASED = ["em", "em_classwise", "rem", "tap", "miue", "hypo", "sep"]
 # Each attack runs its CPU preset (same code path as the official settings, smaller numbers).
-REAL = ["em", "rem", "miue", "tap"]
+REAL = ["em", "rem", "miue", "tap", "sep"]
+# Attacks that do not remove 10 points at this scale, and the drop each must make instead: half the
+# smallest of three seeds' drops measured outside the suite (docs/attacks.md, "HYPO and SEP").
+# HYPO's CPU preset removed 3.3, 2.1 and 4.1 points at seeds 0, 1 and 2.
+WEAK = {"hypo": 0.01}
 
 
 @pytest.fixture(scope="module")
 def real_results(cifar10_npz, tmp_path_factory) -> dict[str, float]:
     """Clean test accuracy of tiny_cnn trained on each poison of 2,000 CIFAR-10 images (one grid)."""
     grid = parse_grid({
-        "attacks": ["clean", *REAL], "defenses": ["none"], "archs": ["tiny_cnn"],
+        "attacks": ["clean", *REAL, *WEAK], "defenses": ["none"], "archs": ["tiny_cnn"],
         "recipe": {"preset": "cpu_smoke", "epochs": 10},
         "data": {"name": str(cifar10_npz), "train_size": 2000, "test_size": 1000},
-        "config": {"tiny_cnn": {"width": 16}, **{a: {"preset": "cpu"} for a in REAL}},
+        "config": {"tiny_cnn": {"width": 16}, **{a: {"preset": "cpu"} for a in [*REAL, *WEAK]}},
     }, "attacks_real")
     store = Store(tmp_path_factory.mktemp("attacks_real"))
     counts = run_grid(grid, store, torch.device("cpu"), progress=False)
@@ -38,6 +42,14 @@ def test_poison_lowers_clean_test_accuracy_by_ten_points(real_results, attack):
     drop = real_results["clean"] - real_results[attack]
     print(f"{attack}: clean {real_results['clean']:.1%} -> {real_results[attack]:.1%} ({100 * drop:.1f} points)")
     assert drop >= 0.10, f"{attack} removes only {100 * drop:.1f} points"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", WEAK)
+def test_a_weak_poison_lowers_clean_test_accuracy_by_its_measured_margin(real_results, attack):
+    drop = real_results["clean"] - real_results[attack]
+    print(f"{attack}: clean {real_results['clean']:.1%} -> {real_results[attack]:.1%} ({100 * drop:.1f} points)")
+    assert drop >= WEAK[attack], f"{attack} removes only {100 * drop:.1f} points (its bar: {100 * WEAK[attack]:.1f})"
 
 
 class Interrupted(Exception):
@@ -56,6 +68,8 @@ def test_interrupted_generation_resumes_to_the_same_poison(name, tiny_set, tmp_p
         overrides.update(epochs=4)
     if name == "tap":
         overrides.update(batch_size=16)  # 4 batches x 2 restarts: checkpoints mid-restart
+    if name in ("hypo", "sep"):
+        overrides.update(batch_size=16)  # 4 batches, a checkpoint after each
     attack = ATTACKS.create(name, overrides)
     saves = []
     original = bilevel.Checkpoint.save
