@@ -19,6 +19,15 @@ STATUSES = ("done", "failed")
 METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")
 
 
+def poisoned_label(ratio: float, classes) -> str:
+    """What a partial poisoning perturbs, in words: '20%', 'classes 3, 5', '20% of classes 3, 5'; 'all' for everything."""
+    share = f"{100 * ratio:g}%"
+    if not classes:
+        return share if ratio < 1 else "all"
+    which = "class" + ("es " if len(classes) > 1 else " ") + ", ".join(map(str, classes))
+    return f"{share} of {which}" if ratio < 1 else which
+
+
 class RecordError(ValueError):
     """JSON that is not a cell record (no cell id, no status)."""
 
@@ -44,6 +53,9 @@ class CellResult:
     timings: dict | None = None  # seconds: generate_s, poison_generate_s, defense_prepare_s, train_s, ...
     analysis: dict | None = None  # bench.mi.analyze's figures where the grid asked for "mi"
     out_of_memory: dict | None = None  # the batch sizes tried where CUDA ran out of memory
+    # A partial poisoning's images (spec poison_ratio, poison_classes): ratio, classes, count, of, seed and
+    # the SHA-256 of their positions in the full split; None where the whole training set is poisoned.
+    poisoned: dict | None = None
     # A failed cell (and a done one that needed more than one attempt):
     error: dict | None = None  # type, message, traceback of the last attempt
     earlier_errors: list | None = None  # the attempts before the last
@@ -151,7 +163,7 @@ class CellResult:
 
 _NOT_STORED = {"extra", "skipped"}
 _KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
-          "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "error": dict,
+          "poison": dict, "timings": dict, "analysis": dict, "out_of_memory": dict, "poisoned": dict, "error": dict,
           "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str,
           "input_fingerprint": str}
 
