@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from bench.config import added_field, as_dict
 from bench.data import DataSpec
-from bench.records import poisoned_label
+from bench.records import classes_text, poisoned_label
 from bench.registry import ATTACKS
 from bench.store import canonical_hash
 from bench.train import Recipe
@@ -77,7 +77,9 @@ class CellSpec:
     @property
     def label(self) -> str:
         label = cell_label(self.name("attack"), self.name("defense"), self.name("arch"), self.seed)
-        return label + (f" / poisoned {poisoned_label(self.poison_ratio, self.poison_classes)}" if self.partial else "")
+        if not self.partial:
+            return label
+        return f"{label} / poisoned {poisoned_label(self.poison_ratio, classes_text(self.poison_classes))}"
 
     @property
     def cacheable(self) -> bool:

@@ -19,13 +19,15 @@ STATUSES = ("done", "failed")
 METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")
 
 
-def poisoned_label(ratio: float, classes) -> str:
-    """What a partial poisoning perturbs, in words: '20%', 'classes 3, 5', '20% of classes 3, 5'; 'all' for everything."""
-    share = f"{100 * ratio:g}%"
-    if not classes:
-        return share if ratio < 1 else "all"
-    which = "class" + ("es " if len(classes) > 1 else " ") + ", ".join(map(str, classes))
-    return f"{share} of {which}" if ratio < 1 else which
+def poisoned_label(ratio: float, classes: str = "") -> str:
+    """What a poisoning perturbs, in words: '20%', '100% of classes 3, 5'; `classes` as text ('' = every class)."""
+    which = f" of class{'es' if ',' in classes else ''} {classes}" if classes else ""
+    return f"{100 * ratio:g}%{which}"
+
+
+def classes_text(classes) -> str:
+    """Class indices as the report and labels write them: '3, 5' ('' for every class)."""
+    return ", ".join(map(str, classes))
 
 
 class RecordError(ValueError):
