@@ -337,7 +337,8 @@ def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | No
         chosen = chosen[chosen.seed == chosen.seed.min()]
     if chosen.empty:
         return pd.DataFrame(), ""
-    factors = ("attack", "defense", "arch", "dataset", "recipe", "poison_ratio", "seed")
+    ratio = ("poison_ratio",) if partial_poisoning(chosen) else ()  # a title says nothing of a full poisoning
+    factors = ("attack", "defense", "arch", "dataset", "recipe", *ratio, "seed")
     varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
     title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying)
     by_id = {r.cell_id: r for r in records}
