@@ -50,17 +50,21 @@ def test_poison_lowers_clean_test_accuracy_by_ten_points(real_results, attack):
 
 
 @pytest.mark.slow
-def test_em_on_a_fifth_of_the_set_sits_between_clean_and_em_on_all_of_it(cifar10_npz, real_store, real_results):
-    """EM's finding (Huang et al., ICLR 2021, Table 3): below 100% poisoned, EM barely lowers clean accuracy.
-    The fixture's EM poison serves the ratio too: one more victim, no generation."""
+def test_em_on_a_fifth_of_the_set_barely_lowers_accuracy(cifar10_npz, real_store, real_results):
+    """EM's finding (Huang et al., ICLR 2021): below 100% poisoned, EM barely lowers clean accuracy. The
+    fixture's EM poison serves the ratio too: one more victim, no generation.
+
+    Measured (seed 0, 2-core EPYC): clean 45.7%, EM on 20% 46.1%, on 50% 43.3%, on 100% 11.4%. EM on a
+    fifth is within a seed's noise of clean, on either side of it, so the test asks that it sit nearer
+    the clean cell than the fully poisoned one, not below clean."""
     grid = parse_grid(real_grid(cifar10_npz, ["em"], poison_ratio=0.2), "attacks_real_partial")
     counts = run_grid(grid, real_store, torch.device("cpu"), progress=False)
     assert counts["failed"] == 0 and counts["skipped"] == 1  # clean is the fixture's cell
-    (record,) = [r for r in real_store.records() if r.poisoned]
+    (record,) = [r for r in real_store.records() if r.spec.get("poison_ratio") == 0.2]
     assert record.poison["cached"] and record.poisoned["count"] == 400
     clean, fifth, em = real_results["clean"], record.metrics["test_acc_last"], real_results["em"]
     print(f"clean {clean:.1%}, em on 20% {fifth:.1%}, em on 100% {em:.1%}")
-    assert clean > fifth > em
+    assert fifth - em > abs(clean - fifth), "EM on a fifth of the set should sit nearer clean than EM on all of it"
 
 
 class Interrupted(Exception):

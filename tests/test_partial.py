@@ -13,8 +13,7 @@ from bench.config import ConfigError
 from bench.data import DataSpec, load_dataset, poisoned_subset
 from bench.executors import run_grid
 from bench.grid import parse_grid
-from bench.report import TableLayout, summary_tables, tidy, write_report
-from bench.report.tables import ratio_tables
+from bench.report import TableLayout, ratio_tables, summary_tables, tidy, write_report
 from bench.runner import preflight
 from bench.store import Store
 
@@ -171,7 +170,7 @@ def test_the_report_writes_the_ratio_table_figure_and_columns(partial_records, t
     assert "### Partial poisoning" in report.markdown
     assert "| random_noise (Linf 8/255) | **70.00 ± 1.41** | **55.00 ± 1.41** | **30.00 ± 1.41** |" in report.markdown
     assert "| clean | 80.00 ± 1.41 | 80.00 ± 1.41 | 80.00 ± 1.41 |" in report.markdown
-    assert "poison ratio 20%" in report.markdown  # the per-ratio tables say which ratio they are
+    assert "poison ratio 20%;" in report.markdown and ", poisoned 20%\n" in report.markdown  # captions and titles
     assert {"ratio.pdf", "ratio.png"} <= {p.name for p in report.paths.values()}
     csv = report.paths["csv"].read_text().splitlines()
     assert "poison_ratio,poison_classes" in csv[0]

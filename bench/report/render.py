@@ -58,7 +58,8 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_title(table: SummaryTable) -> str:
-    return ", ".join(factor_label(factor, key) for factor, key in shown_group(table).items())
+    return ", ".join(("poisoned " if factor == "poison_ratio" else "") + factor_label(factor, key)
+                     for factor, key in shown_group(table).items())
 
 
 def mean_std(mean, std, digits: int = 2):
