@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bench.config import added_field, as_dict
 from bench.data import DataSpec
+from bench.records import classes_text, poisoned_label
 from bench.registry import ATTACKS
 from bench.store import canonical_hash
 from bench.train import Recipe
@@ -49,6 +50,10 @@ class CellSpec:
     # Added after cells had ids: left out of the spec while empty, so those cells keep theirs.
     analysis: tuple[str, ...] = added_field(())  # measurements beyond accuracy, from ANALYSES
     variants: dict = added_field(default_factory=dict)  # factor ("attack", "defense", "arch") -> its variant name
+    # Partial poisoning (the grid's poison_ratio and poison_classes): the poison goes on this fraction
+    # of the training images of these classes (every class where empty), the rest stays clean.
+    poison_ratio: float = added_field(1.0)
+    poison_classes: tuple[int, ...] = added_field(())
     robust: dict = added_field(default_factory=dict)  # bench.robust.RobustConfig, where analysis has "robust"
 
     def to_dict(self) -> dict:
@@ -66,8 +71,16 @@ class CellSpec:
         return self.variants.get(factor, getattr(self, factor))
 
     @property
+    def partial(self) -> bool:
+        """Whether part of the training set stays clean (`bench.data.poisoned_subset` picks the rest)."""
+        return self.poison_ratio < 1 or bool(self.poison_classes)
+
+    @property
     def label(self) -> str:
-        return cell_label(self.name("attack"), self.name("defense"), self.name("arch"), self.seed)
+        label = cell_label(self.name("attack"), self.name("defense"), self.name("arch"), self.seed)
+        if not self.partial:
+            return label
+        return f"{label} / poisoned {poisoned_label(self.poison_ratio, classes_text(self.poison_classes))}"
 
     @property
     def cacheable(self) -> bool:
@@ -76,7 +89,8 @@ class CellSpec:
 
     @property
     def poison_key(self) -> str:
-        """One poison serves every defense, architecture and recipe of the same attack and seed: its
-        plugin and config, whatever the grid calls it."""
+        """One poison serves every defense, architecture, recipe and poison ratio of the same attack and
+        seed: its plugin and config, whatever the grid calls it. As in EM's code, the poison is made for
+        the whole training set and a partial cell puts it on part of it."""
         return canonical_hash({"data": as_dict(self.data), "attack": self.attack,
                                "attack_config": self.attack_config, "seed": self.seed})

@@ -118,7 +118,7 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
               help="Any comma-separated subset of latex, csv, md, fig.")
 @click.option("--metric", type=click.Choice(["test_acc_last", "test_acc_best", "train_acc"]), default="test_acc_last",
               show_default=True, help="What the tables show (the CSV holds every metric).")
-@click.option("--rows", default="attack", show_default=True, help="Table rows: attack, defense, arch, dataset or recipe.")
+@click.option("--rows", default="attack", show_default=True, help="Table rows: attack, defense, arch, dataset, recipe, poison_ratio.")
 @click.option("--columns", default="defense", show_default=True, help="Table columns: another of the same factors.")
 @click.option("--curves", default=None,
               help="Cells whose training curves are drawn, as a pandas query, e.g. \"defense == 'none' and seed == 0\" "

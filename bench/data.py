@@ -164,6 +164,31 @@ def balanced_subset(labels: np.ndarray, size: int, num_classes: int, seed: int) 
     return np.sort(np.concatenate(chosen))
 
 
+def poisoned_subset(labels: np.ndarray, ratio: float, classes: tuple[int, ...], seed: int) -> np.ndarray:
+    """Sorted positions of the training images a partial poisoning perturbs: `ratio` of the images of
+    `classes` (of every class where empty), stratified by class and drawn with `seed`.
+
+    The total is floor(ratio x the images eligible), as EM's code takes int(len x poison_rate); each
+    class gives its share of it, the rounding left over going to the classes with the largest
+    remainders (the lower class first on a tie). EM's code draws uniformly over the whole set
+    instead; stratified, a class's share of the poison does not vary with the draw.
+    """
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    for c in classes:
+        require(0 <= c < num_classes and (labels == c).any(), "poison_classes",
+                f"class {c} has no training images; allowed: 0 to {num_classes - 1}")
+    eligible = np.array(sorted(classes) if classes else np.unique(labels))
+    members = [np.flatnonzero(labels == c) for c in eligible]
+    exact = ratio * np.array([len(m) for m in members], dtype=np.float64)
+    total = int(np.floor(ratio * sum(len(m) for m in members) + 1e-9))  # 1e-9: 0.29 x 100 is 28.999...
+    per_class = np.floor(exact + 1e-9).astype(np.int64)
+    leftover = total - int(per_class.sum())
+    per_class[np.argsort(-(exact - per_class), kind="stable")[:leftover]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [m[rng.permutation(len(m))[:k]] for m, k in zip(members, per_class)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 def _to_imageset(x: np.ndarray, y: np.ndarray, num_classes: int, size: int | None, seed: int, split: str) -> ImageSet:
     if size is not None and size > len(y):
         raise ConfigError(f"data.{split}_size: {size} is larger than the {split} split ({len(y)} images)")

@@ -102,6 +102,30 @@ def training_curves(histories: pd.DataFrame, style: AttackStyle, title: str = ""
     return fig
 
 
+def accuracy_against_ratio(panels: dict[str, pd.DataFrame], style: AttackStyle) -> Figure:
+    """Accuracy against the poisoned fraction, one panel per table (title -> rows of label, attack, ratio,
+    mean, std (%) and baseline): a line per attack with its seeds' std as error bars, the baseline (clean,
+    the same cell at every ratio) as a dashed reference line."""
+    panels = {title: lines for title, lines in panels.items() if not lines.empty}
+    if not panels:
+        raise ValueError("no accuracy against ratio to plot")
+    fig, axes = _figure(1, len(panels), 3.6 * len(panels), 2.8)
+    with matplotlib.style.context(STYLE):
+        for ax, (title, lines) in zip(axes[0], panels.items()):
+            for label, line in lines.groupby("label", sort=False):
+                line = line.sort_values("ratio")
+                if line.baseline.iloc[0]:
+                    ax.axhline(line["mean"].mean(), color="0.4", linestyle="--", linewidth=1, label=f"{label} (reference)")
+                    continue
+                ax.errorbar(100 * line.ratio, line["mean"], yerr=line["std"].fillna(0), label=label, capsize=2,
+                            **style(line.attack.iloc[0]))
+            ax.set_xlabel("poisoned training images (%)")
+            ax.set_ylabel(ACCURACY_LABEL)
+            ax.set_title(title)
+            ax.legend(frameon=False, loc="best")
+    return fig
+
+
 def arch_depth(arch: str) -> int | None:
     """The depth in an architecture's name (resnet18 -> 18, vgg11 -> 11), or None (tiny_cnn)."""
     match = re.search(r"(\d+)$", arch)

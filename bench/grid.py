@@ -13,12 +13,18 @@ train_size = 5000
 [config.jpeg]                   # overrides for any attack, defense or arch of the grid
 quality = 10
 analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust)
+poison_ratio = [0.2, 1.0]       # optional: the poisoned fraction of the training set, one cell per value
+poison_classes = [3, 5]         # optional: poison only images of these classes (indices)
 ```
 
 `analysis = ["robust"]` records PGD robust test accuracy (`bench.robust`); a `[robust]` table sets
 its `RobustConfig` fields (`eps = "4/255"`, `steps = 10`, ...) and may name the grid's defenses whose
 cells run it (`defenses = ["at", "at_4"]`; default every cell). Cells that do not run it keep the ids
 they have without it.
+
+With `poison_ratio` and `poison_classes` each cell puts its attack's poison (made for the whole
+training set, one poison for every ratio) on a stratified, seeded part of the training images
+(`bench.data.poisoned_subset`); the rest stays clean. The clean baseline is one cell at any ratio.
 
 A defense named `a+b` composes registered defenses (`jpeg+cutout`, `iss_gray+at`); each part is
 checked, and `[config.cutout]` applies to cutout wherever it appears. A composed cell records one
@@ -59,7 +65,7 @@ from typing import Any
 from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
-from bench.registry import ARCHS, COMPOSE, REGISTRIES, defense_parts
+from bench.registry import ARCHS, ATTACKS, COMPOSE, REGISTRIES, defense_parts
 from bench.robust import RobustConfig
 from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
@@ -68,7 +74,7 @@ from defenses.base import create_defense
 log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis",
-             "variants", "robust")
+             "variants", "robust", "poison_ratio", "poison_classes")
 # Per-cell measurements the runner knows: mi = bench.mi on the trained model's features, robust =
 # bench.robust.robust_accuracy of the trained model on its test images.
 ANALYSES = ("mi", "robust")
@@ -104,6 +110,8 @@ class Grid:
     variants: dict = field(default_factory=dict)  # variant name -> Variant
     robust: dict = field(default_factory=dict)  # the checked RobustConfig where analysis has "robust", else empty
     robust_defenses: tuple[str, ...] | None = None  # the defenses (as the grid names them) that run it; None = all
+    poison_ratios: tuple[float, ...] = (1.0,)  # fractions of the training set poisoned: a factor of the grid
+    poison_classes: tuple[int, ...] = ()  # the classes whose images may be poisoned; () = every class
 
     def resolve(self, name: str) -> tuple[str, dict]:
         """(plugin, config) of a name in the grid's lists: a variant's, else the plugin's own. A composed
@@ -116,16 +124,20 @@ class Grid:
         return (variant.plugin, variant.config) if variant else (name, self.config.get(name, {}))
 
     def cells(self) -> list[CellSpec]:
-        """Every cell, grouped so that cells sharing a poison run one after another."""
+        """Every cell, grouped so that cells sharing a poison (all ratios of one attack) run one after another."""
         cells = []
-        for seed, attack, arch, defense in itertools.product(self.seeds, self.attacks, self.archs, self.defenses):
-            names = {"attack": attack, "defense": defense, "arch": arch}
-            runs = {factor: self.resolve(name) for factor, name in names.items()}
-            variants = {factor: name for factor, name in names.items() if name != runs[factor][0]}
-            analysis = self.analysis_of(defense)
-            cells.append(CellSpec(self.data, *runs["attack"], *runs["defense"], *runs["arch"], self.recipe,
-                                  self.recipe_name, seed, analysis, variants,
-                                  robust=self.robust if "robust" in analysis else {}))
+        partial = [(ratio, self.poison_classes) for ratio in self.poison_ratios]
+        for seed, attack in itertools.product(self.seeds, self.attacks):
+            # The clean baseline poisons nothing: at any ratio it is one cell, the one of ratio 1.0.
+            poisonings = partial if ATTACKS.get(self.resolve(attack)[0]).perturbs else [(1.0, ())]
+            for (ratio, classes), arch, defense in itertools.product(poisonings, self.archs, self.defenses):
+                names = {"attack": attack, "defense": defense, "arch": arch}
+                runs = {factor: self.resolve(name) for factor, name in names.items()}
+                variants = {factor: name for factor, name in names.items() if name != runs[factor][0]}
+                analysis = self.analysis_of(defense)
+                cells.append(CellSpec(self.data, *runs["attack"], *runs["defense"], *runs["arch"], self.recipe,
+                                      self.recipe_name, seed, analysis, variants, poison_ratio=ratio,
+                                      poison_classes=classes, robust=self.robust if "robust" in analysis else {}))
         return cells
 
     def analysis_of(self, defense: str) -> tuple[str, ...]:
@@ -213,7 +225,8 @@ def parse_grid(raw: dict, name: str) -> Grid:
     analysis = _analysis(raw.get("analysis", []), name)
     robust, robust_defenses = _robust(raw.get("robust"), analysis, lists["defenses"], name)
     grid = Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"], lists["archs"],
-                tuple(seeds), recipe, recipe_name, config, analysis, variants, robust, robust_defenses)
+                tuple(seeds), recipe, recipe_name, config, analysis, variants, robust, robust_defenses,
+                _poison_ratios(raw.get("poison_ratio", 1.0), name), _poison_classes(raw.get("poison_classes", []), name))
     for defense in lists["defenses"]:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
             plugin, parts = grid.resolve(defense)
@@ -364,6 +377,29 @@ def _robust(table: Any, analysis: tuple[str, ...], defenses: tuple[str, ...], gr
         raise ConfigError(f"grid {grid}: robust.{ROBUST_SCOPE}: {unlisted[0]!r} is not one of the grid's defenses; "
                           f"allowed: {', '.join(defenses)}")
     return config, tuple(_once(scope, f"robust.{ROBUST_SCOPE}", grid))
+
+
+def _poison_ratios(value: Any, grid: str) -> tuple[float, ...]:
+    """`poison_ratio`: one fraction of the training set, or a list of them (a factor: cells for each)."""
+    allowed = "a number in (0, 1] (the poisoned fraction of the training set) or a non-empty list of them"
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"grid {grid}: poison_ratio must be {allowed}, got []")
+    for ratio in values:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ConfigError(f"grid {grid}: poison_ratio must be {allowed}; {ratio!r} is not")
+    return tuple(_once([float(ratio) for ratio in values], "poison_ratio(s)", grid))
+
+
+def _poison_classes(value: Any, grid: str) -> tuple[int, ...]:
+    """`poison_classes`: the class indices whose images may be poisoned (their range is checked against
+    the data before any cell runs, `bench.runner.preflight`)."""
+    allowed = "a list of distinct class indices (whole numbers from 0), or [] for every class"
+    if not isinstance(value, list) or any(type(c) is not int or c < 0 for c in value):
+        raise ConfigError(f"grid {grid}: poison_classes must be {allowed}, got {value!r}")
+    if len(set(value)) < len(value):
+        raise ConfigError(f"grid {grid}: poison_classes must be {allowed}; {value!r} repeats a class")
+    return tuple(sorted(value))  # order-free, so the cell id does not depend on how the list is written
 
 
 def _arch_arguments(arch: str, overrides: dict, owner: str | None = None) -> dict:

@@ -19,6 +19,17 @@ STATUSES = ("done", "failed")
 METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")
 
 
+def poisoned_label(ratio: float, classes: str = "") -> str:
+    """What a poisoning perturbs, in words: '20%', '100% of classes 3, 5'; `classes` as text ('' = every class)."""
+    which = f" of class{'es' if ',' in classes else ''} {classes}" if classes else ""
+    return f"{100 * ratio:g}%{which}"
+
+
+def classes_text(classes) -> str:
+    """Class indices as the report and labels write them: '3, 5' ('' for every class)."""
+    return ", ".join(map(str, classes))
+
+
 class RecordError(ValueError):
     """JSON that is not a cell record (no cell id, no status)."""
 
@@ -45,6 +56,9 @@ class CellResult:
     analysis: dict | None = None  # bench.mi.analyze's figures where the grid asked for "mi"
     pretraining: dict | None = None  # a self-supervised victim's (bench.contrastive): its loss per epoch, seconds
     out_of_memory: dict | None = None  # the batch sizes tried where CUDA ran out of memory
+    # A partial poisoning's images (spec poison_ratio, poison_classes): ratio, classes, count, of, seed and
+    # the SHA-256 of their positions in the full split; None where the whole training set is poisoned.
+    poisoned: dict | None = None
     # A failed cell (and a done one that needed more than one attempt):
     error: dict | None = None  # type, message, traceback of the last attempt
     earlier_errors: list | None = None  # the attempts before the last
@@ -152,7 +166,7 @@ class CellResult:
 
 _NOT_STORED = {"extra", "skipped"}
 _KINDS = {"grid": str, "attempts": int, "provenance": dict, "metrics": dict, "history": list, "precision": str,
-          "poison": dict, "timings": dict, "analysis": dict, "pretraining": dict, "out_of_memory": dict, "error": dict,
+          "poison": dict, "timings": dict, "analysis": dict, "pretraining": dict, "out_of_memory": dict, "poisoned": dict, "error": dict,
           "earlier_errors": list, "wall_seconds": (int, float), "data_fingerprint": str,
           "input_fingerprint": str}
 

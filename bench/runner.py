@@ -6,23 +6,25 @@ holds `run_grid`) gets them by calling
 up to `retries` times and then recorded as failed with its error and traceback, and the grid goes
 on; CUDA running out of memory halves the batch (and the learning rate with it) instead of failing.
 Poisons are generated once per (data, attack, config, seed), cached on disk under that key, and
-reused by every defense, architecture and recipe. A set-level defense (JPEG, grayscale, ...) runs
-once per poison the same way: its output is cached under the poison key and the configs of the
-defense stages that act on the set.
+reused by every defense, architecture, recipe and poison ratio. A set-level defense (JPEG, grayscale,
+...) runs once per training set the same way: its output is cached under the poison key (with the
+images a partial cell poisons) and the configs of the defense stages that act on the set.
 """
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import shutil
 import time
 import traceback
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from bench.context import RunContext
-from bench.data import DataSpec, Dataset, load_dataset
+from bench.data import DataSpec, Dataset, load_dataset, poisoned_subset
 from bench.environment import provenance
 from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
@@ -97,8 +99,9 @@ class PoisonSource:
 class PreparedSets:
     """Training and test sets after a defense's set-level stages, computed once per poison.
 
-    Keyed by the poison key and the (name, config) of every stage that acts on the set, in order,
-    so `jpeg`, `jpeg+cutout` and `jpeg+at` share one compressed set. Training sets are kept in
+    Keyed by the poison key (and, for a partial cell, the hash of the images it poisons) and the
+    (name, config) of every stage that acts on the set, in order, so `jpeg`, `jpeg+cutout` and
+    `jpeg+at` share one compressed set. Training sets are kept in
     memory for the current poison and on disk beside the poisons (same hash-checked cache); test
     sets, which do not depend on the poison, in memory.
     """
@@ -109,12 +112,17 @@ class PreparedSets:
         self._test: dict[str, torch.Tensor] = {}
         self._poison_key: str | None = None
 
-    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset,
+            poisoned: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`poison` is the training set the cell trains on; `poisoned` what `training_set` says of it,
+        where it is partial."""
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
             self._poison_key = cell.poison_key
         train_stages = defense.stages("prepare")
-        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages)})
+        # A partial cell's set is another set: its key adds the poisoned images (a full one's is unchanged).
+        selection = {"poisoned": poisoned["indices_sha256"]} if poisoned else {}
+        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **selection})
         if not train_stages:
             train_images = poison.images
         elif key in self._train:
@@ -128,7 +136,7 @@ class PreparedSets:
                 if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
                         "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages),
-                        "data_fingerprint": data.fingerprint})
+                        "data_fingerprint": data.fingerprint, **selection})
             self._train[key] = train_images
         test_stages = defense.stages("prepare_test")
         test_key = canonical_hash(_signature(test_stages))
@@ -150,12 +158,34 @@ def _signature(stages) -> list:
     return [[stage.name, as_dict(stage.config)] for stage in stages]
 
 
+def training_set(cell: CellSpec, data: Dataset, poison: Poison) -> tuple[Poison, dict | None]:
+    """The training set `cell` trains on, and what of it is poisoned (None where all of it is).
+
+    A partial cell (`poison_ratio` < 1 or `poison_classes`) takes its attack's poison of the whole set
+    and keeps it on `bench.data.poisoned_subset`'s images only (drawn with the cell's seed), the clean
+    image everywhere else, as EM's code adds its noise to a random subset. The record keeps the
+    count and the SHA-256 of the poisoned images' positions in the full split, which identify them.
+    """
+    if not cell.partial:
+        return poison, None
+    clean = data.train
+    rows = poisoned_subset(clean.labels.cpu().numpy(), cell.poison_ratio, cell.poison_classes, cell.seed)
+    mask = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
+    mask[torch.from_numpy(rows).to(clean.device)] = True
+    images = torch.where(mask[:, None, None, None], poison.images, clean.images)
+    positions = np.ascontiguousarray(clean.index.cpu().numpy()[rows].astype(np.int64))
+    poisoned = {"ratio": cell.poison_ratio, "classes": list(cell.poison_classes), "count": int(len(rows)),
+                "of": len(clean), "seed": cell.seed, "indices_sha256": hashlib.sha256(positions.tobytes()).hexdigest()}
+    return Poison(images, poison.norm, poison.budget), poisoned
+
+
 def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, prepared: PreparedSets,
              device: torch.device, on_epoch=None, compile: bool = False) -> dict:
     """Train and evaluate one cell on its poison; returns the metrics part of its record."""
     defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
     start = time.perf_counter()
-    train_images, test_images = prepared.get(cell, defense, poison, data)
+    poison, poisoned = training_set(cell, data, poison)
+    train_images, test_images = prepared.get(cell, defense, poison, data, poisoned)
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
@@ -186,9 +216,12 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     if pretraining is not None:
         outcome["pretraining"] = pretraining
         outcome["timings"]["pretrain_s"] = pretraining["seconds"]
+    if poisoned:
+        outcome["poisoned"] = poisoned
     if "mi" in cell.analysis:
         from bench.mi import analyze  # scipy's KD-tree and PCA only load when a grid asks for them
 
+        # The images the victim trained on: a partial cell's clean images count as their own poisoned version.
         start = time.perf_counter()
         outcome["analysis"] = analyze(model, data.train.images, poison.images, data.train.labels, device=device)
         outcome["timings"]["analysis_s"] = time.perf_counter() - start
@@ -205,8 +238,9 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
 
 def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
     """Each dataset of `cells` loaded and checked once (`bench.data.check_arrays`), and each of their
-    architectures run once on two of its images, before any cell starts: bad data, or an architecture
-    that cannot take the images, stops the run with one error instead of a failed record per cell.
+    architectures run once on two of its images, and each partial poisoning's classes checked against
+    its labels, before any cell starts: bad data, an architecture that cannot take the images, or a
+    class the data lacks stops the run with one error instead of a failed record per cell.
     Returns each dataset's fingerprint, against which the store's records are judged done or not."""
     fingerprints = {}
     for spec in dict.fromkeys(cell.data for cell in cells):
@@ -214,6 +248,9 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
         fingerprints[spec] = data.fingerprint
         images = data.train.images[:2].float() / 255
         archs = {(c.arch, canonical_hash(c.arch_config)): c for c in cells if c.data == spec}
+        labels = data.train.labels.numpy()
+        for classes in {c.poison_classes for c in cells if c.data == spec and c.poison_classes}:
+            poisoned_subset(labels, 1.0, classes, 0)  # a ConfigError names the class and the allowed range
         for cell in archs.values():
             model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes).eval()
             try:

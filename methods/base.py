@@ -128,6 +128,9 @@ class Attack(Plugin):
     # contract test then checks that another seed gives another poison. False where the output is a
     # function of the data and config alone (clean, OPS, a file read by external).
     seeded: ClassVar[bool] = False
+    # Whether the attack perturbs anything. False for the clean baseline, whose cell at any poison
+    # ratio is the clean cell itself, so a grid's ratios do not multiply it.
+    perturbs: ClassVar[bool] = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError

@@ -22,6 +22,7 @@ class Clean(Attack):
 
     Config = CleanConfig
     paper = ""
+    perturbs = False
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         return Poison(data.images.clone(), "linf", 0.0)

@@ -13,8 +13,10 @@
   attack and defense.
 - With `compare` (`bench report --compare published`), each cell beside the published number for it
   (`bench.published`), the difference where the recipe is the source's, what differs where not.
-- Figures (`bench.figures`): accuracy heatmap, training curves, a gallery of poisons (from the
-  store's poison cache and the dataset), and MI against depth.
+- Where some cell poisoned part of its training set (`poison_ratio`), a table and a figure of each
+  attack's accuracy against the ratio, the clean baseline under every ratio.
+- Figures (`bench.figures`): accuracy heatmap, accuracy against the poison ratio, training curves,
+  a gallery of poisons (from the store's poison cache and the dataset), and MI against depth.
 
 Three modules, one job each: `tables` (records -> tidy frame -> summary tables and the MI cells, as
 numbers; the attack keyed by its name and its budget), `render` (labels, captions, Markdown, LaTeX)
@@ -25,14 +27,14 @@ from bench.report.render import (MISSING, analysis_table, attack_label, caption,
                                  index_labels, labelled, recipe_description, to_latex, to_markdown)
 from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, ROBUST_METRICS,
                                  SummaryTable, TableLayout, analysis_cells, budget_label, compare_published,
-                                 histories_frame, mi_setup, recipe_label, robust_cells, robust_setup, summary_tables,
-                                 tidy)
+                                 histories_frame, mi_setup, ratio_tables, recipe_label, robust_cells, robust_setup,
+                                 summary_tables, tidy)
 from bench.report.write import FORMATS, Report, gallery_images, parse_formats, write_report
 
 __all__ = [
     "ANALYSIS_METRICS", "BASELINE_ATTACKS", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
     "SummaryTable", "TableLayout", "analysis_cells", "analysis_table", "attack_label", "budget_label", "caption",
     "cell_text", "compare_published", "comparison_section", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
-    "ROBUST_METRICS", "recipe_description", "recipe_label", "robust_cells", "robust_setup", "summary_tables", "tidy",
-    "to_latex", "to_markdown", "write_report",
+    "ROBUST_METRICS", "ratio_tables", "recipe_description", "recipe_label", "robust_cells", "robust_setup",
+    "summary_tables", "tidy", "to_latex", "to_markdown", "write_report",
 ]

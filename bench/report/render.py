@@ -14,7 +14,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from bench.report.tables import BASELINE_ATTACKS, SummaryTable, value_text
+from bench.records import poisoned_label
+from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SummaryTable, value_text
 
 MISSING = "–"
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
@@ -31,8 +32,17 @@ def attack_label(attack: str, budget: str) -> str:
 
 
 def factor_label(factor: str, key) -> str:
-    """A factor's key as text: the attack's (attack, budget) as 'em (Linf 8/255)', any other as itself."""
+    """A factor's key as text: the attack's (attack, budget) as 'em (Linf 8/255)', the poison ratio's
+    (ratio, classes) as '20%' or '100% of classes 3, 5', any other as itself."""
+    if factor == "poison_ratio":
+        return poisoned_label(*key)
     return attack_label(*key) if factor == "attack" else str(key)
+
+
+def shown_group(table: SummaryTable) -> dict:
+    """The group factors a title or caption names: a fully poisoned set is what every table has unless
+    it says otherwise, so its poison ratio is left out (reports of grids without ratios read as before)."""
+    return {f: key for f, key in table.group.items() if not (f == "poison_ratio" and tuple(key) == FULL_POISON)}
 
 
 def index_labels(index: pd.Index) -> list[str]:
@@ -48,7 +58,8 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_title(table: SummaryTable) -> str:
-    return ", ".join(factor_label(factor, key) for factor, key in table.group.items())
+    return ", ".join(("poisoned " if factor == "poison_ratio" else "") + factor_label(factor, key)
+                     for factor, key in shown_group(table).items())
 
 
 def mean_std(mean, std, digits: int = 2):
@@ -81,7 +92,8 @@ def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
 
     `recipes` maps a recipe label (tidy's `recipe` column) to its description in words.
     """
-    group = ", ".join(f"{f} {factor_label(f, key)}" for f, key in table.group.items() if f != "recipe")
+    group = ", ".join(f"{f.replace('_', ' ')} {factor_label(f, key)}" for f, key in shown_group(table).items()
+                      if f != "recipe")
     lo, hi = table.seed_counts()
     seeds = "one seed" if hi == 1 else f"mean ± std over {lo} seeds" if lo == hi else f"mean ± std over {lo}-{hi} seeds"
     recipe_text = "; ".join(recipes[r] for r in table.keys("recipe") if r in recipes)
@@ -161,6 +173,20 @@ def table_sections(tables: list[SummaryTable], metric: str, recipes: dict[str, s
     return md or ["No finished cells yet.\n"], tex
 
 
+RATIO_NOTE = ("Accuracy against the poisoned fraction of the training set: each attack's poison, made for the whole "
+              "set, on a stratified, seeded part of it, the rest clean. The clean baseline poisons nothing: its one "
+              "cell stands under every ratio.")
+
+
+def ratio_section(tables: list[SummaryTable], metric: str, recipes: dict[str, str], citations: dict,
+                  name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and LaTeX tables of `tables.ratio_tables` (none where nothing is partially poisoned)."""
+    if not tables:
+        return [], []
+    md, tex = table_sections(tables, metric, recipes, citations, f"{name}-ratio")
+    return ["### Partial poisoning", "", RATIO_NOTE, "", *md], tex
+
+
 # --- the MI analysis -----------------------------------------------------------------------------
 def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
     """The MI-UE chain per (attack, arch) of `tables.analysis_cells`: accuracy, the MI estimates, covariance
@@ -173,6 +199,10 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
     varying = [f for f in ("defense", "dataset", "recipe") if cells[f].nunique() > 1]
     labels = [" / ".join([attack_label(row.attack, row.budget), row.arch, *(str(getattr(row, f)) for f in varying)])
               for row in cells.itertuples()]
+    if cells.groupby(["poison_ratio", "poison_classes"]).ngroups > 1:  # partial poisoning: say how much
+        varying.append("poisoned")
+        labels = [f"{label} / {poisoned_label(row.poison_ratio, row.poison_classes)}"
+                  for label, row in zip(labels, cells.itertuples())]
     if "mi_setup" in cells and cells.mi_setup.nunique() > 1:  # records measured differently: say which is which
         numbers = {setup: i + 1 for i, setup in enumerate(dict.fromkeys(cells.mi_setup))}
         labels = [f"{label} / setup {numbers[setup]}" for label, setup in zip(labels, cells.mi_setup)]
@@ -230,7 +260,8 @@ def robust_table(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Clean and robust test accuracy per attack (rows) and defense (two columns each) of `tables.robust_cells`,
     as text; and the setups in words, numbered in the column labels where there are several."""
     setups = list(dict.fromkeys(cells.robust_setup))
-    varying = [f for f in ("arch", "dataset", "recipe") if cells[f].nunique() > 1]
+    varying = [f for f in ("arch", "dataset", "recipe", "poison_ratio", "poison_classes")
+               if f in cells and cells[f].nunique() > 1]
     clean = mean_std(cells.test_acc_last, cells.test_acc_last_std)
     robust = mean_std(cells.robust_acc, cells.robust_acc_std)
     rows: dict[str, dict[str, str]] = {}

@@ -10,6 +10,11 @@ The attack is keyed by two columns, its name and its budget: a table with attack
 columns) has the two-level index (attack, budget), and a table of one attack keys its group by the
 pair. `bench.report.render` joins them into labels such as `em (Linf 8/255)`. The attack, defense and arch columns hold what the
 grid calls them (a variant's name, `[variants.NAME]`); `<factor>_plugin` holds the plugin that ran.
+
+Partial poisoning is the factor `poison_ratio`, keyed like the attack by two columns: the poisoned
+fraction and the classes it was drawn from (`poison_classes`, '' for every class). A fully poisoned
+cell has the key FULL_POISON; `ratio_tables` puts each attack against the ratio, the clean baseline
+(one cell, which poisons nothing) under every ratio as the reference it is.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import pandas as pd
 
 from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttack, PublishedDefense,
                              PublishedSource)
-from bench.records import CellResult
+from bench.records import CellResult, classes_text, poisoned_label
 
 METRICS = ("test_acc_last", "test_acc_best", "train_acc")
 ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit; "%" is a fraction in the record, as the accuracies
@@ -37,7 +42,9 @@ ROBUST_METRICS = ("robust_acc",)  # bench.robust's; the rest of ANALYSIS_METRICS
 # differ in any of these are not averaged together.
 ROBUST_SETUP_KEYS = ("robust_eps", "robust_step_size", "robust_steps", "robust_random_start", "robust_images",
                      "robust_precision")
-FACTORS = ("dataset", "arch", "recipe", "attack", "defense")
+FACTORS = ("dataset", "arch", "recipe", "attack", "defense", "poison_ratio")
+POISON_COLUMNS = ("poison_ratio", "poison_classes")  # tidy's key of the poison_ratio factor
+FULL_POISON = (1.0, "")  # the whole training set poisoned: what every record without partial poisoning has
 BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
 PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
 
@@ -73,7 +80,8 @@ def cell_labels(record: CellResult) -> dict[str, str]:
     train_size = spec["data"].get("train_size")
     return {"dataset": spec["data"]["name"] + (f" ({train_size})" if train_size else ""), "arch": record.name("arch"),
             "recipe": recipe_label(spec), "attack": record.name("attack"),
-            "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": record.name("defense")}
+            "budget": budget_label(poison.get("norm", "linf"), poison.get("budget", 0.0)), "defense": record.name("defense"),
+            "poison_ratio": float(spec.get("poison_ratio", 1.0)), "poison_classes": classes_text(spec.get("poison_classes", []))}
 
 
 # The part of a record's spec that says what each factor's label stands for.
@@ -122,9 +130,28 @@ def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
                 unit = ANALYSIS_METRICS[metric]
                 rows.append({**base, "metric": metric, "value": 100 * value if unit == "%" else value, "unit": unit,
                              **plugins})
-    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", "seed", "metric", "value", "unit",
-               *(f"{factor}_plugin" for factor in PLUGIN_FACTORS)]
+    columns = ["cell_id", "grid", "dataset", "arch", "recipe", "attack", "budget", "defense", *POISON_COLUMNS, "seed",
+               "metric", "value", "unit", *(f"{factor}_plugin" for factor in PLUGIN_FACTORS)]
     return pd.DataFrame(rows, columns=columns)
+
+
+def with_poison_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with POISON_COLUMNS, at FULL_POISON where it lacks them (a CSV of a report without partial
+    poisoning, a frame built by hand)."""
+    missing = {column: value for column, value in zip(POISON_COLUMNS, FULL_POISON) if column not in df}
+    return df.assign(**missing) if missing else df
+
+
+def partial_poisoning(df: pd.DataFrame) -> bool:
+    """Whether any cell of the tidy frame poisoned only part of its training set."""
+    df = with_poison_columns(df)
+    return bool(((df.poison_ratio < 1) | (df.poison_classes != "")).any())
+
+
+def without_full_poison_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The tidy frame as the CSV holds it: without POISON_COLUMNS where every cell poisoned its whole
+    training set, so reports of grids without partial poisoning keep the columns they always had."""
+    return df if partial_poisoning(df) else df.drop(columns=list(POISON_COLUMNS))
 
 
 @dataclass(frozen=True)
@@ -147,8 +174,9 @@ class TableLayout:
 
 
 def key_columns(factor: str) -> list[str]:
-    """The tidy columns that key a factor's values: the attack by its name and budget, any other by itself."""
-    return ["attack", "budget"] if factor == "attack" else [factor]
+    """The tidy columns that key a factor's values: the attack by its name and budget, the poison ratio
+    by the ratio and its classes, any other by itself."""
+    return {"attack": ["attack", "budget"], "poison_ratio": list(POISON_COLUMNS)}.get(factor, [factor])
 
 
 def factor_key(values: Mapping, factor: str):
@@ -225,7 +253,7 @@ def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: Tabl
                    orders: dict | None = None) -> list[SummaryTable]:
     """The tables of `metric` under `layout`; `orders` maps a factor to its preferred order (grid order)."""
     orders = orders or {}
-    sub = df[df.metric == metric]
+    sub = with_poison_columns(df[df.metric == metric])
     if sub.empty:
         return []
     rows, columns = key_columns(layout.rows), key_columns(layout.columns)
@@ -255,6 +283,28 @@ def over_seeds(sub: pd.DataFrame, keys: list[str], wanted: list[str], orders: di
                              if column.name in ("attack", "arch", "defense") else column)
 
 
+def ratio_tables(df: pd.DataFrame, metric: str = "test_acc_last", orders: dict | None = None) -> list[SummaryTable]:
+    """`metric` of each attack against the poisoned fraction (attacks x poison_ratio), a table per value
+    of the other factors; none where no cell poisoned part of its set. The clean baseline poisons
+    nothing, so its one cell (at FULL_POISON) stands under every ratio of the records."""
+    if df.empty or not partial_poisoning(df):
+        return []
+    df = with_poison_columns(df)
+    keys = df[list(POISON_COLUMNS)].drop_duplicates().itertuples(index=False)
+    baseline = df[df.attack.isin(BASELINE_ATTACKS) & (df.poison_ratio == 1) & (df.poison_classes == "")]
+    copies = [baseline.assign(poison_ratio=ratio, poison_classes=classes) for ratio, classes in keys
+              if (ratio, classes) != FULL_POISON]
+    return summary_tables(pd.concat([df, *copies], ignore_index=True), metric, TableLayout("attack", "poison_ratio"),
+                          orders)
+
+
+def ratio_curves(table: SummaryTable) -> pd.DataFrame:
+    """A `ratio_tables` table as one row per (attack, ratio): attack, budget, poison_ratio, poison_classes,
+    mean, std; for the figure of accuracy against ratio."""
+    long = pd.DataFrame({"mean": table.mean.stack(list(POISON_COLUMNS)), "std": table.std.stack(list(POISON_COLUMNS))})
+    return long.dropna(subset=["mean"]).reset_index()
+
+
 # --- the MI analysis -----------------------------------------------------------------------------
 def mi_setup(record: CellResult) -> str:
     """What a record's MI was measured on and how (bench.mi.SETUP_KEYS), as one comparable string;
@@ -270,13 +320,13 @@ def analysis_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[st
     seeds of accuracy and the MI metrics (std NaN for one seed); attacks and archs in `orders`' (grid)
     order. `setups` maps a cell id to its `mi_setup` (records measured differently stay apart)."""
     wanted = ["test_acc_last", *(m for m in ANALYSIS_METRICS if m not in ROBUST_METRICS)]
-    sub = df[df.metric.isin(wanted)].copy()
+    sub = with_poison_columns(df[df.metric.isin(wanted)]).copy()
     sub = sub[sub.cell_id.isin(sub[sub.metric.isin(MI_METRICS)].cell_id)]
     if sub.empty:
         return pd.DataFrame()
     setups = setups or {}
     sub["mi_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
-    keys = ["dataset", "recipe", "defense", "attack", "budget", "arch", "arch_plugin", "mi_setup"]
+    keys = ["dataset", "recipe", "defense", "attack", "budget", *POISON_COLUMNS, "arch", "arch_plugin", "mi_setup"]
     return over_seeds(sub, keys, wanted, orders)
 
 
@@ -292,12 +342,12 @@ def robust_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str,
     `<metric>_std` over seeds of clean (last epoch) and robust test accuracy, in %; in `orders`' (grid)
     order. `setups` maps a cell id to its `robust_setup`, so records measured differently stay apart."""
     wanted = ["test_acc_last", *ROBUST_METRICS]
-    sub = df[df.metric.isin(wanted) & df.cell_id.isin(df[df.metric.isin(ROBUST_METRICS)].cell_id)].copy()
+    sub = with_poison_columns(df[df.metric.isin(wanted) & df.cell_id.isin(df[df.metric.isin(ROBUST_METRICS)].cell_id)]).copy()
     if sub.empty:
         return pd.DataFrame()
     setups = setups or {}
     sub["robust_setup"] = [setups.get(cell_id, "") for cell_id in sub.cell_id]
-    keys = ["dataset", "recipe", "arch", "attack", "budget", "defense", "robust_setup"]
+    keys = ["dataset", "recipe", "arch", "attack", "budget", "defense", *POISON_COLUMNS, "robust_setup"]
     return over_seeds(sub, keys, wanted, orders)
 
 
@@ -324,7 +374,8 @@ def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | No
         chosen = chosen[chosen.seed == chosen.seed.min()]
     if chosen.empty:
         return pd.DataFrame(), ""
-    factors = ("attack", "defense", "arch", "dataset", "recipe", "seed")
+    ratio = ("poison_ratio",) if partial_poisoning(chosen) else ()  # a title says nothing of a full poisoning
+    factors = ("attack", "defense", "arch", "dataset", "recipe", *ratio, "seed")
     varying = [f for f in factors if chosen[f].nunique() > 1] or ["attack"]
     title = ", ".join(f"{f} {chosen[f].iloc[0]}" for f in factors if f not in varying)
     by_id = {r.cell_id: r for r in records}
@@ -423,6 +474,9 @@ def attack_differences(spec: dict, poison: dict, row: PublishedAttack) -> list[s
             reasons.append(f"budget {ours} vs none")
     elif row.budget.norm != norm or row.budget.eps is None or not same(eps, row.budget.eps):
         reasons.append(f"budget {ours} vs {row.budget.text}")
+    if spec.get("poison_ratio", 1.0) < 1 or spec.get("poison_classes"):  # sources poison the whole set
+        share = poisoned_label(spec.get("poison_ratio", 1.0), classes_text(spec.get("poison_classes", [])))
+        reasons.append(f"poisoned {share} vs 100%")
     reasons += _config_differences(spec["attack"], spec.get("attack_config", {}), row.config)
     return reasons + ([row.differs] if row.differs else [])
 

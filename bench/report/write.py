@@ -19,9 +19,10 @@ from bench.config import ConfigError, comma_choices
 from bench.published import PublishedSource
 from bench.records import CellResult
 from bench.report import render
-from bench.report.tables import (DEFAULT_TOLERANCE, METRICS, MI_METRICS, TableLayout, analysis_cells,
-                                 compare_published, histories_frame, mi_setup, ordered, recipe_label, robust_cells,
-                                 robust_setup, summary_tables, tidy, unpublished)
+from bench.report.tables import (BASELINE_ATTACKS, DEFAULT_TOLERANCE, METRICS, MI_METRICS, TableLayout, analysis_cells,
+                                 compare_published, histories_frame, mi_setup, ordered, ratio_curves, ratio_tables,
+                                 recipe_label, robust_cells, robust_setup, summary_tables, tidy, unpublished,
+                                 without_full_poison_columns)
 
 log = logging.getLogger("bench")
 
@@ -96,6 +97,8 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     citations = plugin_citations(df)
 
     md, tex = render.table_sections(summary_tables(df, metric, layout, orders), metric, recipes, citations, name)
+    ratios = ratio_tables(df, metric, orders)
+    ratio_md, ratio_tex = render.ratio_section(ratios, metric, recipes, citations, name)
     cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
     calibration = estimator_calibration(done) if not cells.empty else pd.DataFrame()
     mi_md, mi_tex = render.mi_section(cells, calibration, name)
@@ -106,13 +109,15 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     if compare:
         comparison = compare_published(done, compare, metric, tolerance)
         cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
-    md += mi_md + robust_md + cmp_md
-    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *mi_tex, *robust_tex, *cmp_tex]
+    md += ratio_md + mi_md + robust_md + cmp_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *ratio_tex, *mi_tex, *robust_tex,
+           *cmp_tex]
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
     if "fig" in formats:
-        fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells)
+        fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells,
+                                             ratios)
         paths.update(fig_paths)
         notes += fig_notes
         md += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in fig_paths.values()
@@ -122,7 +127,7 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
 
     if "csv" in formats:
         paths["csv"] = out_dir / f"{name}.csv"
-        df.to_csv(paths["csv"], index=False)
+        without_full_poison_columns(df).to_csv(paths["csv"], index=False)
         if not calibration.empty:
             paths["mi_calibration"] = out_dir / f"{name}_mi_calibration.csv"
             calibration.to_csv(paths["mi_calibration"], index=False)
@@ -142,7 +147,7 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
 
 
 def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
-                  cells: pd.DataFrame) -> tuple[dict[str, Path], list[str]]:
+                  cells: pd.DataFrame, ratios=()) -> tuple[dict[str, Path], list[str]]:
     """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
     from bench import figures  # here, not at the top: matplotlib loads only for reports that draw
 
@@ -158,6 +163,8 @@ def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, ord
             for t in summary_tables(df, "test_acc_last", TableLayout(), orders)}
     if heat:
         emit("heatmap", figures.accuracy_heatmap(heat))
+    if ratios:
+        emit("ratio", figures.accuracy_against_ratio({render.group_title(t): ratio_lines(t) for t in ratios}, style))
     histories, title = histories_frame(records, df, curves, orders)
     if not histories.empty:
         emit("curves", figures.training_curves(histories, style, title))
@@ -181,6 +188,16 @@ def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, ord
             emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style, title))
             emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
     return paths, notes
+
+
+def ratio_lines(table) -> pd.DataFrame:
+    """A `ratio_tables` table as the ratio figure draws it: label, attack, ratio, mean, std, baseline."""
+    curves = ratio_curves(table)
+    classes = curves.poison_classes.nunique() > 1  # lines drawn from other classes are told apart
+    labels = [render.attack_label(row.attack, row.budget) + (f", classes {row.poison_classes or 'all'}" if classes else "")
+              for row in curves.itertuples()]
+    return pd.DataFrame({"label": labels, "attack": curves.attack, "ratio": curves.poison_ratio, "mean": curves["mean"],
+                         "std": curves["std"], "baseline": curves.attack.isin(BASELINE_ATTACKS)})
 
 
 def gallery_images(records: list[CellResult], store, attack_order) -> tuple[object, dict, list[str]]:
