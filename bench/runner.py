@@ -97,7 +97,9 @@ class PreparedSets:
     """Training and test sets after a defense's set-level stages, computed once per poison.
 
     Keyed by the poison key and the (name, config) of every stage that acts on the set, in order,
-    so `jpeg`, `jpeg+cutout` and `jpeg+at` share one compressed set. Training sets are kept in
+    so `jpeg`, `jpeg+cutout` and `jpeg+at` share one compressed set; where the defense holds out a
+    validation split (`held_out`, its rows), those rows leave the set before any stage sees it, and
+    the key names the holdout stage too (keys without one are unchanged). Training sets are kept in
     memory for the current poison and on disk beside the poisons (same hash-checked cache); test
     sets, which do not depend on the poison, in memory.
     """
@@ -108,14 +110,20 @@ class PreparedSets:
         self._test: dict[str, torch.Tensor] = {}
         self._poison_key: str | None = None
 
-    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset,
+            held_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
             self._poison_key = cell.poison_key
+        images, labels = poison.images, data.train.labels
+        if held_out is not None:
+            kept = kept_rows(held_out, len(labels))
+            images, labels = images[kept], labels[kept]
         train_stages = defense.stages("prepare")
-        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages)})
+        holdout = {"holdout": _signature(defense.stages("holdout"))} if held_out is not None else {}
+        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **holdout})
         if not train_stages:
-            train_images = poison.images
+            train_images = images
         elif key in self._train:
             train_images = self._train[key]
         else:
@@ -123,11 +131,11 @@ class PreparedSets:
             if cached is not None and made_from(cached[1], data):
                 train_images = torch.from_numpy(cached[0]).to(poison.images.device)
             else:
-                train_images = defense.prepare(poison.images, data.train.labels)
+                train_images = defense.prepare(images, labels)
                 if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
                         "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages),
-                        "data_fingerprint": data.fingerprint})
+                        **holdout, "data_fingerprint": data.fingerprint})
             self._train[key] = train_images
         test_stages = defense.stages("prepare_test")
         test_key = canonical_hash(_signature(test_stages))
@@ -149,22 +157,44 @@ def _signature(stages) -> list:
     return [[stage.name, as_dict(stage.config)] for stage in stages]
 
 
+def kept_rows(held_out: torch.Tensor, n: int) -> torch.Tensor:
+    """A mask of the `n` rows of a split that are not in `held_out`."""
+    kept = torch.ones(n, dtype=torch.bool, device=held_out.device)
+    kept[held_out] = False
+    return kept
+
+
+def early_stop_metrics(history: list[dict]) -> dict:
+    """The epoch of best validation accuracy (the first on ties) and the test accuracy there; the
+    test set never chooses the epoch."""
+    stop = max(history, key=lambda epoch: epoch["val_acc"])
+    return {"test_acc_early_stop": stop["test_acc"], "early_stop_epoch": stop["epoch"], "val_acc_best": stop["val_acc"]}
+
+
 def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, prepared: PreparedSets,
              device: torch.device, on_epoch=None, compile: bool = False) -> dict:
     """Train and evaluate one cell on its poison; returns the metrics part of its record."""
     defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
     start = time.perf_counter()
-    train_images, test_images = prepared.get(cell, defense, poison, data)
+    held_out = defense.holdout(data.train.labels)
+    train, val = data.train, None
+    if held_out is not None:  # the defender's clean validation images, never trained on in either form
+        train, val = data.train.take(kept_rows(held_out, len(train))), data.train.take(held_out)
+    train_images, test_images = prepared.get(cell, defense, poison, data, held_out)
+    if val is not None and defense.stages("prepare_test"):
+        val = val.with_images(defense.prepare_test(val.images))  # validated as the test set is tested
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
     result = train_model(
-        model, data.train.with_images(train_images), data.test.with_images(test_images), cell.recipe,
+        model, train.with_images(train_images), data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
+        val=val,
     )
     outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
-                    "best_epoch": result.best_epoch, "train_acc": result.train_acc},
+                    "best_epoch": result.best_epoch, "train_acc": result.train_acc,
+                    **(early_stop_metrics(result.history) if val is not None else {})},
         "history": result.history,
         "precision": result.precision,
         "poison": poison_meta,
