@@ -40,11 +40,11 @@ class OrthogonalProjection(Defense):
     """Orthogonal projection (Sandoval-Segura et al., NeurIPS 2023, Algorithm 1).
 
     Threat model: a poisoner whose perturbations are (close to) linearly separable by class, such as
-    LSP's class-wise patches and OPS's class-wise pixels. The defender fits a bias-free linear
+    LSP's class-clustered patches and OPS's class-wise pixels. The defender fits a bias-free linear
     classifier on the flattened poisoned training images, takes its C class weight vectors as the
     perturbation directions, and projects every training image onto their orthogonal complement:
     x <- x - Q Q^T x, with Q the orthonormal basis (QR) of the normalised weight vectors. Test
-    images are left alone.
+    images are not projected.
 
     As the official code (psandovalsegura/learn-from-unlearnable at 605dea2,
     `orthogonal_projection_step_1.py`, `utils_projection.py`): the linear model sees the whole
@@ -54,19 +54,21 @@ class OrthogonalProjection(Defense):
     (uniform within 1/sqrt(3072)), drawn here from `init_seed` so that the projected set, which
     the runner caches per poison, does not depend on the cell's seed.
 
-    Departures: projection moves pixels far out of [0, 1] (it removes most of each image's mean
-    brightness: on CIFAR-10 a third of the projected values are negative). The official code
-    trains on those floats unclipped and tests on the untouched test images, both normalised
-    alike. Prepared sets here are uint8, and clipping to [0, 1] would flatten a third of every
-    image, so both the projected training images and the test images are stored through one fixed
-    affine map: `pixel_range` (default [-1, 2], which held all but 0.02% of the projected CIFAR-10
-    values measured) onto the 256 levels, rounded, the rare values outside it clipped. The victim
-    sees train and test under the same affine map of the official pair, which a network whose first
-    layer is followed by batch normalisation cancels (as the official mean/std normalisation), at
-    a coarser step (3/255 of a pixel). Per-batch defenses composed after it act in the mapped units
-    (`orthogonal_projection+at` at 8/255 is 24/255 of a pixel). The official step 2 also trains
-    its victim with strong augmentation (rotation, affine, colour jitter) and CutMix; that is the
-    victim's recipe, not the defense, and is left out (`orthogonal_projection+cutmix` adds CutMix).
+    Departure, and why: projection moves pixels far out of [0, 1], since the class directions
+    share much of the mean image (fit as the official code on 2,000 CIFAR-10 images, 38% of the
+    projected values fell outside [0, 1], from -1.6 to 1.6). The official code trains on those
+    floats unclipped and tests on the untouched test images, both normalised alike. Prepared sets
+    here are uint8, and clipping would flatten over a third of the values, so the projected
+    training images and the test images both pass through one
+    fixed affine map of `pixel_range` (default [-1, 2], which held all but 0.02% of those values)
+    onto the 256 levels, rounded, the rare values outside it clipped. The victim thus sees the
+    official (train, test) pair under one affine map, which a first convolution followed by batch
+    normalisation cancels (as it does the official mean/std normalisation) except at zero-padded
+    borders, at a coarser step: 3/255 of a pixel. Per-batch defenses composed after it act in the
+    mapped units (`orthogonal_projection+at` at 8/255 is 24/255 of a pixel). The official step 2
+    also trains its victim with strong augmentation (rotation, affine, colour jitter) and CutMix;
+    that is the victim's recipe, not the defense, and is left out (`orthogonal_projection+cutmix`
+    adds CutMix).
     """
 
     Config = ProjectionConfig
