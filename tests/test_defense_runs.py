@@ -74,18 +74,19 @@ def test_early_stop_trains_without_its_clean_validation_split_and_reports_the_te
     monkeypatch.setattr(bench.runner, "train_model", spy)
     monkeypatch.setattr(JPEG, "prepare", lambda self, images, labels: seen.setdefault("jpeg", []).append(len(images))
                         or prepare(self, images, labels))
-    config = {"early_stop": {"val_size": 50}, "iss_gray": {"both_train_test": True}}
-    counts, records = _run(tmp_path, tiny_npz, ["ops"], ["none", "early_stop", "jpeg+early_stop", "iss_gray+early_stop"],
-                           epochs=3, config=config)
-    assert counts["done"] == 4, [r.error for r in records.values()]
-    assert seen["train"] == [200, 150, 150, 150] and seen["val"][0] is None
+    config = {"early_stop": {"val_size": 50}, "iss_gray": {"both_train_test": True}, "orthogonal_projection": {"epochs": 2}}
+    defenses = ["none", "early_stop", "jpeg+early_stop", "iss_gray+early_stop", "orthogonal_projection+early_stop"]
+    counts, records = _run(tmp_path, tiny_npz, ["ops"], defenses, epochs=3, config=config)
+    assert counts["done"] == 5, [r.error for r in records.values()]
+    assert seen["train"] == [200, 150, 150, 150, 150] and seen["val"][0] is None
     assert seen["jpeg"] == [150], "the validation rows leave the set before any set-level stage sees it"
     rows = DEFENSES.create("early_stop", {"val_size": 50}).holdout(torch.arange(200) % 10)
     clean = torch.from_numpy(np.load(tiny_npz)["x_train"]).permute(0, 3, 1, 2)[rows]
     assert torch.equal(seen["val"][1].images, clean), "validation images are the clean ones"
     assert torch.equal(seen["val"][3].images, pil_luma(clean)), "and pass through the test-time stages"
+    assert torch.equal(seen["val"][4].images, DEFENSES.create("orthogonal_projection").prepare_test(clean))
     assert "test_acc_early_stop" not in records[("ops", "none")].metrics
-    for defense in ("early_stop", "jpeg+early_stop", "iss_gray+early_stop"):
+    for defense in defenses[1:]:
         record = records[("ops", defense)]
         stop = max(record.history, key=lambda h: h["val_acc"])
         assert record.metrics["early_stop_epoch"] == stop["epoch"]
