@@ -127,6 +127,22 @@ BIBTEX = {
   journal = {arXiv preprint arXiv:2303.15127},
   year    = {2023}
 }""",
+    "sandovalsegura2023what": """@inproceedings{sandovalsegura2023what,
+  title     = {What Can We Learn from Unlearnable Datasets?},
+  author    = {Sandoval-Segura, Pedro and Singla, Vasu and Geiping, Jonas and Goldblum, Micah and Goldstein, Tom},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2023}
+}""",
+    "prechelt1998early": """@incollection{prechelt1998early,
+  title     = {Early Stopping -- But When?},
+  author    = {Prechelt, Lutz},
+  booktitle = {Neural Networks: Tricks of the Trade},
+  series    = {Lecture Notes in Computer Science},
+  volume    = {1524},
+  pages     = {55--69},
+  publisher = {Springer},
+  year      = {1998}
+}""",
 }
 
 _ENTRY_START = re.compile(r"(?=@\w+\s*\{)")  # splits a .bib text before each entry

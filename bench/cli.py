@@ -116,8 +116,9 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
 @click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
 @click.option("--format", "formats", default="latex,csv,md,fig", show_default=True,
               help="Any comma-separated subset of latex, csv, md, fig.")
-@click.option("--metric", type=click.Choice(["test_acc_last", "test_acc_best", "train_acc"]), default="test_acc_last",
-              show_default=True, help="What the tables show (the CSV holds every metric).")
+@click.option("--metric", type=click.Choice(["test_acc_last", "test_acc_best", "train_acc", "test_acc_early_stop"]),
+              default="test_acc_last", show_default=True,
+              help="What the tables show (the CSV holds every metric; test_acc_early_stop: cells with early_stop only).")
 @click.option("--rows", default="attack", show_default=True, help="Table rows: attack, defense, arch, dataset, recipe, poison_ratio.")
 @click.option("--columns", default="defense", show_default=True, help="Table columns: another of the same factors.")
 @click.option("--curves", default=None,

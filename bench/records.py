@@ -48,8 +48,10 @@ class CellResult:
     attempts: int  # 0 where no worker got to run the cell (its poison failed, its worker died)
     provenance: dict  # bench.environment.provenance: versions, device, host
     # A done cell:
-    metrics: dict | None = None  # METRIC_KEYS: accuracies in [0, 1], best_epoch
-    history: list | None = None  # per epoch: epoch, loss, train_acc, test_acc, seconds
+    # METRIC_KEYS: accuracies in [0, 1], best_epoch; with a validation split (early_stop) also
+    # test_acc_early_stop, early_stop_epoch and val_acc_best
+    metrics: dict | None = None
+    history: list | None = None  # per epoch: epoch, loss, train_acc, test_acc (val_acc with a validation split), seconds
     precision: str | None = None  # what training ran in: "bf16" or "fp32"
     poison: dict | None = None  # key, attack, config, seed, norm, budget, measured size, timings, cached
     timings: dict | None = None  # seconds: generate_s, poison_generate_s, defense_prepare_s, train_s, ...

@@ -101,7 +101,9 @@ class PreparedSets:
 
     Keyed by the poison key (and, for a partial cell, the hash of the images it poisons) and the
     (name, config) of every stage that acts on the set, in order, so `jpeg`, `jpeg+cutout` and
-    `jpeg+at` share one compressed set. Training sets are kept in
+    `jpeg+at` share one compressed set; where the defense holds out a validation split (`held_out`,
+    its rows), those rows leave the set before any stage sees it, and the key names the holdout stage
+    too (keys without one are unchanged). Training sets are kept in
     memory for the current poison and on disk beside the poisons (same hash-checked cache); test
     sets, which do not depend on the poison, in memory.
     """
@@ -113,18 +115,24 @@ class PreparedSets:
         self._poison_key: str | None = None
 
     def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset,
-            poisoned: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            poisoned: dict | None = None, held_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`poison` is the training set the cell trains on; `poisoned` what `training_set` says of it,
-        where it is partial."""
+        where it is partial; `held_out` the rows a defense keeps out for validation."""
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
             self._poison_key = cell.poison_key
+        images, labels = poison.images, data.train.labels
+        if held_out is not None:
+            kept = kept_rows(held_out, len(labels))
+            images, labels = images[kept], labels[kept]
         train_stages = defense.stages("prepare")
         # A partial cell's set is another set: its key adds the poisoned images (a full one's is unchanged).
         selection = {"poisoned": poisoned["indices_sha256"]} if poisoned else {}
-        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **selection})
+        holdout = {"holdout": _signature(defense.stages("holdout"))} if held_out is not None else {}
+        key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **selection,
+                                            **holdout})
         if not train_stages:
-            train_images = poison.images
+            train_images = images
         elif key in self._train:
             train_images = self._train[key]
         else:
@@ -132,11 +140,11 @@ class PreparedSets:
             if cached is not None and made_from(cached[1], data):
                 train_images = torch.from_numpy(cached[0]).to(poison.images.device)
             else:
-                train_images = defense.prepare(poison.images, data.train.labels)
+                train_images = defense.prepare(images, labels)
                 if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
                         "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages),
-                        "data_fingerprint": data.fingerprint, **selection})
+                        **selection, **holdout, "data_fingerprint": data.fingerprint})
             self._train[key] = train_images
         test_stages = defense.stages("prepare_test")
         test_key = canonical_hash(_signature(test_stages))
@@ -179,29 +187,50 @@ def training_set(cell: CellSpec, data: Dataset, poison: Poison) -> tuple[Poison,
     return Poison(images, poison.norm, poison.budget), poisoned
 
 
+def kept_rows(held_out: torch.Tensor, n: int) -> torch.Tensor:
+    """A mask of the `n` rows of a split that are not in `held_out`."""
+    kept = torch.ones(n, dtype=torch.bool, device=held_out.device)
+    kept[held_out] = False
+    return kept
+
+
+def early_stop_metrics(history: list[dict]) -> dict:
+    """The epoch of best validation accuracy (the first on ties) and the test accuracy there; the
+    test set never chooses the epoch."""
+    stop = max(history, key=lambda epoch: epoch["val_acc"])
+    return {"test_acc_early_stop": stop["test_acc"], "early_stop_epoch": stop["epoch"], "val_acc_best": stop["val_acc"]}
+
+
 def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, prepared: PreparedSets,
              device: torch.device, on_epoch=None, compile: bool = False) -> dict:
     """Train and evaluate one cell on its poison; returns the metrics part of its record."""
     defense = create_defense(cell.defense, cell.defense_config, num_classes=data.train.num_classes)
     start = time.perf_counter()
     poison, poisoned = training_set(cell, data, poison)
-    train_images, test_images = prepared.get(cell, defense, poison, data, poisoned)
+    held_out = defense.holdout(data.train.labels)
+    train, val = data.train, None
+    if held_out is not None:  # the defender's clean validation images, never trained on in either form
+        train, val = data.train.take(kept_rows(held_out, len(train))), data.train.take(held_out)
+    train_images, test_images = prepared.get(cell, defense, poison, data, poisoned, held_out)
+    if val is not None and defense.stages("prepare_test"):
+        val = val.with_images(defense.prepare_test(val.images))  # validated as the test set is tested
     defense_seconds = time.perf_counter() - start
     torch.manual_seed(cell.seed)
     model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes)
-    trained_on = data.train.with_images(train_images)
+    trained_on = train.with_images(train_images)
     pretraining = None
     if hasattr(model, "pretrain"):  # a self-supervised victim (bench.contrastive): its encoder first, then the recipe probes it
         pretraining = model.pretrain(train_images, seed=cell.seed, device=device, precision=precision(cell.recipe, device))
-        trained_on = model.probe_set(clean=data.train, poisoned=trained_on)
+        trained_on = model.probe_set(clean=train, poisoned=trained_on)
     result = train_model(
         model, trained_on, data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
-        device=device,
+        device=device, val=val,
     )
     outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,
-                    "best_epoch": result.best_epoch, "train_acc": result.train_acc},
+                    "best_epoch": result.best_epoch, "train_acc": result.train_acc,
+                    **(early_stop_metrics(result.history) if val is not None else {})},
         "history": result.history,
         "precision": result.precision,
         "poison": poison_meta,

@@ -290,8 +290,10 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     compile: bool = False,
     device: torch.device | None = None,
+    val: ImageSet | None = None,
 ) -> TrainResult:
-    """Train `model` on `train` with `recipe`, testing on `test` after every epoch.
+    """Train `model` on `train` with `recipe`, testing on `test` after every epoch (and validating
+    on `val`, where given: the history's `val_acc`).
 
     `augment(x, y) -> (x, y)` runs per batch after crop and flip (float images in [0, 1]; soft
     labels allowed); `adversary(model, x, y) -> x` replaces the batch by an adversarial one.
@@ -317,7 +319,8 @@ def train_model(
             best, best_epoch = test_acc, epoch
         record = {
             "epoch": epoch, "loss": epoch_loss, "train_acc_running": running_acc,
-            "test_acc": test_acc, "lr": lr_at(recipe, trainer.step - 1, trainer.total_steps),
+            "test_acc": test_acc, **({"val_acc": evaluate(model, val, recipe, device)} if val is not None else {}),
+            "lr": lr_at(recipe, trainer.step - 1, trainer.total_steps),
             "train_seconds": train_seconds, "seconds": time.perf_counter() - epoch_start,
         }
         history.append(record)

@@ -4,6 +4,9 @@
   `prepare_test(images)` where the defense also changes test inputs.
 - `augment(x, y)`: per batch on the device, float images in [0, 1]; may return soft labels.
 - `adversary(model, x, y) -> x`: an inner maximisation run each step (adversarial training).
+- `holdout(labels) -> rows`: rows of the training split the defender keeps out of training, in
+  their clean form, as a validation set; the runner validates on them after every epoch and
+  records the test accuracy at the epoch of best validation accuracy (early stopping).
 
 The identity at every point is the default, so a defense overrides only where it acts.
 `ComposedDefense` chains several (`jpeg+cutout` in a grid): see its docstring for the order.
@@ -18,7 +21,7 @@ from bench.config import ConfigError
 from bench.plugin import Plugin
 from bench.registry import DEFENSES, defense_parts
 
-POINTS = ("prepare", "prepare_test", "augment", "adversary")
+POINTS = ("prepare", "prepare_test", "augment", "adversary", "holdout")
 
 
 class Defense(Plugin):
@@ -40,6 +43,10 @@ class Defense(Plugin):
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
+    def holdout(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Sorted rows of the training split (whose `labels` are given) kept out as a clean validation set; None: none."""
+        return None
+
     def stages(self, point: str) -> list[Defense]:
         """The plugins that act at `point` (one of POINTS), in the order they run."""
         if point == "adversary":
@@ -54,7 +61,8 @@ class ComposedDefense(Defense):
     reduces bit depth), `prepare_test` likewise, then per batch every part's `augment` in the order
     written, then the one adversary. At most one part may be an adversary (two inner maximisations
     have no defined order), at most one may mix labels (mixup and cutmix both expect hard labels),
-    and no part may appear twice or be `none`; each of these is a ConfigError.
+    and at most one may hold out a validation split, and no part may appear twice or be `none`;
+    each of these is a ConfigError.
     """
 
     paper = ""
@@ -75,6 +83,9 @@ class ComposedDefense(Defense):
         mixers = [p.name for p in parts if p.mixes_labels]
         if len(mixers) > 1:
             raise ConfigError(f"{where}: at most one label-mixing defense per composition, got {', '.join(mixers)}")
+        holdouts = [p.name for p in parts if p.stages("holdout")]
+        if len(holdouts) > 1:
+            raise ConfigError(f"{where}: at most one validation split per composition, got {', '.join(holdouts)}")
         self.parts = list(parts)
         self.name = "+".join(names)
         self.config = {p.name: p.config for p in parts}
@@ -96,6 +107,9 @@ class ComposedDefense(Defense):
         for part in self.stages("augment"):
             x, y = part.augment(x, y)
         return x, y
+
+    def holdout(self, labels: torch.Tensor) -> torch.Tensor | None:
+        return next((part.holdout(labels) for part in self.stages("holdout")), None)
 
     def stages(self, point: str) -> list[Defense]:
         return [stage for part in self.parts for stage in part.stages(point)]

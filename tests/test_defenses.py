@@ -411,6 +411,9 @@ def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
     ("ueraser_jpeg", "jpeg_quality", [5, 101], r"defense ueraser_jpeg\.jpeg_quality: must be a range \(low, high\) "
                                               r"with 1 <= low <= high <= 100, got \(5, 101\)"),
     ("iss_jpeg", "quality", 0, r"defense iss_jpeg\.quality: must be in 1\.\.100, got 0"),
+    ("orthogonal_projection", "epochs", 0, r"defense orthogonal_projection\.epochs: must be at least 1, got 0"),
+    ("orthogonal_projection", "lr", -0.1, r"defense orthogonal_projection\.lr: must be positive, got -0\.1"),
+    ("early_stop", "val_size", 0, r"defense early_stop\.val_size: must be at least 1, got 0"),
 ])
 def test_defense_configs_are_checked_with_the_field_named(name, field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -445,3 +448,80 @@ def test_only_defenses_whose_default_changed_get_new_cell_ids():
     apbench = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"preset": "apbench"}}}, "g").cells()[0]
     assert explicit.cell_id == IDS_BEFORE["mixup"] and explicit.defense_config == {"alpha": 1.0}
     assert apbench.defense_config == {"alpha": 1.0, "per_image": True} and apbench.cell_id != IDS_BEFORE["mixup"]
+
+
+def _shortcut_set(n: int = 400, strength: float = 40.0, seed: int = 0):
+    """Mid-grey noisy images plus one fixed random pattern per class: a linearly separable shortcut."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    patterns = torch.randn(10, 3, 32, 32, generator=g)
+    patterns = patterns / patterns.flatten(1).norm(dim=1).view(10, 1, 1, 1)  # unit vectors in [0, 1] pixel units
+    noise = torch.randn(n, 3, 32, 32, generator=g) * 0.05
+    images = (0.5 + noise + strength / 255 * 55 * patterns[labels]).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return images, labels, patterns
+
+
+def test_orthogonal_projection_removes_the_class_directions_a_linear_model_finds():
+    images, labels, patterns = _shortcut_set()
+    defense = DEFENSES.create("orthogonal_projection", {"preset": "cpu"})  # 400 images: 1 step an epoch
+    weight = defense.fit_linear(images, labels)
+    x = images.flatten(1).float() / 255
+    assert ((x @ weight.T).argmax(1) == labels).float().mean() == 1.0, "the shortcut is linearly separable"
+    out = defense.prepare(images, labels)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    units = patterns.flatten(1)
+
+    def class_signal(imgs):  # how far each image's class pattern stands out from the other classes' patterns
+        proj = defense.decode(imgs).flatten(1) @ units.T
+        return (proj.gather(1, labels.view(-1, 1)).squeeze(1) - proj.mean(1)).mean().item()
+
+    before, after = class_signal(images), class_signal(out)
+    print(f"class signal before {before:.3f}, after {after:.3f}")
+    assert after < 0.1 * before, "projection must remove at least 90% of the class-wise shortcut"
+    # Test images pass untouched through the same map, to half its step (3/255 of a pixel for [-1, 2]).
+    error = defense.decode(defense.prepare_test(images)).mul(255) - images.float()
+    assert error.abs().max() <= 1.5 + 1e-3 and defense.stages("prepare_test") == [defense]
+
+
+def test_orthogonal_projection_basis_is_orthonormal_and_spans_the_weights():
+    from defenses.projection import class_directions
+
+    weight = torch.randn(10, 300, generator=torch.Generator().manual_seed(0)) + 3  # far from orthogonal
+    q = class_directions(weight)
+    assert q.shape == (300, 10) and torch.allclose(q.T @ q, torch.eye(10), atol=1e-5)
+    residual = weight - (weight @ q) @ q.T
+    assert residual.norm() < 1e-4 * weight.norm()
+
+
+def test_orthogonal_projection_is_a_function_of_the_images_whatever_the_global_seed(tiny_set):
+    defense = DEFENSES.create("orthogonal_projection", {"epochs": 2})
+    torch.manual_seed(1)
+    first = defense.prepare(tiny_set.images, tiny_set.labels)
+    torch.manual_seed(2)
+    assert torch.equal(first, defense.prepare(tiny_set.images, tiny_set.labels))
+    other = DEFENSES.create("orthogonal_projection", {"epochs": 2, "init_seed": 1}).prepare(tiny_set.images, tiny_set.labels)
+    assert not torch.equal(first, other)
+
+
+def test_early_stop_holds_out_a_class_balanced_seeded_split():
+    labels = torch.arange(300) % 10
+    defense = DEFENSES.create("early_stop", {"val_size": 50})
+    rows = defense.holdout(labels)
+    assert len(rows) == 50 and torch.equal(rows, rows.sort().values) and len(set(rows.tolist())) == 50
+    assert torch.bincount(labels[rows], minlength=10).tolist() == [5] * 10
+    assert torch.equal(rows, DEFENSES.create("early_stop", {"val_size": 50}).holdout(labels))
+    assert not torch.equal(rows, DEFENSES.create("early_stop", {"val_size": 50, "split_seed": 1}).holdout(labels))
+    assert DEFENSES.create("early_stop", {"preset": "cpu"}).config.val_size == 200
+    with pytest.raises(ConfigError, match=r"defense early_stop\.val_size: must be smaller than the training set "
+                                          r"\(300 images\), got 300"):
+        DEFENSES.create("early_stop", {"val_size": 300}).holdout(labels)
+    assert create_defense("jpeg+early_stop", {"early_stop": {"val_size": 50}}).holdout(labels).tolist() == rows.tolist()
+    assert create_defense("jpeg+cutout").holdout(labels) is None
+
+
+def test_early_stop_reports_the_test_accuracy_at_the_best_validation_epoch_never_the_best_test_epoch():
+    from bench.runner import early_stop_metrics
+
+    history = [{"epoch": 1, "val_acc": 0.2, "test_acc": 0.50}, {"epoch": 2, "val_acc": 0.4, "test_acc": 0.30},
+               {"epoch": 3, "val_acc": 0.4, "test_acc": 0.45}, {"epoch": 4, "val_acc": 0.3, "test_acc": 0.60}]
+    assert early_stop_metrics(history) == {"test_acc_early_stop": 0.30, "early_stop_epoch": 2, "val_acc_best": 0.4}

@@ -45,6 +45,19 @@ def test_tidy_has_one_row_per_finished_cell_and_metric(stored):
     assert set(df[df.attack == "ops"].budget) == {"L0 1 px"} and set(df[df.attack == "random_noise"].budget) == {"Linf 8/255"}
 
 
+def test_early_stop_accuracy_is_a_metric_of_the_cells_that_have_it_only(stored):
+    _, records, _ = stored
+    plain = [r for r in records if r.done and r.spec["defense"] == "none"]
+    stopped = [replace(r, cell_id="e" + r.cell_id[1:], spec={**r.spec, "defense": "early_stop", "defense_config": {}},
+                       metrics={**r.metrics, "test_acc_early_stop": r.metrics["test_acc_last"] - 0.01}) for r in plain]
+    df = tidy(plain + stopped)
+    early = df[df.metric == "test_acc_early_stop"]
+    assert set(early.defense) == {"early_stop"} and len(early) == len(stopped)
+    assert early.value.tolist() == pytest.approx([100 * r.metrics["test_acc_early_stop"] for r in stopped])
+    tables = summary_tables(df, "test_acc_early_stop", TableLayout(), {})
+    assert tables and all(list(t.mean.columns) == ["early_stop"] for t in tables)
+
+
 def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored):
     _, records, grid = stored
     tables = summary_tables(tidy(records), "test_acc_last", TableLayout(),
@@ -244,7 +257,7 @@ def test_every_registered_plugin_citation_resolves(kind, registry):
 @pytest.mark.parametrize("key", sorted(BIBTEX))
 def test_bibtex_entries_are_complete(key):
     entry = BIBTEX[key]
-    assert re.match(rf"@(inproceedings|article)\{{{key},", entry)
+    assert re.match(rf"@(inproceedings|article|incollection)\{{{key},", entry)
     for field in ("title", "author", "year"):
         assert re.search(rf"^\s+{field}\s*=\s*\{{.+\}},?$", entry, re.M), f"{key} has no {field}"
     assert re.search(r"^\s+(booktitle|journal)\s*=", entry, re.M), f"{key} names no venue"

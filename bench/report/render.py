@@ -19,7 +19,8 @@ from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SummaryTable, val
 
 MISSING = "–"
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
-                "train_acc": "training accuracy (%, last epoch)"}
+                "train_acc": "training accuracy (%, last epoch)",
+                "test_acc_early_stop": "clean test accuracy (%, at the epoch of best clean validation accuracy)"}
 MI_CAPTION = ("Mutual information I(Z_clean; Z_poisoned) between the trained model's penultimate features of the "
               "clean and the poisoned version of the same training images (bench.mi; nats), the mean per-class "
               "conditional covariance of poisoned features over their total covariance, and their mean intra-class "

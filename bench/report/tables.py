@@ -31,7 +31,9 @@ from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttac
                              PublishedSource)
 from bench.records import CellResult, classes_text, poisoned_label
 
-METRICS = ("test_acc_last", "test_acc_best", "train_acc")
+METRICS = ("test_acc_last", "test_acc_best", "train_acc", "test_acc_early_stop")
+# Accuracies only some cells record: test_acc_early_stop where the defense holds out a validation split (early_stop).
+OPTIONAL_METRICS = ("test_acc_early_stop",)
 ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit; "%" is a fraction in the record, as the accuracies
     "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
     "intra_class_cosine": "", "robust_acc": "%",
@@ -124,6 +126,8 @@ def tidy(records: Iterable[CellResult]) -> pd.DataFrame:
         base = {"cell_id": r.cell_id, "grid": r.grid, **labels[r.cell_id], "seed": r.spec["seed"]}
         plugins = {f"{factor}_plugin": r.spec[factor] for factor in PLUGIN_FACTORS}
         for metric in METRICS:
+            if metric in OPTIONAL_METRICS and metric not in r.metrics:
+                continue
             rows.append({**base, "metric": metric, "value": 100 * r.metrics[metric], "unit": "%", **plugins})
         for metric, value in (r.analysis or {}).items():
             if metric in ANALYSIS_METRICS:
