@@ -300,9 +300,11 @@ PAPER = "Chen et al., A Simple Framework for Contrastive Learning of Visual Repr
 @register_arch("simclr", paper=PAPER)
 def simclr(num_classes: int = 10, encoder: str = "resnet18", width: int = 0, epochs: int = 500, batch_size: int = 512,
            lr: float = 0.5, temperature: float = 0.5, probe_data: str = "clean") -> ContrastiveVictim:
-    """A SimCLR victim (APBench's settings; module docstring): `encoder` is a registered arch (its
-    `width`, 0 = that arch's default); `epochs`, `batch_size`, `lr`, `temperature` are pre-training's;
-    `probe_data` is what the linear probe trains on ("clean" as APBench, or "poisoned")."""
+    """Contrastive pre-training on the cell's images, then a linear probe on the frozen encoder.
+
+    APBench's settings (module docstring). `encoder` is a registered arch (its `width`, 0 = that
+    arch's default); `epochs`, `batch_size`, `lr`, `temperature` are pre-training's; `probe_data` is
+    what the linear probe trains on ("clean" as APBench, or "poisoned")."""
     require(encoder in ARCHS and encoder != "simclr", "simclr.encoder",
             f"must be a registered architecture other than simclr, got {encoder!r}; known: {', '.join(ARCHS.names())}")
     settings = SimCLRSettings(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, probe_data=probe_data)
