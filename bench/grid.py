@@ -7,14 +7,14 @@ defenses = ["none", "jpeg"]
 archs = ["tiny_cnn"]
 seeds = [0]
 recipe = "cpu_smoke"            # a preset, or a table: {preset = "em60", epochs = 40}
-[data]
-name = "cifar10"                # or a path to an .npz
-train_size = 5000
-[config.jpeg]                   # overrides for any attack, defense or arch of the grid
-quality = 10
 analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust)
 poison_ratio = [0.2, 1.0]       # optional: the poisoned fraction of the training set, one cell per value
 poison_classes = [3, 5]         # optional: poison only images of these classes (indices)
+[data]
+name = "cifar10"                # cifar100, svhn, a path to an .npz, or "folder:/path" with image_size
+train_size = 5000
+[config.jpeg]                   # overrides for any attack, defense or arch of the grid
+quality = 10
 ```
 
 `analysis = ["robust"]` records PGD robust test accuracy (`bench.robust`); a `[robust]` table sets
