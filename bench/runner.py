@@ -61,7 +61,8 @@ class PoisonSource:
             cached = None
         if cached is not None:
             images, meta = cached
-            poison = Poison(torch.from_numpy(images).to(self.device), meta["norm"], meta["budget"])
+            # Where the data lies: on the device, or on the host for a split too big for it (bench.data).
+            poison = Poison(torch.from_numpy(images).to(data.train.device), meta["norm"], meta["budget"])
             meta = {**{k: v for k, v in meta.items() if k != "data"}, "cached": True}  # the record has its data
         else:
             try:
@@ -221,7 +222,10 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     pretraining = None
     if hasattr(model, "pretrain"):  # a self-supervised victim (bench.contrastive): its encoder first, then the recipe probes it
         pretraining = model.pretrain(train_images, seed=cell.seed, device=device, precision=precision(cell.recipe, device))
-        trained_on = model.probe_set(clean=train, poisoned=trained_on)
+        clean = train
+        if defense.stages("prepare_test"):  # the clean probe set in the space the test images are in
+            clean = train.with_images(defense.prepare_test(train.images))
+        trained_on = model.probe_set(clean=clean, poisoned=trained_on)
     result = train_model(
         model, trained_on, data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,

@@ -184,3 +184,33 @@ def test_simclr_pretraining_on_real_images_gives_features_a_linear_probe_reads(c
         accuracy[pretrain_epochs] = train_model(model, data.train, data.test, probe, seed=0).test_acc_last
     print(f"linear probe: random encoder {accuracy[0]:.1%}, after SimCLR {accuracy[8]:.1%}")
     assert accuracy[8] >= accuracy[0] + 0.05, accuracy
+
+
+def test_the_clean_probe_set_goes_through_the_defense_test_time_stages(tiny_npz, tmp_path, monkeypatch):
+    """Under a defense that changes the test images (grayscale of both sets), the probe trains on
+    clean images in the same space, not on raw colour images it is never tested on."""
+    from bench import runner
+    from bench.data import DataSpec, load_dataset
+    from bench.executors import run_grid
+    from bench.grid import parse_grid
+    from bench.store import Store
+    from defenses.base import create_defense
+
+    seen = {}
+    original = runner.train_model
+
+    def recording(model, train, test, recipe, **kwargs):
+        seen["train"], seen["test"] = train.images.clone(), test.images.clone()
+        return original(model, train, test, recipe, **kwargs)
+
+    monkeypatch.setattr(runner, "train_model", recording)
+    grid = parse_grid({
+        "attacks": ["clean"], "defenses": ["iss_gray"], "archs": ["simclr"],
+        "recipe": {"preset": "simclr_probe", "epochs": 1}, "data": {"name": str(tiny_npz)},
+        "config": {"simclr": {**SMALL, "epochs": 1}, "iss_gray": {"both_train_test": True}},
+    }, "simclr_gray")
+    assert run_grid(grid, Store(tmp_path), torch.device("cpu"), progress=False)["failed"] == 0
+    data = load_dataset(DataSpec(name=str(tiny_npz)))
+    gray = create_defense("iss_gray", {"both_train_test": True})
+    assert torch.equal(seen["test"], gray.prepare_test(data.test.images))
+    assert torch.equal(seen["train"], gray.prepare_test(data.train.images))

@@ -385,3 +385,23 @@ def test_a_split_goes_on_the_gpu_only_where_it_takes_at_most_a_quarter_of_the_fr
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8_000, 16_000))
     assert data_mod.fits_on("cuda", 2_000) and not data_mod.fits_on("cuda", 2_001)
     assert data_mod.fits_on("cpu", 10**12)  # the host keeps any split, memory-mapped
+
+
+def test_a_cached_poison_is_served_where_a_host_held_split_lies(tiny_npz, tmp_path):
+    """A split kept on the host (too big for the device) gets its cached poison on the host too: the
+    worker's device (here `meta`, standing for a GPU) is where training runs, not where sets lie."""
+    import torch
+
+    from bench.data import DataSpec, load_dataset
+    from bench.grid import parse_grid
+    from bench.runner import PoisonSource
+    from bench.store import Store
+
+    (cell,) = parse_grid({"attacks": ["random_noise"], "defenses": ["none"], "archs": ["tiny_cnn"],
+                          "data": {"name": str(tiny_npz)}}, "g").cells()
+    data = load_dataset(DataSpec(name=str(tiny_npz)), "cpu")
+    store = Store(tmp_path)
+    made, _ = PoisonSource(store, torch.device("cpu")).get(cell, data)
+    served, meta = PoisonSource(store, torch.device("meta")).get(cell, data)
+    assert meta["cached"] and served.images.device == data.train.device
+    assert torch.equal(served.images, made.images)

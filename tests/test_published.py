@@ -235,3 +235,21 @@ def test_cli_compare_names_the_allowed_sources_on_one_line_and_writes_the_compar
     assert (store.root / "reports" / "all_published.csv").is_file()
     negative = runner.invoke(main, ["report", "--out", str(store.root), "--compare", "published", "--tolerance", "-1"])
     assert negative.exit_code != 0 and "--tolerance" in negative.output
+
+
+def test_a_metric_only_some_cells_record_compares_the_cells_that_have_it(tmp_path):
+    """`--metric test_acc_early_stop` beside published tables: cells without early_stop have no such
+    metric and are left out of the comparison, not a KeyError."""
+    from dataclasses import replace
+
+    import stored_results as sr
+    from bench.published import shipped_sources
+
+    _, records, _ = sr.build_under(tmp_path)
+    plain = [r for r in records if r.done and r.spec["defense"] == "none"]
+    stopped = [replace(r, cell_id="e" + r.cell_id[1:], spec={**r.spec, "defense": "early_stop", "defense_config": {}},
+                       metrics={**r.metrics, "test_acc_early_stop": r.metrics["test_acc_last"]}) for r in plain]
+    sources = list(shipped_sources().values())
+    assert len(compare_published(plain + stopped, sources, "test_acc_last")), "the plain cells meet a published table"
+    # Those same cells have no test_acc_early_stop, and no published table has an early-stopping column.
+    assert len(compare_published(plain + stopped, sources, "test_acc_early_stop")) == 0

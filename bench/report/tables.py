@@ -527,6 +527,8 @@ def compare_published(records: Iterable[CellResult], sources: Iterable[Published
                     spec = first.spec
                     if spec["attack"] not in row.ours or spec["defense"] not in column.ours:
                         continue
+                    if any(metric not in r.metrics for r in group):
+                        continue  # an optional metric (test_acc_early_stop) this cell did not record
                     values = pd.Series([100 * r.metrics[metric] for r in group])
                     reasons = (recipe_differences(spec, source, metric) + attack_differences(spec, first.poison or {}, row)
                                + defense_differences(spec, column))
