@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bench.config import added_field, as_dict
 from bench.data import DataSpec
-from bench.records import classes_text, poisoned_label
+from bench.records import classes_text, is_partial, poisoned_label
 from bench.registry import ATTACKS
 from bench.store import canonical_hash
 from bench.train import Recipe
@@ -73,7 +73,7 @@ class CellSpec:
     @property
     def partial(self) -> bool:
         """Whether part of the training set stays clean (`bench.data.poisoned_subset` picks the rest)."""
-        return self.poison_ratio < 1 or bool(self.poison_classes)
+        return is_partial(self.poison_ratio, self.poison_classes)
 
     @property
     def label(self) -> str:

@@ -186,11 +186,13 @@ class SimCLRViews:
                    1 + s * (2 * self.uniform(n) - 1), h * (2 * self.uniform(n) - 1))
         order = self.uniform(n, COLOR_OPS).argsort(1)  # a uniform random permutation per image
         applies = self.uniform(n) < self.settings.jitter_p
+        x = x.clone()
         for position in range(COLOR_OPS):
             for op, function in enumerate(COLOR_FUNCTIONS):
-                chosen = applies & (order[:, position] == op)
-                if chosen.any():
-                    x = torch.where(chosen.view(-1, 1, 1, 1), function(x, factors[op]), x)
+                # Each image goes through each change once: only the images whose turn it is are computed.
+                rows = (applies & (order[:, position] == op)).nonzero().squeeze(1)
+                if len(rows):
+                    x[rows] = function(x[rows], factors[op][rows])
         return x
 
 

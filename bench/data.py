@@ -384,7 +384,6 @@ TORCHVISION_SETS = {
         "SVHN", "BENCH_SVHN", ("train_32x32.mat", "test_32x32.mat"), _read_svhn,
         _torchvision_download("SVHN", train={"split": "train"}, test={"split": "test"})),
 }
-NPZ_ENV = {name: s.env for name, s in TORCHVISION_SETS.items()}
 
 
 def _load_torchvision(name: str):

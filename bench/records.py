@@ -19,6 +19,11 @@ STATUSES = ("done", "failed")
 METRIC_KEYS = ("test_acc_last", "test_acc_best", "best_epoch", "train_acc")
 
 
+def is_partial(ratio: float, classes) -> bool:
+    """Whether a poisoning leaves part of the training set clean (a ratio below 1, or some classes only)."""
+    return ratio < 1 or bool(classes)
+
+
 def poisoned_label(ratio: float, classes: str = "") -> str:
     """What a poisoning perturbs, in words: '20%', '100% of classes 3, 5'; `classes` as text ('' = every class)."""
     which = f" of class{'es' if ',' in classes else ''} {classes}" if classes else ""

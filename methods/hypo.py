@@ -9,31 +9,26 @@ from bench.config import require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
-from methods.base import Attack, Poison, SurrogateConfig, apply_delta
+from methods.base import Attack, Poison, apply_delta
 from methods.bilevel import Checkpoint, DeltaStore, batches, cross_entropy, frozen, signed_steps, to_unit
-from methods.clean_surrogate import clean_surrogate
+from methods.clean_surrogate import CleanSurrogateConfig, clean_surrogate
 from methods.tap import clean_recipe
 
 
 @dataclass(frozen=True)
-class HYPOConfig(SurrogateConfig):
+class HYPOConfig(CleanSurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     step_size: float = 0.8 / 255  # signed-gradient descent step (APBench's --step_size default)
     steps: int = 100  # descent steps per image (APBench: range(100))
     batch_size: int = 512  # images per step; each image's steps are its own (model in eval mode)
-    # The clean model: TAP's surrogate and recipe, so that a grid with tap and hypo trains it once.
-    surrogate_epochs: int = 40
-    surrogate_lr: float = 0.1
-    surrogate_batch_size: int = 128
-    bf16: bool = False  # fp32, as APBench's code and as TAP's surrogate (the shared model)
+    # The clean model: CleanSurrogateConfig's defaults are TAP's, so a grid with tap and hypo trains it once.
 
     def __post_init__(self):
         super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(self.step_size > 0, "step_size", f"must be positive, got {self.step_size}")
-        for field in ("steps", "batch_size", "surrogate_epochs", "surrogate_batch_size"):
+        for field in ("steps", "batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
-        require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
 
 
 @register_attack("hypo")

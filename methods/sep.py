@@ -11,13 +11,13 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import Recipe
-from methods.base import Attack, Poison, SurrogateConfig, apply_delta
+from methods.base import Attack, Poison, apply_delta
 from methods.bilevel import Checkpoint, DeltaStore, batches, make_surrogate, to_unit
-from methods.clean_surrogate import clean_surrogate
+from methods.clean_surrogate import CleanSurrogateConfig, clean_surrogate
 
 
 @dataclass(frozen=True)
-class SEPConfig(SurrogateConfig):
+class SEPConfig(CleanSurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     step_size: float = 1 / 255  # signed step on the image (official --alpha 1, in 1/255 units)
     steps: int = 30  # outer steps per image (official --epoch 30)
@@ -28,19 +28,15 @@ class SEPConfig(SurrogateConfig):
     # The protecting model's clean training (vanilla.py): SGD 0.1, momentum 0.9, wd 5e-4, batch 128,
     # crop + flip, lr x0.1 at epochs 75 and 90 of 120.
     surrogate_epochs: int = 120
-    surrogate_lr: float = 0.1
-    surrogate_batch_size: int = 128
-    bf16: bool = False  # fp32, as the official code
 
     def __post_init__(self):
         super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(self.step_size > 0, "step_size", f"must be positive, got {self.step_size}")
-        for field in ("steps", "models", "vr_steps", "batch_size", "surrogate_epochs", "surrogate_batch_size"):
+        for field in ("steps", "models", "vr_steps", "batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.models <= self.surrogate_epochs, "models",
                 f"must be at most surrogate_epochs ({self.surrogate_epochs}): one checkpoint per epoch at most, got {self.models}")
-        require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
 
 
 def ensemble_epochs(epochs: int, models: int) -> tuple[int, ...]:
@@ -175,9 +171,10 @@ class SelfEnsembleProtection(Attack):
                 delta = step(delta, mean)
                 continue
             inner, total = delta, torch.zeros_like(x)
+            corrections = [mean - grad for grad in grads]  # SVRE's control variates, once per outer step
             for _ in range(c.vr_steps):
                 k = int(torch.randint(len(members), (1,), generator=g, device=g.device).item())
-                total = total + alignment_gradient(members[k], x, inner, targets[k]) - grads[k] + mean
+                total = total + alignment_gradient(members[k], x, inner, targets[k]) + corrections[k]
                 inner = step(inner, total)
             delta = step(delta, total)
         return delta

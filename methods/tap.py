@@ -11,13 +11,13 @@ from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
 from bench.train import Recipe
-from methods.base import Attack, Poison, SurrogateConfig, apply_delta
+from methods.base import Attack, Poison, apply_delta
 from methods.bilevel import Checkpoint, DeltaStore, batches, signed_steps, to_unit
-from methods.clean_surrogate import clean_surrogate
+from methods.clean_surrogate import CleanSurrogateConfig, clean_surrogate
 
 
 @dataclass(frozen=True)
-class TAPConfig(SurrogateConfig):
+class TAPConfig(CleanSurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
     step_fraction: float = 0.05  # PGD step as a fraction of eps (official tau 0.05: 0.4/255)
     steps: int = 250  # signed PGD steps per image
@@ -25,21 +25,14 @@ class TAPConfig(SurrogateConfig):
     batch_size: int = 512  # poisons per PGD batch
     shift: int = 4  # differentiable augmentation: random translation up to this many pixels
     augment: bool = True  # differentiable shift + flip during the attack (official default)
-    surrogate_epochs: int = 40  # clean training of the surrogate (official: 40)
-    surrogate_lr: float = 0.1
-    surrogate_batch_size: int = 128
-    # fp32 by default, as the official code: a bf16 surrogate made TAP weaker by more than the seed
-    # spread (35.9 ± 0.8% against 34.8 ± 0.6% clean test accuracy, 3 seeds; docs/attacks.md).
-    bf16: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         require(0 < self.step_fraction <= 1, "step_fraction", f"must be in (0, 1], got {self.step_fraction}")
-        for field in ("steps", "restarts", "batch_size", "surrogate_epochs", "surrogate_batch_size"):
+        for field in ("steps", "restarts", "batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
         require(self.shift >= 0, "shift", f"must be >= 0, got {self.shift}")
-        require(self.surrogate_lr > 0, "surrogate_lr", f"must be positive, got {self.surrogate_lr}")
 
 
 def clean_recipe(c) -> Recipe:

@@ -33,7 +33,7 @@ def data_root(tmp_path, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     monkeypatch.setenv("BENCH_DATA_ROOT", str(root))
-    for env in data_mod.NPZ_ENV.values():
+    for env in (s.env for s in data_mod.TORCHVISION_SETS.values()):
         monkeypatch.delenv(env, raising=False)
 
     def offline(*args, **kwargs):
@@ -121,7 +121,7 @@ def test_svhn_is_read_from_its_mat_files_with_10_as_the_digit_0(data_root):
 
 @pytest.mark.parametrize("name", ["cifar100", "svhn"])
 def test_an_offline_npz_named_by_its_variable_comes_first(data_root, tiny_npz, monkeypatch, name):
-    monkeypatch.setenv(data_mod.NPZ_ENV[name], str(tiny_npz))
+    monkeypatch.setenv(data_mod.TORCHVISION_SETS[name].env, str(tiny_npz))
     ds = load_dataset(DataSpec(name=name))
     assert np.array_equal(ds.train.images.numpy(), np.load(tiny_npz)["x_train"].transpose(0, 3, 1, 2))
 

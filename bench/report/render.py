@@ -198,12 +198,7 @@ def analysis_table(cells: pd.DataFrame) -> pd.DataFrame:
     columns = {metric: spec for metric, spec in columns.items() if cells[metric].notna().any()}
     # Rows name the attack and arch, and each other factor that varies (the smoke grid's defenses).
     varying = [f for f in ("defense", "dataset", "recipe") if cells[f].nunique() > 1]
-    labels = [" / ".join([attack_label(row.attack, row.budget), row.arch, *(str(getattr(row, f)) for f in varying)])
-              for row in cells.itertuples()]
-    if cells.groupby(["poison_ratio", "poison_classes"]).ngroups > 1:  # partial poisoning: say how much
-        varying.append("poisoned")
-        labels = [f"{label} / {poisoned_label(row.poison_ratio, row.poison_classes)}"
-                  for label, row in zip(labels, cells.itertuples())]
+    labels, varying = row_labels(cells, ["arch"], varying)
     if "mi_setup" in cells and cells.mi_setup.nunique() > 1:  # records measured differently: say which is which
         numbers = {setup: i + 1 for i, setup in enumerate(dict.fromkeys(cells.mi_setup))}
         labels = [f"{label} / setup {numbers[setup]}" for label, setup in zip(labels, cells.mi_setup)]
@@ -257,18 +252,29 @@ def robust_setup_text(setup: str) -> str:
             f"{value_text(s['robust_step_size'])} {start}, {s['robust_precision']}, on {value_text(s['robust_images'])} test images")
 
 
+def row_labels(cells: pd.DataFrame, shown: list[str], varying: list[str]) -> tuple[list[str], list[str]]:
+    """Each row's label, 'attack (budget) / <shown> / <varying>', and the factors named after the
+    attack; where the cells poison different parts of their sets, how much each poisons ('20%')."""
+    factors = [*shown, *varying]
+    labels = [" / ".join([attack_label(row.attack, row.budget), *(str(getattr(row, f)) for f in factors)])
+              for row in cells.itertuples()]
+    if cells.groupby(["poison_ratio", "poison_classes"]).ngroups > 1:  # partial poisoning: say how much
+        factors.append("poisoned")
+        labels = [f"{label} / {poisoned_label(row.poison_ratio, row.poison_classes)}"
+                  for label, row in zip(labels, cells.itertuples())]
+    return labels, factors[len(shown):]
+
+
 def robust_table(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Clean and robust test accuracy per attack (rows) and defense (two columns each) of `tables.robust_cells`,
     as text; and the setups in words, numbered in the column labels where there are several."""
     setups = list(dict.fromkeys(cells.robust_setup))
-    varying = [f for f in ("arch", "dataset", "recipe", "poison_ratio", "poison_classes")
-               if f in cells and cells[f].nunique() > 1]
+    labels, varying = row_labels(cells, [], [f for f in ("arch", "dataset", "recipe") if cells[f].nunique() > 1])
     clean = mean_std(cells.test_acc_last, cells.test_acc_last_std)
     robust = mean_std(cells.robust_acc, cells.robust_acc_std)
     rows: dict[str, dict[str, str]] = {}
     columns: dict[str, None] = {}
-    for row, clean_text, robust_text in zip(cells.itertuples(), clean, robust):
-        label = " / ".join([attack_label(row.attack, row.budget), *(str(getattr(row, f)) for f in varying)])
+    for label, row, clean_text, robust_text in zip(labels, cells.itertuples(), clean, robust):
         head = row.defense + (f" (setup {setups.index(row.robust_setup) + 1})" if len(setups) > 1 else "")
         for column, text in ((f"{head} clean (%)", clean_text), (f"{head} robust (%)", robust_text)):
             rows.setdefault(label, {})[column] = text

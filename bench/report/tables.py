@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttack, PublishedDefense,
                              PublishedSource)
-from bench.records import CellResult, classes_text, poisoned_label
+from bench.records import CellResult, classes_text, is_partial, poisoned_label
 
 METRICS = ("test_acc_last", "test_acc_best", "train_acc", "test_acc_early_stop")
 # Accuracies only some cells record: test_acc_early_stop where the defense holds out a validation split (early_stop).
@@ -478,8 +478,9 @@ def attack_differences(spec: dict, poison: dict, row: PublishedAttack) -> list[s
             reasons.append(f"budget {ours} vs none")
     elif row.budget.norm != norm or row.budget.eps is None or not same(eps, row.budget.eps):
         reasons.append(f"budget {ours} vs {row.budget.text}")
-    if spec.get("poison_ratio", 1.0) < 1 or spec.get("poison_classes"):  # sources poison the whole set
-        share = poisoned_label(spec.get("poison_ratio", 1.0), classes_text(spec.get("poison_classes", [])))
+    ratio, classes = spec.get("poison_ratio", 1.0), spec.get("poison_classes", [])
+    if is_partial(ratio, classes):  # sources poison the whole set
+        share = poisoned_label(ratio, classes_text(classes))
         reasons.append(f"poisoned {share} vs 100%")
     reasons += _config_differences(spec["attack"], spec.get("attack_config", {}), row.config)
     return reasons + ([row.differs] if row.differs else [])
