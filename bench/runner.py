@@ -102,8 +102,8 @@ class PreparedSets:
 
     Keyed by the poison key (and, for a partial cell, the hash of the images it poisons) and the
     (name, config) of every stage that acts on the set, in order, so `jpeg`, `jpeg+cutout` and
-    `jpeg+at` share one compressed set; where the defense holds out a validation split (`held_out`,
-    its rows), those rows leave the set before any stage sees it, and the key names the holdout stage
+    `jpeg+at` share one compressed set; where the defense holds out a validation split (`kept`
+    marks the rows left), the held-out rows leave the set before any stage sees it, and the key names the holdout stage
     too (keys without one are unchanged). Training sets are kept in
     memory for the current poison and on disk beside the poisons (same hash-checked cache); test
     sets, which do not depend on the poison, in memory.
@@ -116,20 +116,19 @@ class PreparedSets:
         self._poison_key: str | None = None
 
     def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset,
-            poisoned: dict | None = None, held_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            poisoned: dict | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`poison` is the training set the cell trains on; `poisoned` what `training_set` says of it,
-        where it is partial; `held_out` the rows a defense keeps out for validation."""
+        where it is partial; `kept` the mask of the rows left to train on where a defense holds some out."""
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
             self._poison_key = cell.poison_key
         images, labels = poison.images, data.train.labels
-        if held_out is not None:
-            kept = kept_rows(held_out, len(labels))
+        if kept is not None:
             images, labels = images[kept], labels[kept]
         train_stages = defense.stages("prepare")
         # A partial cell's set is another set: its key adds the poisoned images (a full one's is unchanged).
         selection = {"poisoned": poisoned["indices_sha256"]} if poisoned else {}
-        holdout = {"holdout": _signature(defense.stages("holdout"))} if held_out is not None else {}
+        holdout = {"holdout": _signature(defense.stages("holdout"))} if kept is not None else {}
         key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **selection,
                                             **holdout})
         if not train_stages:
@@ -209,10 +208,11 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     start = time.perf_counter()
     poison, poisoned = training_set(cell, data, poison)
     held_out = defense.holdout(data.train.labels)
-    train, val = data.train, None
+    train, val, kept = data.train, None, None
     if held_out is not None:  # the defender's clean validation images, never trained on in either form
-        train, val = data.train.take(kept_rows(held_out, len(train))), data.train.take(held_out)
-    train_images, test_images = prepared.get(cell, defense, poison, data, poisoned, held_out)
+        kept = kept_rows(held_out, len(train))
+        train, val = data.train.take(kept), data.train.take(held_out)
+    train_images, test_images = prepared.get(cell, defense, poison, data, poisoned, kept)
     if val is not None and defense.stages("prepare_test"):
         val = val.with_images(defense.prepare_test(val.images))  # validated as the test set is tested
     defense_seconds = time.perf_counter() - start
