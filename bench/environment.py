@@ -14,7 +14,7 @@ import torch
 
 import bench
 from bench.config import ConfigError
-from bench.train import cpu_has_avx512_bf16, cpu_has_bf16_matmul
+from bench.train import cpu_has_amx, cpu_has_avx512_bf16
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -62,7 +62,7 @@ def cpu_name() -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    native = [name for name, has in (("AMX", cpu_has_bf16_matmul), ("AVX512_BF16", cpu_has_avx512_bf16)) if has()]
+    native = [name for name, has in (("AMX", cpu_has_amx), ("AVX512_BF16", cpu_has_avx512_bf16)) if has()]
     return f"{model or 'cpu'}, {torch.get_num_threads()} threads" + (f", {' '.join(native)}" if native else "")
 
 

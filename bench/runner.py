@@ -89,7 +89,8 @@ class PoisonSource:
         poison = attack(data.train, ctx)
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
-                "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint}
+                "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint,
+                "effort": attack.effort(len(data.train.images))}
         if cell.cacheable:
             # The cache entry names its data spec too, so `bench poison export` can find the clean images.
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": as_dict(cell.data)})

@@ -5,9 +5,9 @@ is a permutation of it, and random crop and flip are a gather over the whole bat
 PIL and no per-image Python. A set too large for the device stays on the host (a folder
 dataset's memory-mapped cache: `bench.data.fits_on`), and each batch is gathered there and moved
 to the device (`.to(device, non_blocking=True)`): the same code and the same random draws. On CUDA the loop uses bf16 autocast, channels_last and the fused SGD
-step. On the CPU it is the same code, in bf16 autocast where the CPU multiplies bf16 in hardware
-(Intel AMX: 1.5x for tiny_cnn on this project's machine) and in fp32 elsewhere; every record says
-which (`precision`), and `recipe.bf16 = false` asks for fp32 everywhere.
+step. On the CPU it is the same code, in bf16 autocast where the CPU computes bf16 natively (AMX or
+AVX512_BF16: `cpu_computes_bf16`) and in fp32 elsewhere; every record says which (`precision`),
+and `recipe.bf16 = false` asks for fp32 everywhere.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Recipe:
     crop_padding: int = 4  # random crop after zero padding by this many pixels; 0 = no crop
     flip: bool = True  # random horizontal flip
     eval_batch_size: int = 1024
-    bf16: bool = True  # bf16 autocast on CUDA and on CPUs with AMX (see `precision`); fp32 otherwise
+    bf16: bool = True  # bf16 autocast on CUDA and on CPUs with AMX or AVX512_BF16 (see `precision`); fp32 otherwise
     channels_last: bool = True  # memory format; faster for conv nets on CUDA and on the CPU (1.3x for tiny_cnn here)
 
     def __post_init__(self):
@@ -154,17 +154,24 @@ def _cpu_has(probe: str) -> bool:
         return False
 
 
-@functools.cache
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 in AMX tiles, the hardware the precision rule asks for.
-    (AVX512_BF16 alone also computes bf16 natively, 1.6-4x faster than fp32 on this project's EPYC;
-    the rule leaves it in fp32: docs/attacks.md, "bf16 surrogates, measured".)"""
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 in AMX tiles (Intel Sapphire Rapids and later)."""
     return _cpu_has("_is_amx_tile_supported")
 
 
 def cpu_has_avx512_bf16() -> bool:
-    """Whether this CPU has AVX512_BF16 dot products: named in provenance, not used by the rule."""
+    """Whether this CPU has AVX512_BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake and later)."""
     return _cpu_has("_is_avx512_bf16_supported")
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively, the hardware the precision rule asks for: AMX tiles or
+    AVX512_BF16 dot products. Measured on this project's 2-core CPUs: a tiny_cnn (width 16) training
+    step 2.7x faster in bf16 than in fp32 on an AMD EPYC with AVX512_BF16 and no AMX, 2.3x (width 32)
+    on a Xeon with AMX (docs/performance.md). Without either, oneDNN emulates bf16 and it is slower
+    than fp32, so the rule runs fp32 there."""
+    return cpu_has_amx() or cpu_has_avx512_bf16()
 
 
 def precision_for(wanted_bf16: bool, device: torch.device) -> str:
@@ -174,7 +181,7 @@ def precision_for(wanted_bf16: bool, device: torch.device) -> str:
     the adversary of adversarial training, and the surrogates of the model-based attacks (their
     configs' `bf16`).
     """
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul())
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_computes_bf16())
     return "bf16" if wanted_bf16 and native else "fp32"
 
 

@@ -16,6 +16,8 @@ from bench.train import autocast_to, precision_for
 
 Norm = Literal["linf", "l2", "l0"]
 NORMS = ("linf", "l2", "l0")
+# The training-set size the official settings are counted on (CIFAR-10's), for `Attack.effort`.
+OFFICIAL_TRAIN_SIZE = 50_000
 
 
 class BudgetError(ValueError):
@@ -132,8 +134,30 @@ class Attack(Plugin):
     # ratio is the clean cell itself, so a grid's ratios do not multiply it.
     perturbs: ClassVar[bool] = True
 
+    # True where a stop rule, not the config, decides how many rounds run (EM): `effort` then
+    # counts one round, since the official settings' round count on the same data is not known.
+    effort_per_round: ClassVar[bool] = False
+
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError
+
+    def gradient_evaluations(self, n_images: int) -> float | None:
+        """Forward-and-backward passes of a model per training image that `generate` makes on a set of
+        `n_images` (surrogate training and noise steps alike; one round where `effort_per_round`);
+        None for an attack that runs no model. A cached clean surrogate (TAP, HYPO, SEP) is counted
+        as if it were trained: the count is of the method, not of this run's cache."""
+        return None
+
+    def effort(self, n_images: int) -> dict | None:
+        """`gradient_evaluations` on `n_images` beside the official settings' (the config's defaults)
+        on CIFAR-10's 50,000 training images, and our share of them; None for a model-free attack.
+        Stored with every poison (`record.poison.effort`) for the report's effort figure."""
+        ours = self.gradient_evaluations(n_images)
+        if ours is None:
+            return None
+        official = type(self)(self.Config()).gradient_evaluations(OFFICIAL_TRAIN_SIZE)
+        return {"gradient_evaluations": ours, "official_gradient_evaluations": official,
+                "official_share": ours / official, "per": "round" if self.effort_per_round else "poison"}
 
     def input_fingerprint(self) -> str | None:
         """What the files this attack reads besides the dataset hold (external's poison file), so that
@@ -149,7 +173,7 @@ class Attack(Plugin):
     def __call__(self, data: ImageSet, ctx: RunContext) -> Poison:
         torch.manual_seed(ctx.seed)
         # Every surrogate forward and backward of `generate` runs under this autocast, as victim
-        # training does: 3-5x faster per step on this project's AMX CPU, and bf16 on CUDA. It has no
+        # training does: 3-5x faster per step on this project's bf16-native CPUs, and bf16 on CUDA. It has no
         # weight cache (see `autocast_to`): a plugin must not open its own cached autocast inside.
         with autocast_to(self.precision(ctx.device), ctx.device):
             poison = self.generate(data, ctx)

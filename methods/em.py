@@ -95,6 +95,13 @@ class _SurrogateLoop:
             ctx.log(f"{self.name} round {round_ + 1}: surrogate accuracy on the poisoned {where} {acc:.2%}")
         bar.close()
 
+    effort_per_round = True  # the stop rule decides the rounds
+
+    def surrogate_passes(self, n_images: int) -> float:
+        """Surrogate training passes per training image in one round (`train_steps` batches)."""
+        c = self.config
+        return c.train_steps * min(c.batch_size, n_images) / n_images
+
     def train_round(self, model, opt, images, labels, deltas, cursor: int) -> int:
         """`train_steps` steps over the data in order, as the official persistent loader; returns the cursor."""
         c = self.config
@@ -149,6 +156,9 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
 
         self.min_min(data, ctx, deltas, update_noise, lambda model: poisoned_accuracy(model, images, labels, deltas), "data")
         return publish(images, deltas.all(), c)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        return self.surrogate_passes(n_images) + self.config.steps
 
 
 @dataclass(frozen=True)
@@ -230,3 +240,7 @@ class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
 
         self.min_min(data, ctx, noise, update_noise, accuracy, "subset")
         return publish(images, noise.q[labels], c)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        # The noise steps run on the stratified subset only (about subset_fraction of the images).
+        return self.surrogate_passes(n_images) + self.config.steps * self.config.subset_fraction

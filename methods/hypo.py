@@ -81,3 +81,6 @@ class HypocriticalPerturbations(Attack):
                 checkpoint.save({"delta": delta.q, "batch": b + 1})
         bar.close()
         return Poison(apply_delta(images, delta.all(), "linf", c.eps), "linf", c.eps)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        return self.config.surrogate_epochs + self.config.steps

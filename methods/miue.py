@@ -132,3 +132,6 @@ class MutualInformationUE(Attack):
             ctx.log(f"miue epoch {e}/{c.epochs}: surrogate CE on poisoned data {train_loss / len(images):.3f}, step {alpha * 255:.3f}/255")
         bar.close()
         return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        return self.config.epochs * (1 + self.config.steps)  # each round: one surrogate epoch, then the noise steps

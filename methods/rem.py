@@ -155,3 +155,9 @@ class RobustErrorMinimizing(Attack):
             for idx in batches(len(images), c.batch_size, device):
                 deltas[idx] = self.defensive_noise(model, to_unit(images[idx]), labels[idx], g)
         return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        c = self.config
+        noise = c.steps * c.samples * (c.adv_steps + 1)  # per image and noise update: the adversary, then the loss
+        step = noise + c.adv_steps + 1  # a surrogate step: the batch's noise, its adversary, the training pass
+        return c.train_steps * min(c.batch_size, n_images) / n_images * step + noise  # then the noise of the whole set, once

@@ -154,6 +154,12 @@ class SelfEnsembleProtection(Attack):
         bar.close()
         return Poison(apply_delta(images, delta.all(), "linf", c.eps), "linf", c.eps)
 
+    def gradient_evaluations(self, n_images: int) -> float:
+        c = self.config
+        # Each outer step: every member's gradient, then (SEP-FA-VR) one member's per inner step.
+        per_step = c.models + (c.vr_steps if c.variance_reduction else 0)
+        return c.surrogate_epochs + c.steps * per_step
+
     def align(self, members: list[nn.Module], targets: list[torch.Tensor], x: torch.Tensor,
               g: torch.Generator) -> torch.Tensor:
         """The perturbation of one batch `x`: `steps` outer steps, each with its inner loop where on."""

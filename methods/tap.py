@@ -139,3 +139,7 @@ class TargetedAdversarialPoisoning(Attack):
             trial, next_batch, trial_loss = trial + 1, 0, 0.0
         bar.close()
         return Poison(apply_delta(images, best.all(), "linf", c.eps), "linf", c.eps)
+
+    def gradient_evaluations(self, n_images: int) -> float:
+        c = self.config
+        return c.surrogate_epochs + c.restarts * c.steps  # the clean surrogate, then PGD from every start

@@ -192,7 +192,7 @@ def test_surrogate_attacks_generate_in_bf16_where_the_device_has_it(name, native
     others, and any attack with `bf16 = false`, stay in fp32 (model-free attacks must not lose precision)."""
     import bench.train
 
-    monkeypatch.setattr(bench.train, "cpu_has_bf16_matmul", lambda: native)
+    monkeypatch.setattr(bench.train, "cpu_computes_bf16", lambda: native)
     attack = ATTACKS.create(name, attack_overrides(name, tmp_path, tiny_set))
     seen = []
     generate = attack.generate
@@ -316,3 +316,40 @@ def test_a_field_added_at_its_default_leaves_ids_as_they_were():
     assert "official_loader" not in as_dict(ATTACKS.config("em"))
     assert as_dict(ATTACKS.config("em", {"official_loader": True}))["official_loader"] is True
     assert ATTACKS.config("em", as_dict(ATTACKS.config("em"))) == ATTACKS.config("em")
+
+
+# One round for the attacks whose stop rule decides the rounds (their effort counts one round);
+# em_classwise on every image, where its count is exact (on a subset it is about subset_fraction).
+ONE_ROUND = {"em": {"max_rounds": 1, "stop_accuracy": 1.0},
+             "em_classwise": {"max_rounds": 1, "stop_accuracy": 1.0, "subset_fraction": 1.0}}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_effort_counts_the_model_passes_that_generate_makes(name, tiny_set, tmp_path, monkeypatch):
+    """`gradient_evaluations` is what generation does: every forward pass with gradients through any
+    model the attack builds (its stem convolution sees each image once per pass), per training image."""
+    from torch import nn
+
+    from bench.registry import ARCHS
+
+    attack = ATTACKS.create(name, {**attack_overrides(name, tmp_path, tiny_set), **ONE_ROUND.get(name, {})})
+    passes = []
+    create = ARCHS.create
+
+    def counting(*args, **kwargs):
+        model = create(*args, **kwargs)
+        stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        stem.register_forward_hook(lambda m, inputs, out: passes.append(len(inputs[0])) if torch.is_grad_enabled() else None)
+        return model
+
+    monkeypatch.setattr(ARCHS, "create", counting)
+    attack(tiny_set, RunContext(seed=0))
+    effort = attack.effort(len(tiny_set.images))
+    if effort is None:
+        assert passes == []
+        return
+    assert sum(passes) / len(tiny_set.images) == pytest.approx(effort["gradient_evaluations"])
+    assert effort["per"] == ("round" if name in ONE_ROUND else "poison")
+    official = ATTACKS.create(name, {}).effort(50_000)
+    assert official["official_share"] == pytest.approx(1.0)
+    assert effort["official_share"] == pytest.approx(effort["gradient_evaluations"] / official["gradient_evaluations"])

@@ -120,7 +120,7 @@ def test_the_adversary_of_a_defense_runs_in_the_training_steps_precision(name, b
     import bench.train
     from defenses.base import create_defense
 
-    monkeypatch.setattr(bench.train, "cpu_has_bf16_matmul", lambda: True)
+    monkeypatch.setattr(bench.train, "cpu_computes_bf16", lambda: True)
     model = ARCHS.create("tiny_cnn", num_classes=2, width=8)
     states = {"train": set(), "eval": set()}
     model.register_forward_pre_hook(

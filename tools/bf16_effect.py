@@ -4,8 +4,8 @@ For each model-based attack at the smoke grid's CPU settings, generate the poiso
 CIFAR-10 training images with the surrogate in bf16 autocast and in fp32, for three seeds, and
 train the same fp32 victim (tiny_cnn, width 16, `cpu_smoke` for 8 epochs, the smoke grid's) on
 each; print one JSON line per run and a table of mean and spread. bf16 is forced for the generation
-even where the precision rule (`bench.train.precision_for`: AMX only) would run fp32, so run it on
-a CPU that computes bf16 natively (AVX512_BF16 or AMX); each line names the CPU.
+even where the precision rule (`bench.train.precision_for`) would run fp32, so run it on a CPU that
+computes bf16 natively (AVX512_BF16 or AMX); each line names the CPU.
 
     PYTHONPATH=. python tools/bf16_effect.py [--attacks em,tap,miue,rem] [--seeds 0,1,2] > runs.jsonl
 """
@@ -41,7 +41,7 @@ def run(attack: str, seed: int, bf16: bool, data, victim_recipe) -> dict:
     start = time.perf_counter()
     # bf16 where the config asks for it, whatever the precision rule says of this CPU; the victim
     # below trains in fp32 either way, so only the surrogate differs.
-    with mock.patch.object(bench.train, "cpu_has_bf16_matmul", lambda: True):
+    with mock.patch.object(bench.train, "cpu_computes_bf16", lambda: True):
         made = ATTACKS.create(attack, {**SETTINGS[attack], "bf16": bf16})
         precision = made.precision(torch.device("cpu"))
         poison = made(data.train, RunContext(seed=seed))
