@@ -15,8 +15,8 @@ from bench.citations import BIBTEX, Citation, citation, plugin_citation
 from bench.cli import main
 from bench.config import ConfigError
 from bench.registry import ATTACKS, DEFENSES
-from bench.report import (TableLayout, caption, cell_text, index_labels, parse_formats, summary_tables, tidy,
-                          write_report)
+from bench.report import (TableLayout, caption, cell_text, index_labels, parse_formats, ranking_caption,
+                          ranking_section, ranking_table, summary_tables, tidy, to_latex, write_report)
 from bench.report.render import factor_label
 
 
@@ -58,7 +58,7 @@ def test_early_stop_accuracy_is_a_metric_of_the_cells_that_have_it_only(stored):
     assert tables and all(list(t.mean.columns) == ["early_stop"] for t in tables)
 
 
-def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored):
+def test_cells_are_mean_and_std_over_seeds_with_the_significantly_lowest_attack_in_bold(stored):
     _, records, grid = stored
     tables = summary_tables(tidy(records), "test_acc_last", TableLayout(),
                             {"attack": grid.attacks, "defense": grid.defenses, "arch": grid.archs})
@@ -68,13 +68,15 @@ def test_cells_are_mean_and_std_over_seeds_with_the_lowest_attack_in_bold(stored
     assert list(table.mean.index) == [("clean", ""), ("random_noise", "Linf 8/255"), ("ops", "L0 1 px")]
     assert index_labels(table.mean.index) == ["clean", "random_noise (Linf 8/255)", "ops (L0 1 px)"]
     assert list(table.mean.columns) == ["none", "jpeg"]
-    text = cell_text(table, "**{}**")
+    text = cell_text(table, "**{}**", "{}†")
     a, b = sr.accuracy("ops", "none", "resnet18", 0), sr.accuracy("ops", "none", "resnet18", 1)
+    # 50 points apart, std sqrt(2) each over two seeds: Welch's one-sided p is far below 0.05.
     assert text.at[("ops", "L0 1 px"), "none"] == f"**{(a + b) / 2:.2f} ± {sr.sample_std(a, b):.2f}**"
     # Under jpeg the clean baseline has the lowest accuracy, yet random_noise (the lowest attack) is bold.
     assert not text.at[("clean", ""), "jpeg"].startswith("**")
     assert text.at[("random_noise", "Linf 8/255"), "jpeg"].startswith("**")
-    assert table.best().to_numpy().sum() == 2
+    marks = table.marks()
+    assert (marks == "best").to_numpy().sum() == 2 and not (marks == "tied").to_numpy().any()
 
 
 def test_any_pivot_the_user_names(stored):
@@ -106,7 +108,9 @@ def test_caption_states_recipe_budgets_and_seeds(stored, tmp_path):
     assert "clean test accuracy (%, last epoch)".capitalize() in caption and "arch resnet18" in caption
     assert "cpu_smoke*: 3 epochs of SGD (lr 0.05, momentum 0.9, weight decay 0.0005, batch 128, cosine schedule)" in caption
     assert "budgets: random_noise Linf 8/255, ops L0 1 px" in caption
-    assert "mean ± std over 2 seeds" in caption and "bold (clean baseline aside)" in caption
+    assert "mean ± std over 2 seeds;" in caption and "(n=" not in caption
+    assert ("bold: lowest (clean baseline aside), and below every other attack by Welch's one-sided t-test at 0.05; "
+            "†: not significantly above the lowest." in caption)
 
 
 def tidy_rows(cells, metric="test_acc_last"):
@@ -147,10 +151,134 @@ def test_tables_grouped_by_attack_follow_the_grid_order():
     assert [factor_label("attack", t.group["attack"]) for t in tables] == ["ops (L0 1 px)", "em (Linf 8/255)"]
 
 
+# --- significance: marks and ranks -----------------------------------------------------------------
+def seeded(values: dict) -> pd.DataFrame:
+    """A tidy frame of {(attack, defense): [a value per seed]}, budgets empty, everything else fixed."""
+    return tidy_rows([(attack, "", "a", defense, seed, value) for (attack, defense), seeds in values.items()
+                      for seed, value in enumerate(seeds)])
+
+
+def marked(values: dict):
+    """The one summary table of `values`, and its cells as the Markdown shows them."""
+    (table,) = summary_tables(seeded(values), orders={"attack": ["clean", "em", "tap", "rem"]})
+    return table, cell_text(table, "**{}**", "{}†")
+
+
+def spread(mean: float, std: float) -> list[float]:
+    """Three seeds whose mean and sample std are `mean` and `std`."""
+    return [mean - std, mean, mean + std]
+
+
+# Under none, em lies far below the others with a small spread; under jpeg em and tap overlap
+# (25.35 ± 7.85 against 30 ± 8) and rem lies clearly above both.
+SEPARATED = {("clean", "none"): spread(90, 1), ("em", "none"): spread(10, 0.5), ("tap", "none"): spread(40, 1),
+             ("rem", "none"): spread(60, 2)}
+OVERLAPPING = {("clean", "jpeg"): spread(20, 1), ("em", "jpeg"): spread(25.35, 7.85), ("tap", "jpeg"): spread(30, 8),
+               ("rem", "jpeg"): spread(71, 1)}
+
+
+def test_the_lowest_far_below_the_rest_is_bold_and_nothing_carries_a_dagger():
+    table, text = marked(SEPARATED)
+    assert text.at[("em", ""), "none"] == "**10.00 ± 0.50**"
+    assert text.at[("tap", ""), "none"] == "40.00 ± 1.00" and text.at[("rem", ""), "none"] == "60.00 ± 2.00"
+    assert not text.map(lambda t: "†" in t).to_numpy().any()
+    assert list(table.marks()["none"]) == ["", "best", "", ""]
+    assert "mean ± std over 3 seeds;" in caption(table, "test_acc_last", {})
+
+
+def test_overlapping_spreads_share_a_dagger_and_nothing_is_bold():
+    from scipy.stats import ttest_ind
+
+    table, text = marked(OVERLAPPING)
+    # The test on the seeds' values agrees: em is not significantly below tap, and is below rem.
+    assert ttest_ind(spread(25.35, 7.85), spread(30, 8), equal_var=False, alternative="less").pvalue > 0.05
+    assert ttest_ind(spread(25.35, 7.85), spread(71, 1), equal_var=False, alternative="less").pvalue < 0.05
+    assert text.at[("em", ""), "jpeg"] == "25.35 ± 7.85†" and text.at[("tap", ""), "jpeg"] == "30.00 ± 8.00†"
+    assert text.at[("rem", ""), "jpeg"] == "71.00 ± 1.00"  # clearly above the tied pair: not marked
+    assert text.at[("clean", ""), "jpeg"] == "20.00 ± 1.00"  # the lowest of all, but a baseline
+    assert not text.map(lambda t: t.startswith("**")).to_numpy().any()
+
+
+def test_one_seed_marks_nothing_and_the_caption_says_why():
+    table, text = marked({("clean", "none"): [90.0], ("em", "none"): [10.0], ("tap", "none"): [40.0]})
+    assert text.at[("em", ""), "none"] == "10.00" and not (table.marks() != "").to_numpy().any()
+    assert "; one seed: no test, nothing marked." in caption(table, "test_acc_last", {})
+    # One attack of one seed in a column of three-seed cells: that column is not tested, the other is.
+    table, text = marked({**SEPARATED, ("em", "jpeg"): [10.0], ("tap", "jpeg"): spread(40, 1),
+                          ("rem", "jpeg"): spread(60, 1)})
+    assert text.at[("em", ""), "jpeg"] == "10.00 (n=1)" and text.at[("em", ""), "none"].startswith("**")
+    assert not (table.marks()["jpeg"] != "").any()
+    text_of = caption(table, "test_acc_last", {})
+    assert "mean ± std over 3 seeds; (n=k): a cell over k seeds;" in text_of
+    assert text_of.endswith("; a cell of one seed under jpeg: no test there, nothing marked.")
+
+
+def test_a_cell_over_another_number_of_seeds_shows_its_n():
+    table, text = marked({**SEPARATED, ("tap", "none"): [41.2 - 0.8 / 2 ** 0.5, 41.2 + 0.8 / 2 ** 0.5]})
+    assert text.at[("tap", ""), "none"] == "41.20 ± 0.80 (n=2)" and text.at[("rem", ""), "none"] == "60.00 ± 2.00"
+
+
+def test_degenerate_columns_neither_crash_nor_mislead():
+    table, text = marked({("em", "flat"): [5.0, 5.0, 5.0], ("tap", "flat"): [6.0, 6.0, 6.0],
+                          ("em", "same"): [5.0, 5.0, 5.0], ("tap", "same"): [5.0, 5.0, 5.0],
+                          ("tap", "gap"): spread(40, 1), ("rem", "gap"): spread(60, 1),
+                          ("tap", "alone"): spread(40, 1)})
+    marks = table.marks()
+    assert list(marks.index) == [("em", ""), ("tap", ""), ("rem", "")]
+    assert list(marks["flat"]) == ["best", "", ""]  # no spread on either side, different means: separated
+    assert list(marks["same"]) == ["tied", "tied", ""]  # identical values: not separated
+    assert list(marks["gap"]) == ["", "best", ""] and text.at[("em", ""), "gap"] == "–"  # no record: no contender
+    assert list(marks["alone"]) == ["", "best", ""]  # no other attack to be below, as the ratio tables have
+
+
+def test_the_ranking_counts_the_attacks_significantly_below_and_shows_ties():
+    table, _ = marked({**SEPARATED, **OVERLAPPING})
+    ranks = ranking_table(table)
+    assert list(ranks.index) == ["em", "tap", "rem"]  # the baseline aside
+    assert list(ranks.columns) == ["jpeg", "none", "mean rank"]
+    assert list(ranks["none"]) == ["1", "2", "3"]
+    assert list(ranks["jpeg"]) == ["1=", "1=", "3"]
+    assert list(ranks["mean rank"]) == ["1.00", "1.50", "3.00"]
+    assert "significantly below it (Welch's one-sided t-test at 0.05, uncorrected" in ranking_caption(table, "test_acc_last")
+    md, tex = ranking_section([table], "test_acc_last", "x")
+    assert md[0] == "### Ranking of attacks" and "| tap | 1= | 2 | 1.50 |" in "\n".join(md)
+    assert len(tex) == 1 and "tap & 1= & 2 & 1.50" in tex[0] and "\\label{tab:x-rank-1}" in tex[0]
+
+
+def test_with_one_seed_the_ranking_is_by_mean_and_says_no_test_was_possible():
+    table, _ = marked({("clean", "none"): [90.0], ("em", "none"): [10.0], ("tap", "none"): [40.0], ("rem", "none"): [40.0]})
+    assert list(ranking_table(table)["none"]) == ["1", "2=", "2="]
+    text = ranking_caption(table, "test_acc_last")
+    assert "1 + the number of attacks with a lower mean" in text and text.endswith("one seed: no test, ranked by mean alone.")
+
+
+def test_latex_is_bold_only_where_the_test_separates_and_daggers_the_ties():
+    table, _ = marked({**SEPARATED, **OVERLAPPING})
+    tex = to_latex(table, caption(table, "test_acc_last", {}), "tab:x", {})
+    assert re.findall(r"\\textbf\{([^}]*)\}", tex) == ["10.00 $\\pm$ 0.50"]
+    assert "em & 25.35 $\\pm$ 7.85$^\\dagger$ & \\textbf{10.00 $\\pm$ 0.50} \\\\" in tex
+    assert "tap & 30.00 $\\pm$ 8.00$^\\dagger$ & 40.00 $\\pm$ 1.00 \\\\" in tex
+    assert "rem & 71.00 $\\pm$ 1.00 & 60.00 $\\pm$ 2.00 \\\\" in tex
+    assert "$^\\dagger$: not significantly above the lowest" in tex and "†" not in tex
+
+
+def test_the_report_ranks_the_attacks_after_the_tables_in_markdown_and_latex(stored, tmp_path):
+    report = tables_only(stored, tmp_path / "r")
+    md, tex = report.markdown, report.paths["tex"].read_text()
+    assert md.index("resnet18, cpu_smoke") < md.index("### Ranking of attacks") < md.index("### Mutual information")
+    ranking = md[md.index("### Ranking of attacks"):]
+    # Under none ops is 50 points below random_noise, under jpeg 10 points above: each is first once.
+    assert "| attack | none | jpeg | mean rank |" in ranking
+    assert "| random_noise (Linf 8/255) | 2 | 1 | 1.50 |" in ranking and "| ops (L0 1 px) | 1 | 2 | 1.50 |" in ranking
+    assert "| clean |" not in ranking
+    assert [f"tab:t-rank-{i}" in tex for i in (1, 2, 3)] == [True] * 3
+
+
 def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
     report = tables_only(stored, tmp_path / "r")
     tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
-    assert tex.count("\\toprule") == 3 + 1 and "\\midrule" in tex and "\\bottomrule" in tex  # 3 archs + the MI table
+    # 3 archs, their 3 rankings and the MI table
+    assert tex.count("\\toprule") == 3 + 3 + 1 and "\\midrule" in tex and "\\bottomrule" in tex
     assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
     assert "ops ($\\ell_0$ 1 px)~\\cite{wu2023onepixel}" in tex and "jpeg~\\cite{liu2023image}" in tex
     assert re.search(r"\\textbf\{[\d.]+ \$\\pm\$ [\d.]+\}", tex)
@@ -193,8 +321,13 @@ def test_a_report_on_plugins_no_longer_installed_renders_without_their_citations
 def test_generated_latex_compiles_with_pdflatex(stored, tmp_path):
     out = tmp_path / "r"
     tables_only(stored, out)
+    # Beside the report, a table with daggers, a cell over other seeds and its ranking with shared ranks.
+    table, _ = marked({**SEPARATED, **OVERLAPPING, ("tap", "none"): [39.5, 40.5]})
+    (out / "ties.tex").write_text("\n".join([to_latex(table, caption(table, "test_acc_last", {}), "tab:ties", {}),
+                                             *ranking_section([table], "test_acc_last", "ties")[1]]))
     (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                                 "\\input{t.tex}\n\\bibliographystyle{plain}\n\\bibliography{t}\n\\end{document}\n")
+                                 "\\input{t.tex}\n\\input{ties.tex}\n\\bibliographystyle{plain}\n\\bibliography{t}\n"
+                                 "\\end{document}\n")
     latex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"]
     steps = [latex] + ([["bibtex", "doc"], latex, latex] if shutil.which("bibtex") else [])
     for step in steps:
@@ -337,7 +470,8 @@ def test_two_variants_of_one_plugin_are_two_columns_under_their_names_and_cite_i
     # The report needs the records only, not the grid file.
     report = write_report(store.records(), tmp_path / "r", "radii", formats=("md", "csv", "latex"))
     assert "| attack | at | at_4 |" in report.markdown
-    assert re.search(r"^\| ops \(L0 1 px\) \| \*\*60\.00\*\* \| \*\*40\.00\*\* \|$", report.markdown, re.M)
+    # One seed and one attack beside the baseline: nothing to test, nothing marked.
+    assert re.search(r"^\| ops \(L0 1 px\) \| 60\.00 \| 40\.00 \|$", report.markdown, re.M), report.markdown
     tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
     assert "at~\\cite{madry2018towards} & at\\_4~\\cite{madry2018towards}" in tex
     assert re.findall(r"@\w+\{([^,]+),", bib) == ["madry2018towards", "wu2023onepixel"]  # each entry once
@@ -376,9 +510,10 @@ def test_records_under_one_name_with_other_settings_are_told_apart_not_averaged(
 
     both = runs(8, 0.30) + runs(16, 0.50)
     report = write_report(both, tmp_path / "r", "widths", formats=("md",), layout=TableLayout("arch", "defense"))
-    assert re.search(r"^\| tiny_cnn \(width 8\) \| \*\*30\.00\*\* \|$", report.markdown, re.M), report.markdown
+    assert re.search(r"^\| tiny_cnn \(width 8\) \| 30\.00 \|$", report.markdown, re.M), report.markdown
     assert re.search(r"^\| tiny_cnn \(width 16\) \| 50\.00 \|$", report.markdown, re.M)
+    assert "one seed: no test, nothing marked." in report.markdown  # one seed each: not bold, and why
     assert "40.00" not in report.markdown, "the two widths are not averaged"
     # One width alone keeps its plain label, as every report did before.
     alone = write_report(runs(8, 0.30), tmp_path / "a", "w8", formats=("md",), layout=TableLayout("arch", "defense"))
-    assert re.search(r"^\| tiny_cnn \| \*\*30\.00\*\* \|$", alone.markdown, re.M), alone.markdown
+    assert re.search(r"^\| tiny_cnn \| 30\.00 \|$", alone.markdown, re.M), alone.markdown

@@ -4,9 +4,13 @@
 - Tables (Markdown and booktabs LaTeX through pandas' Styler): attacks as rows and defenses as
   columns by default (`TableLayout` names any other pivot), one table per value of the remaining
   factors (dataset x architecture x recipe). A cell is the mean over seeds, +- std where there are
-  several; the lowest accuracy of each column (the strongest attack) is bold, the clean baseline
-  aside. The caption states the recipe, the budgets and the number of seeds; row and column labels
-  `\\cite{}` each plugin's paper and `<name>.bib` holds the entries.
+  several; the lowest accuracy of each column (the strongest attack, the clean baseline aside) is
+  bold where Welch's one-sided t-test puts it below every other row, and where it does not, it and
+  the rows not significantly above it carry a dagger. The caption states the recipe, the budgets,
+  the number of seeds and the test; row and column labels `\\cite{}` each plugin's paper and
+  `<name>.bib` holds the entries.
+- A ranking of the attacks under each defense, per table with attacks as rows: 1 + the number of
+  attacks significantly below, shared ranks marked `=`, and the mean rank.
 - Where records carry the MI analysis (`bench.mi`), a table of the MI-UE chain per attack and
   architecture, and the estimators' error on correlated Gaussians at the same settings.
 - Where records carry robust accuracy (`bench.robust`), a table of it beside clean accuracy, per
@@ -23,18 +27,21 @@ numbers; the attack keyed by its name and its budget), `render` (labels, caption
 and `write` (`write_report`: looks the citations up once, runs the MI calibration, draws the figures,
 writes the files).
 """
-from bench.report.render import (MISSING, analysis_table, attack_label, caption, cell_text, comparison_section,
-                                 index_labels, labelled, recipe_description, to_latex, to_markdown)
+from bench.report.render import (DAGGER, MISSING, analysis_table, attack_label, caption, cell_text, comparison_section,
+                                 index_labels, labelled, ranking_caption, ranking_section, ranking_table,
+                                 recipe_description, to_latex, to_markdown)
 from bench.report.tables import (ANALYSIS_METRICS, BASELINE_ATTACKS, FACTORS, METRICS, MI_METRICS, ROBUST_METRICS,
-                                 SummaryTable, TableLayout, analysis_cells, budget_label, compare_published,
+                                 SIGNIFICANCE, SummaryTable, TableLayout, analysis_cells, budget_label, compare_published,
                                  histories_frame, mi_setup, ratio_tables, recipe_label, robust_cells, robust_setup,
                                  summary_tables, tidy)
 from bench.report.write import FORMATS, Report, gallery_images, parse_formats, write_report
 
 __all__ = [
-    "ANALYSIS_METRICS", "BASELINE_ATTACKS", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
+    "ANALYSIS_METRICS", "BASELINE_ATTACKS", "DAGGER", "FACTORS", "FORMATS", "METRICS", "MISSING", "MI_METRICS", "Report",
+    "SIGNIFICANCE",
     "SummaryTable", "TableLayout", "analysis_cells", "analysis_table", "attack_label", "budget_label", "caption",
     "cell_text", "compare_published", "comparison_section", "gallery_images", "histories_frame", "index_labels", "labelled", "mi_setup", "parse_formats",
+    "ranking_caption", "ranking_section", "ranking_table",
     "ROBUST_METRICS", "ratio_tables", "recipe_description", "recipe_label", "robust_cells", "robust_setup",
     "summary_tables", "tidy", "to_latex", "to_markdown", "write_report",
 ]

@@ -1,7 +1,8 @@
 """The report as text: labels, captions, Markdown and booktabs LaTeX (through pandas' Styler).
 
 Every label a reader sees is made here: an attack and its budget, two keys in `bench.report.tables`,
-become `em (Linf 8/255)`; a mean and std over seeds `52.10 ± 1.41`; in LaTeX the budget becomes
+become `em (Linf 8/255)`; a mean and std over seeds `52.10 ± 1.41`; a table's marks (`tables.
+SummaryTable.marks`) bold or a dagger, its ranks `2=`; in LaTeX the budget becomes
 `$\\ell_\\infty$ 8/255` and a plugin's label carries its `\\cite{}`; the comparison with published
 numbers becomes a table per source. Functions of the tables and of what the caller looked up once
 (recipe descriptions, citations, the published sources): no file, no registry.
@@ -15,9 +16,11 @@ from typing import Iterable
 import pandas as pd
 
 from bench.records import poisoned_label
-from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SummaryTable, value_text
+from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SIGNIFICANCE, SummaryTable, value_text
 
 MISSING = "–"
+DAGGER = "†"  # a cell not significantly above its column's lowest: `$^\dagger$` in LaTeX
+TEST_WORDS = "Welch's one-sided t-test"  # the test of tables.below_matrix, as a caption names it
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
                 "train_acc": "training accuracy (%, last epoch)",
                 "test_acc_early_stop": "clean test accuracy (%, at the epoch of best clean validation accuracy)"}
@@ -71,10 +74,15 @@ def mean_std(mean, std, digits: int = 2):
     return text.where(mean.notna(), MISSING)
 
 
-def cell_text(table: SummaryTable, bold: str = "{}") -> pd.DataFrame:
-    """'mean' or 'mean ± std' per cell of `table`, the best of each column wrapped in `bold`."""
+def cell_text(table: SummaryTable, bold: str = "{}", tied: str = "{}") -> pd.DataFrame:
+    """'mean' or 'mean ± std' per cell of `table`, '(n=2)' after it where its seeds are not the table's
+    usual count; a cell marked "best" wrapped in `bold`, one marked "tied" in `tied`."""
     text = mean_std(table.mean, table.std)
-    return text.where(~table.best(), text.map(bold.format))
+    other = (table.seeds > 0) & (table.seeds != table.seed_count())
+    text = text.where(~other, text + " (n=" + table.seeds.astype(str) + ")")
+    marks = table.marks()
+    text = text.where(marks != "best", text.map(bold.format))
+    return text.where(marks != "tied", text.map(tied.format))
 
 
 # --- captions ------------------------------------------------------------------------------------
@@ -88,23 +96,67 @@ def recipe_description(spec: dict) -> str:
             f"weight decay {r['weight_decay']:g}, batch {r['batch_size']}, {schedule} schedule{clip})")
 
 
+def group_text(table: SummaryTable) -> str:
+    """The group factors but the recipe (which a caption describes in words): 'arch resnet18, dataset d'."""
+    return ", ".join(f"{f.replace('_', ' ')} {factor_label(f, key)}" for f, key in shown_group(table).items()
+                     if f != "recipe")
+
+
+def seeds_text(table: SummaryTable) -> str:
+    """'mean ± std over 3 seeds' (the usual count), and that a cell over another count shows its n."""
+    usual = table.seed_count()
+    text = "one seed" if usual == 1 else f"mean ± std over {usual} seeds"
+    if ((table.seeds > 0) & (table.seeds != usual)).to_numpy().any():
+        text += "; (n=k): a cell over k seeds"
+    return text
+
+
+def baseline_aside(table: SummaryTable) -> str:
+    has_baseline_row = table.layout.rows == "attack" and bool(set(table.budgets) & set(BASELINE_ATTACKS))
+    return " (clean baseline aside)" if has_baseline_row else ""
+
+
+def one_seed_text(table: SummaryTable, consequence: str) -> str:
+    """'' where every column could be tested; else which could not, and `consequence`: 'one seed: no test,
+    nothing marked', or 'one seed under jpeg: no test there, ...' where only some columns have a single
+    seed ('a cell of one seed' where the table's usual count is more)."""
+    untested = table.one_seed_columns()
+    if not untested:
+        return ""
+    who = "one seed" if table.seed_count() == 1 else "a cell of one seed"
+    if not table.tested():
+        return f"{who}: no test, {consequence}"
+    where = ", ".join(factor_label(table.layout.columns, key) for key in untested)
+    return f"{who} under {where}: no test there, {consequence}"
+
+
+def marks_text(table: SummaryTable) -> str:
+    """What bold and the dagger mean, and where nothing is marked for want of seeds ('' where no column has
+    a contender)."""
+    untested = one_seed_text(table, "nothing marked")
+    if not table.tested():
+        return untested
+    rows = table.layout.rows.replace("_", " ")
+    text = (f"bold: lowest{baseline_aside(table)}, and below every other {rows} by {TEST_WORDS} at "
+            f"{SIGNIFICANCE:g}; {DAGGER}: not significantly above the lowest")
+    return "; ".join(p for p in (text, untested) if p)
+
+
 def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
-    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold means.
+    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold and the dagger mean.
 
     `recipes` maps a recipe label (tidy's `recipe` column) to its description in words.
     """
-    group = ", ".join(f"{f.replace('_', ' ')} {factor_label(f, key)}" for f, key in shown_group(table).items()
-                      if f != "recipe")
-    lo, hi = table.seed_counts()
-    seeds = "one seed" if hi == 1 else f"mean ± std over {lo} seeds" if lo == hi else f"mean ± std over {lo}-{hi} seeds"
+    group = group_text(table)
     recipe_text = "; ".join(recipes[r] for r in table.keys("recipe") if r in recipes)
     budget_text = ", ".join(f"{a} {' and '.join(b for b in budgets if b)}" for a, budgets in table.budgets.items()
                             if any(budgets))
-    has_baseline_row = table.layout.rows == "attack" and bool(set(table.budgets) & set(BASELINE_ATTACKS))
-    aside = " (clean baseline aside)" if has_baseline_row else ""
+    seeds, marks = seeds_text(table), marks_text(table)
+    if marks.startswith("one seed: ") and seeds.startswith("one seed"):  # said once: 'one seed: no test, ...'
+        seeds, marks = marks + seeds[len("one seed"):], ""
     parts = [METRIC_WORDS[metric].capitalize() + (f", {group}" if group else ""),
              f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
-             seeds, f"lowest per column in bold{aside}"]
+             seeds, marks]
     return "; ".join(p for p in parts if p) + "."
 
 
@@ -125,7 +177,7 @@ def latex_text(text: str) -> str:
     """Plain text as LaTeX: specials escaped, ± and budgets as math, the en dash as --."""
     out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
     out = re.sub(r"\b(Linf|L2|L0) ", lambda m: _NORMS[m.group(1)] + " ", out)
-    return out.replace("±", r"$\pm$").replace(MISSING, "--")
+    return out.replace("±", r"$\pm$").replace(DAGGER, r"$^\dagger$").replace(MISSING, "--")
 
 
 def cited_labels(index: pd.Index, citations: dict) -> list[str]:
@@ -141,8 +193,8 @@ def cited_labels(index: pd.Index, citations: dict) -> list[str]:
 
 def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict) -> str:
     """booktabs LaTeX of `table`, each plugin cited after its row or column label (`cited_labels`)."""
-    body = cell_text(table).map(latex_text)
-    body = body.where(~table.best(), r"\textbf{" + body + "}")
+    body = cell_text(table, tied="{}" + DAGGER).map(latex_text)
+    body = body.where(table.marks() != "best", r"\textbf{" + body + "}")
     body.index, body.columns = cited_labels(table.mean.index, citations), cited_labels(table.mean.columns, citations)
     return _booktabs(body, caption_text, label)
 
@@ -168,10 +220,55 @@ def table_sections(tables: list[SummaryTable], metric: str, recipes: dict[str, s
     md, tex = [], []
     for i, table in enumerate(tables):
         text = caption(table, metric, recipes)
-        shown = labelled(cell_text(table, "**{}**"))
+        shown = labelled(cell_text(table, "**{}**", "{}" + DAGGER))
         md += [f"### {group_title(table)}", "", text, "", to_markdown(shown, table.layout.rows), ""]
         tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
     return md or ["No finished cells yet.\n"], tex
+
+
+# --- the ranking of attacks ----------------------------------------------------------------------
+def rank_text(ranks: pd.Series) -> pd.Series:
+    """A column of ranks as text: '2', '2=' where another row shares it, MISSING where there is none."""
+    shared = ranks.duplicated(keep=False) & ranks.notna()
+    text = pd.Series([MISSING if pd.isna(r) else f"{r:.0f}" for r in ranks], index=ranks.index, dtype=object)
+    return text.where(~shared, text + "=")
+
+
+def ranking_table(table: SummaryTable) -> pd.DataFrame:
+    """The contenders' ranks (`SummaryTable.ranks`) per column as text, and their mean rank."""
+    ranks = table.ranks()
+    text = pd.DataFrame({i: rank_text(ranks.iloc[:, i]) for i in range(ranks.shape[1])})
+    text.columns = index_labels(ranks.columns)
+    text["mean rank"] = [MISSING if pd.isna(r) else f"{r:.2f}" for r in table.mean_ranks()]
+    text.index = index_labels(ranks.index)
+    return text
+
+
+def ranking_caption(table: SummaryTable, metric: str) -> str:
+    """What a rank is, on what, and where it could not be tested (there the means alone rank)."""
+    columns = table.layout.columns.replace("_", " ")
+    group = group_text(table)
+    how = (f"1 + the number of attacks significantly below it ({TEST_WORDS} at {SIGNIFICANCE:g}, uncorrected, "
+           f"from each cell's mean, std and seeds)" if table.tested() else "1 + the number of attacks with a lower mean")
+    parts = [f"Rank of each attack by {METRIC_WORDS[metric]} under each {columns}" + (f", {group}" if group else ""),
+             f"{how}, = after a rank another attack shares",
+             f"mean rank over the {columns}s{baseline_aside(table)}",
+             one_seed_text(table, "ranked by mean alone")]
+    return "; ".join(p for p in parts if p) + "."
+
+
+def ranking_section(tables: list[SummaryTable], metric: str, name: str) -> tuple[list[str], list[str]]:
+    """Markdown lines and LaTeX tables of the attacks' ranks, one per summary table with two or more attacks
+    as rows (the baseline aside); none where there is no such table."""
+    ranked = [t for t in tables if t.layout.rows == "attack" and len(t.contenders()) > 1]
+    if not ranked:
+        return [], []
+    md, tex = ["### Ranking of attacks", ""], []
+    for i, table in enumerate(ranked):
+        text, frame = ranking_caption(table, metric), ranking_table(table)
+        md += [f"#### {group_title(table)}", "", text, "", to_markdown(frame, "attack"), ""]
+        tex.append(frame_to_latex(frame, text, f"tab:{name}-rank-{i + 1}"))
+    return md, tex
 
 
 RATIO_NOTE = ("Accuracy against the poisoned fraction of the training set: each attack's poison, made for the whole "

@@ -15,6 +15,11 @@ Partial poisoning is the factor `poison_ratio`, keyed like the attack by two col
 fraction and the classes it was drawn from (`poison_classes`, '' for every class). A fully poisoned
 cell has the key FULL_POISON; `ratio_tables` puts each attack against the ratio, the clean baseline
 (one cell, which poisons nothing) under every ratio as the reference it is.
+
+A table's marks and ranks compare its rows within each column by Welch's one-sided t-test at
+SIGNIFICANCE, from each cell's mean, sample std and seed count (Welch's t from summary statistics is
+exact, so the seeds' values need not be kept). A mark is a key, "best" or "tied", which `render`
+turns into bold or a dagger.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from fractions import Fraction
 from operator import itemgetter
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
+from scipy.stats import ttest_ind_from_stats
 
 from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttack, PublishedDefense,
                              PublishedSource)
@@ -47,7 +54,7 @@ ROBUST_SETUP_KEYS = ("robust_eps", "robust_step_size", "robust_steps", "robust_r
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense", "poison_ratio")
 POISON_COLUMNS = ("poison_ratio", "poison_classes")  # tidy's key of the poison_ratio factor
 FULL_POISON = (1.0, "")  # the whole training set poisoned: what every record without partial poisoning has
-BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never bold
+BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never marked or ranked
 PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
 
 
@@ -216,7 +223,8 @@ def factor_index(frame: pd.DataFrame, factor: str, order: Iterable[str] | None) 
 
 @dataclass(frozen=True)
 class SummaryTable:
-    """One table: mean, std and number of seeds per (row, column), for one value of the group factors.
+    """One table: mean, std and number of seeds per (row, column), for one value of the group factors, and
+    what the significance test makes of them (`marks`, `ranks`).
 
     A factor's key is its value, the attack's the pair (attack, budget): `mean`'s index or columns are
     the two-level index (attack, budget) where the attack is the rows or columns.
@@ -237,20 +245,105 @@ class SummaryTable:
             return list(self.mean.columns)
         return [self.group[factor]]
 
-    def best(self) -> pd.DataFrame:
-        """True where a cell has the lowest mean of its column (at the two decimals shown), baseline rows aside."""
-        contenders = self.mean
+    def contenders(self) -> pd.Index:
+        """The rows that marks and ranks compare: every row, the baseline rows aside where the rows are attacks."""
+        rows = self.mean.index
         if self.layout.rows == "attack":
-            contenders = self.mean[~self.mean.index.get_level_values("attack").isin(BASELINE_ATTACKS)]
-        bold = self.mean.round(2).eq(contenders.min().round(2), axis="columns")
-        bold.loc[~bold.index.isin(contenders.index)] = False
-        return bold
+            rows = rows[~rows.get_level_values("attack").isin(BASELINE_ATTACKS)]
+        return rows
 
-    def seed_counts(self) -> tuple[int, int]:
-        """Fewest and most seeds of a cell that has a value."""
-        counts = self.seeds.to_numpy()
+    def column_stats(self, position: int) -> pd.DataFrame:
+        """mean, std and n of the contenders with a value in the column at `position` (a cell without
+        a record is no contender)."""
+        stats = pd.DataFrame({"mean": self.mean.iloc[:, position], "std": self.std.iloc[:, position],
+                              "n": self.seeds.iloc[:, position]})
+        return stats[stats.index.isin(self.contenders()) & stats["mean"].notna()]
+
+    def one_seed_columns(self) -> list:
+        """The columns with a contender that cannot be tested: one of their contenders has a single seed."""
+        return [column for i, column in enumerate(self.mean.columns)
+                if len(stats := self.column_stats(i)) and not testable(stats)]
+
+    def tested(self) -> bool:
+        """Whether any column could be tested (`testable`)."""
+        return any(testable(self.column_stats(i)) for i in range(self.mean.shape[1]))
+
+    def marks(self) -> pd.DataFrame:
+        """Per cell "best", "tied" or "" (`column_marks`); "" in every column that cannot be tested."""
+        marks = pd.DataFrame("", index=self.mean.index, columns=self.mean.columns, dtype=object)
+        for i in range(self.mean.shape[1]):
+            stats = self.column_stats(i)
+            if testable(stats):
+                marks.iloc[:, i] = column_marks(stats).reindex(marks.index, fill_value="")
+        return marks
+
+    def ranks(self) -> pd.DataFrame:
+        """The contenders' rank in each column (`column_ranks`; by mean alone where a column cannot be
+        tested), NaN where a contender has no value."""
+        contenders = self.contenders()
+        ranks = pd.DataFrame(float("nan"), index=contenders, columns=self.mean.columns)
+        for i in range(self.mean.shape[1]):
+            stats = self.column_stats(i)
+            ranks.iloc[:, i] = column_ranks(stats, testable(stats)).reindex(contenders)
+        return ranks
+
+    def mean_ranks(self) -> pd.Series:
+        """Each contender's mean rank over the columns where it has one."""
+        return self.ranks().mean(axis="columns")
+
+    def seed_count(self) -> int:
+        """The most common number of seeds of a cell that has a value (the larger where two are as common); 0
+        for an empty table."""
+        counts = pd.Series(self.seeds.to_numpy().ravel())
         counts = counts[counts > 0]
-        return int(counts.min()), int(counts.max())
+        return int(counts.mode().max()) if len(counts) else 0
+
+
+# --- significance: marks and ranks ---------------------------------------------------------------
+SIGNIFICANCE = 0.05  # one-sided level of every mark and rank, uncorrected for the many pairs a table compares
+
+
+def testable(stats: pd.DataFrame) -> bool:
+    """Whether a column's contenders (`SummaryTable.column_stats`) can be tested: there is one, and each has
+    two seeds or more (a single seed has no spread). A contender alone in its column passes vacuously: there
+    is no other row for it to be below."""
+    return len(stats) > 0 and bool((stats["n"] >= 2).all())
+
+
+def below_matrix(stats: pd.DataFrame, test: bool = True, alpha: float = SIGNIFICANCE) -> pd.DataFrame:
+    """True at (i, j) where row i's mean is below row j's: significantly, by Welch's one-sided t-test at
+    `alpha` from the means, sample stds and seed counts, where `test`; by the means alone where not.
+
+    Two rows without spread (std 0 both) have an infinite or undefined t, so their means decide: different
+    means are separated, identical values are not.
+    """
+    m, s, n = (stats[c].to_numpy(dtype=float) for c in ("mean", "std", "n"))
+    lower = m[:, None] < m[None, :]
+    if test:
+        flat = (s[:, None] == 0) & (s[None, :] == 0)
+        s_i, s_j = (np.where(flat, 1.0, side) for side in np.broadcast_arrays(s[:, None], s[None, :]))
+        p = ttest_ind_from_stats(m[:, None], s_i, n[:, None], m[None, :], s_j, n[None, :], equal_var=False,
+                                 alternative="less").pvalue
+        lower = np.where(flat, lower, p < alpha)
+    return pd.DataFrame(lower, index=stats.index, columns=stats.index)
+
+
+def column_marks(stats: pd.DataFrame, alpha: float = SIGNIFICANCE) -> pd.Series:
+    """"best" on the lowest mean where it is significantly below every other row (so on a row alone);
+    otherwise "tied" on it and on every row not significantly above it; "" elsewhere. Rows: a testable
+    column's contenders."""
+    below = below_matrix(stats, True, alpha)
+    lowest = stats["mean"].idxmin()
+    others = [row for row in stats.index if row != lowest]
+    if all(below.at[lowest, row] for row in others):
+        return pd.Series(["best" if row == lowest else "" for row in stats.index], index=stats.index, dtype=object)
+    tied = {lowest, *(row for row in others if not below.at[lowest, row])}
+    return pd.Series(["tied" if row in tied else "" for row in stats.index], index=stats.index, dtype=object)
+
+
+def column_ranks(stats: pd.DataFrame, test: bool = True, alpha: float = SIGNIFICANCE) -> pd.Series:
+    """Each row's rank: 1 + the number of rows (significantly, where `test`) below it."""
+    return 1 + below_matrix(stats, test, alpha).sum(axis="index").astype(float)
 
 
 def summary_tables(df: pd.DataFrame, metric: str = "test_acc_last", layout: TableLayout = TableLayout(),

@@ -96,7 +96,9 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     recipes = {recipe_label(r.spec): render.recipe_description(r.spec) for r in done}
     citations = plugin_citations(df)
 
-    md, tex = render.table_sections(summary_tables(df, metric, layout, orders), metric, recipes, citations, name)
+    tables = summary_tables(df, metric, layout, orders)
+    md, tex = render.table_sections(tables, metric, recipes, citations, name)
+    rank_md, rank_tex = render.ranking_section(tables, metric, name)
     ratios = ratio_tables(df, metric, orders)
     ratio_md, ratio_tex = render.ratio_section(ratios, metric, recipes, citations, name)
     cells = analysis_cells(df, orders, {r.cell_id: mi_setup(r) for r in done if r.analysis})
@@ -109,9 +111,9 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     if compare:
         comparison = compare_published(done, compare, metric, tolerance)
         cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
-    md += ratio_md + mi_md + robust_md + cmp_md
-    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *ratio_tex, *mi_tex, *robust_tex,
-           *cmp_tex]
+    md += rank_md + ratio_md + mi_md + robust_md + cmp_md
+    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *rank_tex, *ratio_tex, *mi_tex,
+           *robust_tex, *cmp_tex]
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
