@@ -180,17 +180,43 @@ def test_shipped_paper_full_and_depth_grids_follow_the_official_settings():
     assert all(bool(c.analysis) == (c.name("defense") in ("at", "at_4")) for c in grids["paper"].cells())
 
 
-def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_and_share_their_poisons():
+def test_shipped_cpu_grids_show_mi_ue_beside_the_other_attacks_over_three_seeds():
     smoke, depth = load_grid("smoke"), load_grid("depth_cpu")
     assert {"clean", "random_noise", "em", "miue", "lsp", "ops"} <= set(smoke.attacks) & set(depth.attacks)
     assert {"none", "jpeg", "iss_gray"} <= set(smoke.defenses) and smoke.analysis == depth.analysis == ("mi",)
-    # One family at four depths, all at one CPU width.
+    for name in ("smoke", "cpu_study", "effort_cpu", "depth_cpu"):  # enough seeds for a test of each ranking
+        assert load_grid(name).seeds == (0, 1, 2), name
+    # The grey column measures the attacks: test images grey too.
+    assert all(load_grid(name).config["iss_gray"]["both_train_test"] for name in ("smoke", "cpu_study"))
+    # One family at four depths, all at one CPU width; the model-based poisons on that family, at that width.
     assert depth.archs == ("resnet10", "resnet18", "resnet26", "resnet34") and depth.defenses == ("none",)
     assert {arch: depth.config[arch] for arch in depth.archs} == {arch: {"width": 8} for arch in depth.archs}
-    smoke_keys = {c.attack: c.poison_key for c in smoke.cells()}
-    assert all(smoke_keys[c.attack] == c.poison_key for c in depth.cells())  # generated once for both grids
-    for grid in (smoke, depth):  # the model-based attacks run their CPU surrogates
-        assert all(grid.config[a]["surrogate"] == "tiny_cnn" for a in ("em", "miue"))
+    assert all((depth.config[a]["surrogate"], depth.config[a]["surrogate_width"]) == ("resnet18", 8) for a in ("em", "miue"))
+    assert smoke.config["em"]["surrogate"] == smoke.config["miue"]["surrogate"] == "tiny_cnn"
+    # The model-free poisons are generated once for both grids.
+    smoke_keys = {(c.attack, c.seed): c.poison_key for c in smoke.cells()}
+    assert all(smoke_keys[c.attack, c.seed] == c.poison_key for c in depth.cells() if c.attack not in ("em", "miue"))
+    effort = {(c.name("attack"), c.seed): c.poison_key for c in load_grid("effort_cpu").cells()}
+    assert all(effort[a, seed] == smoke_keys[a, seed] for a in ("em", "tap", "miue") for seed in (0, 1, 2))
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu_study"])
+def test_cpu_grids_give_the_fixed_schedule_attacks_equal_compute(name):
+    """docs/grids.md, "Effort": the attacks without a stop rule get the same surrogate passes per image
+    on the same surrogate; the stop-rule ones (EM) are counted per round."""
+    from bench.registry import ATTACKS
+
+    grid = load_grid(name)
+    efforts = {}
+    for cell in grid.cells():
+        attack = ATTACKS.create(cell.attack, cell.attack_config)
+        effort = attack.effort(cell.data.train_size)
+        if effort is not None and effort["per"] == "poison":
+            efforts[cell.attack] = (effort["gradient_evaluations"], attack.config.surrogate, attack.config.surrogate_width)
+    assert len(efforts) >= 2 and len({tuple(surrogate) for _, *surrogate in efforts.values()}) == 1, efforts
+    passes = [count for count, *_ in efforts.values()]
+    # Equal up to a schedule's whole steps (one of REM's is 0.3 passes per image in cpu_study).
+    assert max(passes) <= 1.02 * min(passes), efforts
 
 
 def test_resnet_and_vgg_cells_keep_the_ids_they_had_before_width_existed():
