@@ -126,6 +126,33 @@ def accuracy_against_ratio(panels: dict[str, pd.DataFrame], style: AttackStyle) 
     return fig
 
 
+def accuracy_against_effort(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
+    """Accuracy against generation effort (`bench.report.tables.effort_cells`, one group): a line per attack
+    plugin through its budgets, against the recorded generation seconds (left) and the share of its
+    official passes per image (right), both log scale, the seeds' std as error bars; the clean baseline
+    as a dashed reference line."""
+    attacks = cells[~cells.baseline]
+    if attacks.empty:
+        raise ValueError("no accuracy against effort to plot")
+    fig, axes = _figure(1, 2, 8.0, 3.0)
+    with matplotlib.style.context(STYLE):
+        for ax, x, label in zip(axes[0], ("generate_s", "share"), ("generation time (s)", "share of official passes (%)")):
+            for plugin, line in attacks.groupby("attack_plugin", sort=False):
+                line = line.sort_values(x)
+                per = " (per round)" if (line.per == "round").any() else ""
+                ax.errorbar(line[x] * (100 if x == "share" else 1), line["mean"], yerr=line["std"].fillna(0),
+                            label=plugin + (per if x == "share" else ""), capsize=2, **style(plugin))
+            for _, base in cells[cells.baseline].iterrows():
+                ax.axhline(base["mean"], color="0.4", linestyle="--", linewidth=1, label=f"{base.attack} (reference)")
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(ACCURACY_LABEL)
+            ax.legend(frameon=False, loc="best", fontsize="small")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
 def arch_depth(arch: str) -> int | None:
     """The depth in an architecture's name (resnet18 -> 18, vgg11 -> 11), or None (tiny_cnn)."""
     match = re.search(r"(\d+)$", arch)

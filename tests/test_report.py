@@ -517,3 +517,51 @@ def test_records_under_one_name_with_other_settings_are_told_apart_not_averaged(
     # One width alone keeps its plain label, as every report did before.
     alone = write_report(runs(8, 0.30), tmp_path / "a", "w8", formats=("md",), layout=TableLayout("arch", "defense"))
     assert re.search(r"^\| tiny_cnn \| 30\.00 \|$", alone.markdown, re.M), alone.markdown
+
+
+def effort_records(with_effort: bool = True):
+    """Records of a grid with MI-UE at two budgets (variants) and TAP at one, beside clean: accuracy falls
+    with the budget (made up), each poison with the effort and generation seconds it would record."""
+    from bench.grid import parse_grid
+    from bench.records import CellResult
+
+    g = parse_grid({"attacks": ["clean", "miue", "miue_x3", "tap"], "defenses": ["none"], "archs": ["tiny_cnn"],
+                    "seeds": [0, 1, 2], "recipe": "cpu_smoke", "data": {"name": "cifar10", "train_size": 200},
+                    "config": {"miue": {"preset": "cpu", "epochs": 2, "steps": 5}, "tap": {"preset": "cpu"}},
+                    "variants": {"miue_x3": {"plugin": "miue", "epochs": 6}}}, "effort")
+    accuracy = {"clean": 45.0, "miue": 35.0, "miue_x3": 25.0, "tap": 30.0}
+    seconds = {"clean": 0.0, "miue": 10.0, "miue_x3": 30.0, "tap": 12.0}
+    records = []
+    for cell in g.cells():
+        name = cell.name("attack")
+        attack = ATTACKS.create(cell.attack, cell.attack_config)
+        acc = accuracy[name] + cell.seed - 1
+        poison = {"key": cell.poison_key, "norm": "linf", "budget": 0.0 if name == "clean" else 8 / 255,
+                  **({"effort": attack.effort(200)} if with_effort else {})}
+        outcome = {"metrics": {"test_acc_last": acc / 100, "test_acc_best": acc / 100, "best_epoch": 12, "train_acc": 0.9},
+                   "history": [], "poison": poison, "timings": {"poison_generate_s": seconds[name]}}
+        records.append(CellResult.finished(cell, g.name, outcome, provenance={}, attempts=1, earlier_errors=[],
+                                           wall_seconds=1.0))
+    return records
+
+
+def test_effort_cells_put_each_budget_of_a_varied_attack_beside_its_recorded_cost():
+    from bench.report.tables import effort_cells
+
+    cells = effort_cells(effort_records()).set_index("attack")
+    # tap runs under one name only: no curve to draw; clean is the baseline.
+    assert set(cells.index) == {"clean", "miue", "miue_x3"} and cells.baseline.to_dict()["clean"]
+    assert cells.loc["miue", "passes"] == 2 * 6 and cells.loc["miue_x3", "passes"] == 6 * 6
+    assert cells.loc["miue_x3", "share"] == pytest.approx(36 / 1100)
+    assert cells.loc["miue_x3", "generate_s"] == 30.0 and cells.loc["miue_x3", "mean"] == pytest.approx(25.0)
+    assert cells.loc["miue", "std"] == pytest.approx(1.0) and (cells.seeds == 3).all()
+    assert effort_cells(effort_records(with_effort=False)).empty  # records without effort draw nothing
+
+
+def test_the_report_writes_the_effort_table_and_figure(tmp_path):
+    report = write_report(effort_records(), tmp_path, "e", formats=("md", "latex", "fig"))
+    text = (tmp_path / "e.md").read_text()
+    assert "### Efficacy against effort" in text
+    assert re.search(r"\| miue_x3 \(Linf 8/255\) \| miue \| 36\.0 \| 3\.3% \| 30\.0 \| 25\.00 ± 1\.00 \| 3 \|", text)
+    assert "tab:e-effort" in (tmp_path / "e.tex").read_text()
+    assert report.paths["effort.png"].stat().st_size > 0

@@ -448,6 +448,50 @@ def robust_cells(df: pd.DataFrame, orders: dict | None = None, setups: dict[str,
     return over_seeds(sub, keys, wanted, orders)
 
 
+# --- efficacy against effort ----------------------------------------------------------------------
+EFFORT_GROUPS = ["dataset", "arch", "recipe", "defense"]
+
+
+def effort_cells(records: Iterable[CellResult], metric: str = "test_acc_last", orders: dict | None = None) -> pd.DataFrame:
+    """Accuracy against generation effort, for every attack plugin that the records hold under two names
+    or more (a grid's variants of it) with the effort its poison recorded (`record.poison.effort`).
+
+    One row per (dataset, arch, recipe, defense, attack): its plugin, budget, passes per image and share
+    of the official settings' (`per` says whether a round's or the poison's), the poison's generation
+    seconds (mean over seeds, wherever it was made) and `metric` in % (mean, std, seeds); the clean
+    baseline of each group as a row with `baseline` True. Empty where no plugin has two levels.
+    """
+    done = [r for r in records if r.done and metric in r.metrics]
+    labels = told_apart(done)
+    rows = []
+    for r in done:
+        effort = (r.poison or {}).get("effort")
+        baseline = r.spec["attack"] in BASELINE_ATTACKS
+        if effort is None and not baseline:
+            continue
+        effort = effort or {}
+        rows.append({**{k: labels[r.cell_id][k] for k in [*EFFORT_GROUPS, "attack", "budget"]},
+                     "attack_plugin": r.spec["attack"], "baseline": baseline, "seed": r.spec["seed"],
+                     "passes": effort.get("gradient_evaluations"), "share": effort.get("official_share"),
+                     "per": effort.get("per", ""), "generate_s": (r.timings or {}).get("poison_generate_s"),
+                     "value": 100 * r.metrics[metric]})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    levels = frame[~frame.baseline].groupby("attack_plugin").attack.nunique()
+    varied = set(levels[levels >= 2].index)
+    frame = frame[frame.baseline | frame.attack_plugin.isin(varied)]
+    if not varied:
+        return pd.DataFrame()
+    keys = [*EFFORT_GROUPS, "attack", "budget", "attack_plugin", "baseline", "per"]
+    cells = frame.groupby(keys, dropna=False).agg(
+        passes=("passes", "first"), share=("share", "first"), generate_s=("generate_s", "mean"),
+        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count")).reset_index()
+    orders = orders or {}
+    return cells.sort_values([*EFFORT_GROUPS, "attack"], ignore_index=True, key=lambda column: positions(
+        column, orders.get(column.name)) if column.name in ("attack", "arch", "defense") else column)
+
+
 # --- training curves -----------------------------------------------------------------------------
 def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
     """Test accuracy per epoch (%) of the cells `query` selects (a pandas query over tidy's columns), and a title.

@@ -19,8 +19,8 @@ from bench.config import ConfigError, comma_choices
 from bench.published import PublishedSource
 from bench.records import CellResult
 from bench.report import render
-from bench.report.tables import (BASELINE_ATTACKS, DEFAULT_TOLERANCE, METRICS, MI_METRICS, TableLayout, analysis_cells,
-                                 compare_published, histories_frame, mi_setup, ordered, ratio_curves, ratio_tables,
+from bench.report.tables import (BASELINE_ATTACKS, DEFAULT_TOLERANCE, EFFORT_GROUPS, METRICS, MI_METRICS, TableLayout, analysis_cells,
+                                 compare_published, effort_cells, histories_frame, mi_setup, ordered, ratio_curves, ratio_tables,
                                  recipe_label, robust_cells, robust_setup, summary_tables, tidy, unpublished,
                                  without_full_poison_columns)
 
@@ -106,20 +106,22 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     mi_md, mi_tex = render.mi_section(cells, calibration, name)
     robust = robust_cells(df, orders, {r.cell_id: robust_setup(r) for r in done if r.analysis})
     robust_md, robust_tex = render.robust_section(robust, name)
+    effort = effort_cells(done, metric, orders)
+    effort_md, effort_tex = render.effort_section(effort, name)
     compare = tuple(compare)
     comparison, cmp_md, cmp_tex = pd.DataFrame(), [], []
     if compare:
         comparison = compare_published(done, compare, metric, tolerance)
         cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
-    md += rank_md + ratio_md + mi_md + robust_md + cmp_md
+    md += rank_md + ratio_md + mi_md + robust_md + effort_md + cmp_md
     tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *rank_tex, *ratio_tex, *mi_tex,
-           *robust_tex, *cmp_tex]
+           *robust_tex, *effort_tex, *cmp_tex]
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
     if "fig" in formats:
         fig_paths, fig_notes = write_figures(records, df, out_dir / f"{name}_figures", orders, store, curves, cells,
-                                             ratios)
+                                             ratios, effort)
         paths.update(fig_paths)
         notes += fig_notes
         md += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})" for path in fig_paths.values()
@@ -149,7 +151,7 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
 
 
 def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
-                  cells: pd.DataFrame, ratios=()) -> tuple[dict[str, Path], list[str]]:
+                  cells: pd.DataFrame, ratios=(), effort: pd.DataFrame | None = None) -> tuple[dict[str, Path], list[str]]:
     """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
     from bench import figures  # here, not at the top: matplotlib loads only for reports that draw
 
@@ -167,6 +169,11 @@ def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, ord
         emit("heatmap", figures.accuracy_heatmap(heat))
     if ratios:
         emit("ratio", figures.accuracy_against_ratio({render.group_title(t): ratio_lines(t) for t in ratios}, style))
+    if effort is not None and not effort.empty:
+        for key, part in effort.groupby(EFFORT_GROUPS, sort=False):
+            suffix = "" if effort[EFFORT_GROUPS].drop_duplicates().shape[0] == 1 else \
+                "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
+            emit(f"effort{suffix}", figures.accuracy_against_effort(part, style, ", ".join(key)))
     histories, title = histories_frame(records, df, curves, orders)
     if not histories.empty:
         emit("curves", figures.training_curves(histories, style, title))
