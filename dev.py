@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up a virtual environment and run the main job or the tests.
 
-    python3 dev.py smoke    # .venv, install, run the smoke grid, write its report
+    python3 dev.py smoke    # .venv, install what running needs, run the smoke grid, write its report
     python3 dev.py test     # .venv, install with dev extras, run the test suite
     python3 dev.py bench    # timings: pytest-benchmark over tests/benchmarks on this machine's device
     python3 dev.py setup    # only the environment
@@ -33,7 +33,8 @@ def sh(*args: str | Path) -> None:
         sys.exit(code)
 
 
-def setup() -> None:
+def setup(extras: str = "dev") -> None:
+    """The environment with the package and `extras` ("dev": the test tools; "": what running needs)."""
     if sys.version_info < (3, 11):
         sys.exit(f"unlearnable-bench needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
@@ -41,12 +42,15 @@ def setup() -> None:
         venv.create(VENV, with_pip=True)
     stamp = VENV / ".bench-installed"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != wanted:
+    # The stamp names the files' hash and the extras installed; an install with the dev extras serves both.
+    installed = stamp.read_text().split(":") if stamp.exists() else []
+    if installed[:1] != [wanted] or (extras and extras not in installed[1:]):
         # Plain pip on purpose: it takes the pinned torch wheels from a local cache where there is one.
         # The package accepts a range of torch versions; constraints.txt pins the ones tested here.
         sh(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", CONSTRAINTS,
-           "-e", ".[dev]")
-        stamp.write_text(wanted)
+           "-e", f".[{extras}]" if extras else ".")
+        kept = set(installed[1:]) if installed[:1] == [wanted] else set()
+        stamp.write_text(":".join([wanted, *sorted(kept | {extras} - {""})]))
 
 
 def main() -> None:
@@ -54,7 +58,7 @@ def main() -> None:
     if task == "setup":
         setup()
     elif task == "smoke":
-        setup()
+        setup(extras="")
         sh(BIN / "bench", "run", "--grid", "smoke", *rest)
         sh(BIN / "bench", "report", "--grid", "smoke")
     elif task == "bench":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.style
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -145,6 +146,9 @@ def accuracy_against_effort(cells: pd.DataFrame, style: AttackStyle, title: str 
             for _, base in cells[cells.baseline].iterrows():
                 ax.axhline(base["mean"], color="0.4", linestyle="--", linewidth=1, label=f"{base.attack} (reference)")
             ax.set_xscale("log")
+            # Plain numbers on the decades only: matplotlib's minor labels (3x10^1, 4x10^1) run into each other.
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(label)
             ax.set_ylabel(ACCURACY_LABEL)
             ax.legend(frameon=False, loc="best", fontsize="small")

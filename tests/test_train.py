@@ -200,3 +200,18 @@ def test_compiled_training_uses_one_static_graph_per_batch_shape(monkeypatch):
     assert sorted(int(shape[0]) for shape in graphs) == [16, 40]
     built_for = {int(shape[0]): graph for graph, shape in enumerate(graphs)}
     assert len(calls) == 3 * 3 and all(graph == built_for[batch] for graph, batch in calls)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, native", [(True, False, True), (False, True, True), (False, False, False)])
+def test_the_precision_rule_takes_bf16_where_the_cpu_computes_it_natively(amx, avx512_bf16, native, monkeypatch):
+    """AMX tiles or AVX512_BF16 dot products (the EPYC's) are native bf16; without either, fp32."""
+    import bench.train
+
+    probes = {"_is_amx_tile_supported": amx, "_is_avx512_bf16_supported": avx512_bf16}
+    monkeypatch.setattr(bench.train, "_cpu_has", lambda probe: probes[probe])
+    bench.train.cpu_computes_bf16.cache_clear()
+    try:
+        assert bench.train.precision_for(True, torch.device("cpu")) == ("bf16" if native else "fp32")
+        assert bench.train.precision_for(False, torch.device("cpu")) == "fp32"
+    finally:
+        bench.train.cpu_computes_bf16.cache_clear()
