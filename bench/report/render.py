@@ -398,14 +398,14 @@ def robust_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]
 
 
 # --- efficacy against effort ----------------------------------------------------------------------
-EFFORT_NOTE = ("Clean test accuracy (%, last epoch; mean ± std over seeds) of each attack at each of its generation "
+EFFORT_NOTE = ("The metric (mean ± std over seeds) of each attack at each of its generation "
                "budgets: forward-and-backward passes of its surrogate per training image (`Attack.effort`), their "
                "share of the official settings' passes on CIFAR-10's 50,000 images (one round's for an attack a "
                "stop rule ends, marked 'per round'), and the poison's generation seconds (mean over seeds, as "
                "recorded where it was made).")
 
 
-def effort_table(cells: pd.DataFrame) -> pd.DataFrame:
+def effort_table(cells: pd.DataFrame, metric: str = "test_acc_last") -> pd.DataFrame:
     """`tables.effort_cells` as text, one row per attack and group (the groups named where there are several)."""
     varying = [f for f in ("dataset", "arch", "recipe", "defense") if cells[f].nunique() > 1]
     rows = []
@@ -416,16 +416,16 @@ def effort_table(cells: pd.DataFrame) -> pd.DataFrame:
                      "passes per image": MISSING if row.baseline else f"{row.passes:.1f}{per}",
                      "share of official": MISSING if row.baseline else f"{100 * row.share:.1f}%{per}",
                      "generation (s)": MISSING if row.baseline else f"{row.generate_s:.1f}",
-                     METRIC_WORDS["test_acc_last"].split(" (")[0]: mean_std(pd.Series([row.mean]), pd.Series([row.std]))[0],
+                     METRIC_WORDS[metric]: mean_std(pd.Series([row.mean]), pd.Series([row.std]))[0],
                      "seeds": row.seeds})
     return pd.DataFrame(rows).set_index("attack")
 
 
-def effort_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
-    """Markdown lines and the LaTeX table of accuracy against effort (none where no plugin has two budgets)."""
+def effort_section(cells: pd.DataFrame, name: str, metric: str = "test_acc_last") -> tuple[list[str], list[str]]:
+    """Markdown lines and the LaTeX table of `metric` against effort (none where no plugin has two budgets)."""
     if cells.empty:
         return [], []
-    table = effort_table(cells)
+    table = effort_table(cells, metric)
     md = ["### Efficacy against effort", "", EFFORT_NOTE, "", to_markdown(table, table.index.name), ""]
     return md, [frame_to_latex(table, EFFORT_NOTE, f"tab:{name}-effort")]
 

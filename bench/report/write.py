@@ -107,7 +107,7 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     robust = robust_cells(df, orders, {r.cell_id: robust_setup(r) for r in done if r.analysis})
     robust_md, robust_tex = render.robust_section(robust, name)
     effort = effort_cells(done, metric, orders)
-    effort_md, effort_tex = render.effort_section(effort, name)
+    effort_md, effort_tex = render.effort_section(effort, name, metric)
     compare = tuple(compare)
     comparison, cmp_md, cmp_tex = pd.DataFrame(), [], []
     if compare:
