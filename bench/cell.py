@@ -55,6 +55,7 @@ class CellSpec:
     poison_ratio: float = added_field(1.0)
     poison_classes: tuple[int, ...] = added_field(())
     robust: dict = added_field(default_factory=dict)  # bench.robust.RobustConfig, where analysis has "robust"
+    autoattack: dict = added_field(default_factory=dict)  # bench.robust.AutoAttackConfig, where analysis has "autoattack"
 
     def to_dict(self) -> dict:
         return as_dict(self)

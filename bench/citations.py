@@ -133,6 +133,12 @@ BIBTEX = {
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2023}
 }""",
+    "yu2024purify": """@inproceedings{yu2024purify,
+  title     = {Purify Unlearnable Examples via Rate-Constrained Variational Autoencoders},
+  author    = {Yu, Yi and Wang, Yufei and Xia, Song and Yang, Wenhan and Lu, Shijian and Tan, Yap-Peng and Kot, Alex C.},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning (ICML)},
+  year      = {2024}
+}""",
     "prechelt1998early": """@incollection{prechelt1998early,
   title     = {Early Stopping -- But When?},
   author    = {Prechelt, Lutz},

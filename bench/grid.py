@@ -7,7 +7,7 @@ defenses = ["none", "jpeg"]
 archs = ["tiny_cnn"]
 seeds = [0]
 recipe = "cpu_smoke"            # a preset, or a table: {preset = "em60", epochs = 40}
-analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust)
+analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust, autoattack)
 poison_ratio = [0.2, 1.0]       # optional: the poisoned fraction of the training set, one cell per value
 poison_classes = [3, 5]         # optional: poison only images of these classes (indices)
 [data]
@@ -20,7 +20,9 @@ quality = 10
 `analysis = ["robust"]` records PGD robust test accuracy (`bench.robust`); a `[robust]` table sets
 its `RobustConfig` fields (`eps = "4/255"`, `steps = 10`, ...) and may name the grid's defenses whose
 cells run it (`defenses = ["at", "at_4"]`; default every cell). Cells that do not run it keep the ids
-they have without it.
+they have without it. `analysis = ["autoattack"]` records the standard AutoAttack's robust accuracy
+(`bench.robust.autoattack_accuracy`, the optional `pyautoattack` package), with an `[autoattack]`
+table of `AutoAttackConfig` fields and `defenses` in the same way.
 
 With `poison_ratio` and `poison_classes` each cell puts its attack's poison (made for the whole
 training set, one poison for every ratio) on a stratified, seeded part of the training images
@@ -66,7 +68,7 @@ from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
 from bench.registry import ARCHS, ATTACKS, COMPOSE, REGISTRIES, defense_parts
-from bench.robust import RobustConfig
+from bench.robust import AutoAttackConfig, RobustConfig
 from bench.store import canonical_hash
 from bench.train import RECIPES, Recipe, make_recipe
 from defenses.base import create_defense
@@ -74,16 +76,19 @@ from defenses.base import create_defense
 log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis",
-             "variants", "robust", "poison_ratio", "poison_classes")
+             "variants", "robust", "autoattack", "poison_ratio", "poison_classes")
 # Per-cell measurements the runner knows: mi = bench.mi on the trained model's features, robust =
-# bench.robust.robust_accuracy of the trained model on its test images.
-ANALYSES = ("mi", "robust")
-ROBUST_SCOPE = "defenses"  # the [robust] key that chooses cells; its other keys are RobustConfig fields
+# bench.robust.robust_accuracy of the trained model on its test images (PGD), autoattack =
+# bench.robust.autoattack_accuracy (the standard AutoAttack) on them.
+ANALYSES = ("mi", "robust", "autoattack")
+# The analyses with settings of their own: a grid table of the same name holds its config's fields.
+ANALYSIS_CONFIGS = {"robust": RobustConfig, "autoattack": AutoAttackConfig}
+ROBUST_SCOPE = "defenses"  # the key of those tables that chooses cells; the others are the config's fields
 PLUGIN_LISTS = tuple(REGISTRIES)  # a grid's plugin lists: attacks, defenses, archs
 # A variant's name is a TOML bare key without dots or `+`, so `--set NAME.FIELD=` and `jpeg+NAME` parse
-# one way; `recipe`, `data` and `robust` are what `--set recipe.FIELD` (and the others) mean.
+# one way; `recipe`, `data`, `robust` and `autoattack` are what `--set recipe.FIELD` (and the others) mean.
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-RESERVED_NAMES = ("recipe", "data", "robust")
+RESERVED_NAMES = ("recipe", "data", *ANALYSIS_CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class Grid:
     robust_defenses: tuple[str, ...] | None = None  # the defenses (as the grid names them) that run it; None = all
     poison_ratios: tuple[float, ...] = (1.0,)  # fractions of the training set poisoned: a factor of the grid
     poison_classes: tuple[int, ...] = ()  # the classes whose images may be poisoned; () = every class
+    autoattack: dict = field(default_factory=dict)  # the checked AutoAttackConfig where analysis has "autoattack"
+    autoattack_defenses: tuple[str, ...] | None = None  # as robust_defenses, for [autoattack]
 
     def resolve(self, name: str) -> tuple[str, dict]:
         """(plugin, config) of a name in the grid's lists: a variant's, else the plugin's own. A composed
@@ -137,15 +144,15 @@ class Grid:
                 analysis = self.analysis_of(defense)
                 cells.append(CellSpec(self.data, *runs["attack"], *runs["defense"], *runs["arch"], self.recipe,
                                       self.recipe_name, seed, analysis, variants, poison_ratio=ratio,
-                                      poison_classes=classes, robust=self.robust if "robust" in analysis else {}))
+                                      poison_classes=classes, robust=self.robust if "robust" in analysis else {},
+                                      autoattack=self.autoattack if "autoattack" in analysis else {}))
         return cells
 
     def analysis_of(self, defense: str) -> tuple[str, ...]:
-        """The analyses of the cells under `defense` (as the grid names it): the grid's, "robust" only
-        under the defenses its [robust] table names."""
-        if self.robust_defenses is None or defense in self.robust_defenses:
-            return self.analysis
-        return tuple(a for a in self.analysis if a != "robust")
+        """The analyses of the cells under `defense` (as the grid names it): the grid's, "robust" and
+        "autoattack" only under the defenses their tables ([robust], [autoattack]) name."""
+        scopes = {"robust": self.robust_defenses, "autoattack": self.autoattack_defenses}
+        return tuple(a for a in self.analysis if scopes.get(a) is None or defense in scopes[a])
 
 
 def shipped_grids() -> dict[str, Any]:
@@ -223,10 +230,13 @@ def parse_grid(raw: dict, name: str) -> Grid:
                 config[plugin] = as_dict(registry.config(plugin))
     variants = {variant: _variant(variant, plugin, raw, lists) for variant, plugin in variant_plugins.items()}
     analysis = _analysis(raw.get("analysis", []), name)
-    robust, robust_defenses = _robust(raw.get("robust"), analysis, lists["defenses"], name)
+    robust, robust_defenses = _analysis_settings("robust", raw.get("robust"), analysis, lists["defenses"], name)
+    autoattack, autoattack_defenses = _analysis_settings("autoattack", raw.get("autoattack"), analysis,
+                                                         lists["defenses"], name)
     grid = Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"], lists["archs"],
                 tuple(seeds), recipe, recipe_name, config, analysis, variants, robust, robust_defenses,
-                _poison_ratios(raw.get("poison_ratio", 1.0), name), _poison_classes(raw.get("poison_classes", []), name))
+                _poison_ratios(raw.get("poison_ratio", 1.0), name), _poison_classes(raw.get("poison_classes", []), name),
+                autoattack, autoattack_defenses)
     for defense in lists["defenses"]:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
             plugin, parts = grid.resolve(defense)
@@ -349,34 +359,35 @@ def _analysis(value: Any, grid: str) -> tuple[str, ...]:
     return tuple(sorted(set(value)))  # order-free, so the cell id does not depend on how the list is written
 
 
-def _robust(table: Any, analysis: tuple[str, ...], defenses: tuple[str, ...], grid: str
-            ) -> tuple[dict, tuple[str, ...] | None]:
-    """The checked RobustConfig of `[robust]` (its defaults without one) and the defenses whose cells run
-    it (None: all); empty where the grid does not ask for the analysis."""
+def _analysis_settings(key: str, table: Any, analysis: tuple[str, ...], defenses: tuple[str, ...], grid: str
+                       ) -> tuple[dict, tuple[str, ...] | None]:
+    """The checked config (ANALYSIS_CONFIGS[key]) of the table `[key]` (its defaults without one) and the
+    defenses whose cells run the analysis (None: all); empty where the grid does not ask for it."""
+    config_class = ANALYSIS_CONFIGS[key]
     if table is None:
-        return (as_dict(RobustConfig()) if "robust" in analysis else {}), None
-    allowed = [f.name for f in fields(RobustConfig)] + [ROBUST_SCOPE]
+        return (as_dict(config_class()) if key in analysis else {}), None
+    allowed = [f.name for f in fields(config_class)] + [ROBUST_SCOPE]
     if not isinstance(table, dict):
-        raise ConfigError(f"grid {grid}: robust must be a table [robust] of {', '.join(allowed)}")
-    if "robust" not in analysis:
-        raise ConfigError(f"grid {grid}: [robust] is set but analysis does not list \"robust\"; add it to analysis")
+        raise ConfigError(f"grid {grid}: {key} must be a table [{key}] of {', '.join(allowed)}")
+    if key not in analysis:
+        raise ConfigError(f"grid {grid}: [{key}] is set but analysis does not list \"{key}\"; add it to analysis")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise ConfigError(f"grid {grid}: robust: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
-    config = as_dict(build_config(RobustConfig, {k: v for k, v in table.items() if k != ROBUST_SCOPE}, "robust"))
+        raise ConfigError(f"grid {grid}: {key}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    config = as_dict(build_config(config_class, {k: v for k, v in table.items() if k != ROBUST_SCOPE}, key))
     scope = table.get(ROBUST_SCOPE)
     if scope is None:
         return config, None
     if isinstance(scope, str):  # from --set robust.defenses=at,at_4
         scope = [name.strip() for name in scope.split(",") if name.strip()]
     if not isinstance(scope, list) or not all(isinstance(name, str) for name in scope):
-        raise ConfigError(f"grid {grid}: robust.{ROBUST_SCOPE} must be a list of the grid's defenses "
+        raise ConfigError(f"grid {grid}: {key}.{ROBUST_SCOPE} must be a list of the grid's defenses "
                           f"({', '.join(defenses)})")
     unlisted = [d for d in scope if d not in defenses]
     if unlisted:
-        raise ConfigError(f"grid {grid}: robust.{ROBUST_SCOPE}: {unlisted[0]!r} is not one of the grid's defenses; "
+        raise ConfigError(f"grid {grid}: {key}.{ROBUST_SCOPE}: {unlisted[0]!r} is not one of the grid's defenses; "
                           f"allowed: {', '.join(defenses)}")
-    return config, tuple(_once(scope, f"robust.{ROBUST_SCOPE}", grid))
+    return config, tuple(_once(scope, f"{key}.{ROBUST_SCOPE}", grid))
 
 
 def _poison_ratios(value: Any, grid: str) -> tuple[float, ...]:
@@ -423,7 +434,8 @@ class GridOverrides:
 
     `sets` are `NAME.FIELD=VALUE` (a config field of an attack, defense or arch of the grid, or of
     one of its variants), `recipe.FIELD=VALUE`, `data.FIELD=VALUE` or, in a grid with the robust
-    analysis, `robust.FIELD=VALUE`; values are strings, coerced by the config's types. `attacks`,
+    (autoattack) analysis, `robust.FIELD=VALUE` (`autoattack.FIELD=VALUE`); values are strings, coerced
+    by the config's types. `attacks`,
     `defenses`, `archs` and `seeds` replace the grid's lists: any
     registered name or variant of the grid is allowed (to run a new plugin under a shipped grid's
     settings), and a cell the grid already had keeps its id. Any other change makes a different
@@ -457,11 +469,12 @@ class GridOverrides:
         if replaced and isinstance(raw.get("variants"), dict):  # and a variant with its last list
             raw["variants"] = {variant: table for variant, table in raw["variants"].items() if variant in listed}
         variants = [v for v in raw.get("variants", {}) if v in listed] if isinstance(raw.get("variants"), dict) else []
-        robust = raw.get("robust")
-        if self.defenses is not None and isinstance(robust, dict) and isinstance(robust.get(ROBUST_SCOPE), list):
-            # [robust]'s defenses leave with them, as a plugin's config table does
-            robust[ROBUST_SCOPE] = [d for d in robust[ROBUST_SCOPE] if d in raw["defenses"]]
-        asks_robust = isinstance(raw.get("analysis"), list) and "robust" in raw["analysis"]
+        for key in ANALYSIS_CONFIGS:
+            table = raw.get(key)
+            if self.defenses is not None and isinstance(table, dict) and isinstance(table.get(ROBUST_SCOPE), list):
+                # [robust]'s (and [autoattack]'s) defenses leave with them, as a plugin's config table does
+                table[ROBUST_SCOPE] = [d for d in table[ROBUST_SCOPE] if d in raw["defenses"]]
+        asked = [key for key in ANALYSIS_CONFIGS if isinstance(raw.get("analysis"), list) and key in raw["analysis"]]
         for assignment in self.sets:
             target, key, value = _assignment(assignment)
             # A table of the wrong type is left for parse_grid to name.
@@ -472,9 +485,9 @@ class GridOverrides:
             elif target == "data":
                 data = raw.get("data", {})
                 raw["data"] = {**data, key: value} if isinstance(data, dict) else data
-            elif target == "robust" and asks_robust:
-                robust = raw.get("robust", {})
-                raw["robust"] = {**robust, key: value} if isinstance(robust, dict) else robust
+            elif target in asked:
+                table = raw.get(target, {})
+                raw[target] = {**table, key: value} if isinstance(table, dict) else table
             elif target in variants:
                 if isinstance(raw["variants"][target], dict):
                     raw["variants"][target][key] = value
@@ -483,7 +496,7 @@ class GridOverrides:
                 if isinstance(config, dict) and isinstance(config.setdefault(target, {}), dict):
                     config[target][key] = value
             else:
-                tables = ["recipe", "data"] + (["robust"] if asks_robust else [])
+                tables = ["recipe", "data"] + asked
                 raise ConfigError(f"--set {assignment}: {target!r} is not an attack, defense or arch of grid {grid}; "
                                   f"allowed: {', '.join(tables + named + variants)}")
         return raw

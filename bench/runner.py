@@ -30,7 +30,8 @@ from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.records import CellResult
 from bench.registry import ARCHS, ATTACKS
-from bench.robust import RobustConfig, robust_accuracy
+from bench.robust import (AutoAttackConfig, RobustConfig, autoattack_accuracy, require_autoattack,
+                          require_autoattack_classes, robust_accuracy)
 from defenses.base import create_defense
 from bench.store import Store, canonical_hash
 from bench.train import Recipe, TrainingDiverged, precision, train_model
@@ -267,19 +268,31 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
                                  device=device)
         outcome["analysis"] = {**outcome.get("analysis", {}), **robust}
         outcome["timings"]["robust_s"] = time.perf_counter() - start
+    if "autoattack" in cell.analysis:
+        # The same test images as "robust"; at the same test_size the same subset of them too.
+        start = time.perf_counter()
+        attacked = autoattack_accuracy(model, data.test.with_images(test_images), AutoAttackConfig(**cell.autoattack),
+                                       seed=cell.seed, batch_size=cell.recipe.eval_batch_size, device=device)
+        outcome["analysis"] = {**outcome.get("analysis", {}), **attacked}
+        outcome["timings"]["autoattack_s"] = time.perf_counter() - start
     return outcome
 
 
 def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
     """Each dataset of `cells` loaded and checked once (`bench.data.check_arrays`), and each of their
     architectures run once on two of its images, and each partial poisoning's classes checked against
-    its labels, before any cell starts: bad data, an architecture that cannot take the images, or a
-    class the data lacks stops the run with one error instead of a failed record per cell.
+    its labels, before any cell starts: bad data, an architecture that cannot take the images, a
+    class the data lacks, or AutoAttack asked for but not installed (or on fewer than 10 classes) stops
+    the run with one error instead of a failed record per cell.
     Returns each dataset's fingerprint, against which the store's records are judged done or not."""
+    if any("autoattack" in cell.analysis for cell in cells):
+        require_autoattack()  # an optional dependency: say how to install it before loading anything
     fingerprints = {}
     for spec in dict.fromkeys(cell.data for cell in cells):
         data = load_dataset(spec)
         fingerprints[spec] = data.fingerprint
+        if any("autoattack" in c.analysis for c in cells if c.data == spec):
+            require_autoattack_classes(data.train.num_classes, spec.name)
         images = data.train.images[:2].float() / 255
         archs = {(c.arch, canonical_hash(c.arch_config)): c for c in cells if c.data == spec}
         labels = data.train.labels.numpy()

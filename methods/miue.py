@@ -1,13 +1,15 @@
 """MI-UE: unlearnable examples that lower mutual information via intra-class feature collapse."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from bench.archs import IMAGENET_MEAN, IMAGENET_STD
-from bench.config import require
+from bench.config import added_field, require
 from bench.context import RunContext
 from bench.data import ImageSet
 from bench.registry import register_attack
@@ -15,6 +17,49 @@ from methods.base import Attack, Poison, SurrogateConfig, apply_delta, require_s
 from methods.bilevel import (SNAPSHOT_KEYS, Checkpoint, DeltaStore, batches, cosine_lr, frozen, make_surrogate, restore,
                              signed_steps, snapshot, to_unit)
 from methods.miue_loss import supcon_loss
+
+
+def he_fan_out_but_stem(model: nn.Module) -> nn.Module:
+    """The official surrogate's initialisation: every convolution but the first He-normal over fan-out.
+
+    The official ResNet (`models/resnet.py`, `ResNet.__init__`) draws every `Conv2d` with
+    `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, sets BatchNorm to weight 1, bias 0 (as
+    PyTorch does) and leaves its `Linear` head at PyTorch's default; `gen_miue.py` then replaces
+    `conv1` with a fresh `nn.Conv2d(3, 64, 3, 1, 1)`, so the stem keeps PyTorch's default
+    (kaiming_uniform, a=sqrt(5)). Here "the first" is the first `Conv2d` in module order, the one
+    that sees the input in every registered arch: the CIFAR stem of a ResNet, a VGG's first
+    convolution, `tiny_cnn`'s first block. The official code has no rule for other archs; this one
+    is the ResNet rule applied to whatever surrogate a grid picks. Biases, BatchNorm and linear
+    layers keep PyTorch's defaults.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs[1:]:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+# How the surrogate's weights are drawn after the arch builds it with PyTorch's defaults.
+SURROGATE_INITS = {"official": he_fan_out_but_stem, "torch_default": lambda model: model}
+
+
+def round_to_levels(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Our publication: the nearest uint8 level (`apply_delta`)."""
+    return apply_delta(clean, delta, "linf", eps)
+
+
+def floor_to_levels(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The official evaluation loader's images (`datasets/cifar.py`, `CIFAR10Index`):
+    `np.clip(x.astype(float32) + 255 * delta, 0, 255).astype(uint8)`, a float32 sum, clipped, then
+    truncated (floor, the sum being >= 0). The clamp to the budget's levels only guards against a
+    float32 sum that lands a hair under a level (it keeps the poison's claim)."""
+    levels = math.floor(eps * 255 + 1e-6)
+    clean_f = clean.float()
+    steps = ((clean_f + delta * 255).clamp(0, 255).trunc() - clean_f).clamp(-levels, levels)
+    return (clean_f + steps).to(torch.uint8)
+
+
+# How the float noise becomes the uint8 images that are published and trained on.
+QUANTISERS = {"round": round_to_levels, "floor": floor_to_levels}
 
 
 @dataclass(frozen=True)
@@ -34,9 +79,17 @@ class MIUEConfig(SurrogateConfig):
     weight_decay: float = 1e-4
     post_aug: bool = True  # add the noise to a randomly flipped view of each clean image
     normalize: bool = True  # ImageNet mean/std inside the surrogate, as the official model
+    # "official": He-normal over fan-out for every conv but the stem (`he_fan_out_but_stem`);
+    # "torch_default": PyTorch's default init throughout (this plugin's behaviour before).
+    surrogate_init: str = "official"
+    # "round": noise to the nearest uint8 level; "floor": the official evaluation loader's truncation.
+    quantise: str = added_field("round")
 
     def __post_init__(self):
         super().__post_init__()
+        require(self.surrogate_init in SURROGATE_INITS, "surrogate_init",
+                f"must be one of {', '.join(SURROGATE_INITS)}, got {self.surrogate_init!r}")
+        require(self.quantise in QUANTISERS, "quantise", f"must be one of {', '.join(QUANTISERS)}, got {self.quantise!r}")
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] pixel units, got {self.eps}")
         for field in ("epochs", "steps", "batch_size", "perturb_batch_size"):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
@@ -61,13 +114,19 @@ class MutualInformationUE(Attack):
     from 0.2/255 to 0.4/255 as `alpha_e = (E-e+1)/E * (0.2 - 0.4)/255 + 0.4/255`. Noise starts at
     zero. With `post_aug` the noise is fitted to a randomly flipped view of each clean image: the
     official transform is RandomResizedCrop(scale=(1, 1)) + flip, and that crop always returns the
-    whole 32x32 image under torchvision's sampling rule, so the flip is all of it. Differences:
-    the surrogate is this project's CIFAR ResNet-18 with PyTorch's default initialisation (the
-    official torchvision-style one draws its convolutions He-normal over fan-out), and its training
-    inputs are clamped to [0, 1] (the official loop adds the noise unclamped, which only matters
-    where a flip moved the noise off the pixels it was fitted to); and the surrogate runs in bf16
-    autocast with channels_last weights where the device computes bf16 natively (`bf16 = false`
-    runs fp32, as the official code; docs/attacks.md has the measured effect).
+    whole 32x32 image under torchvision's sampling rule, so the flip is all of it. The surrogate
+    is this project's CIFAR ResNet-18 initialised as the official one (`surrogate_init =
+    "official"`: He-normal over fan-out for every convolution but the stem, which `gen_miue.py`
+    replaces with a default-initialised one; for another surrogate arch, every conv but its first,
+    see `he_fan_out_but_stem`); `"torch_default"` leaves PyTorch's default init. The noise is
+    published rounded to the nearest uint8 level; `quantise = "floor"` truncates as the official
+    evaluation loader does. Differences: the surrogate's training inputs are clamped to [0, 1]
+    (the official loop adds the noise unclamped, which only matters where a flip moved the noise
+    off the pixels it was fitted to); the noise lives in steps of eps/127 between rounds
+    (`DeltaStore`); and the surrogate runs in bf16 autocast with channels_last weights where the
+    device computes bf16 natively (`bf16 = false` runs fp32, as the official code; docs/attacks.md
+    has the measured effect of each). The released code ships no mutual-information estimator:
+    `bench.mi`'s analysis has no official counterpart.
     """
 
     Config = MIUEConfig
@@ -86,12 +145,15 @@ class MutualInformationUE(Attack):
             loss = loss + self.config.ce_weight * F.cross_entropy(model.classifier(features), y)
         return loss
 
+    def surrogate(self, num_classes: int, device: torch.device, seed: int) -> nn.Module:
+        """The fresh surrogate `generate` trains: the arch, drawn by `surrogate_init`, normalising inside."""
+        model = SURROGATE_INITS[self.config.surrogate_init](make_surrogate(self.config, num_classes, device, seed))
+        return model.normalize_inputs(IMAGENET_MEAN, IMAGENET_STD) if self.config.normalize else model
+
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         c = self.config
         images, labels, device = data.images, data.labels, data.device
-        model = make_surrogate(c, data.num_classes, device, ctx.seed)
-        if c.normalize:
-            model.normalize_inputs(IMAGENET_MEAN, IMAGENET_STD)
+        model = self.surrogate(data.num_classes, device, ctx.seed)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         deltas = DeltaStore(images.shape, c.eps, device)
         g = ctx.generator(device)
@@ -131,7 +193,7 @@ class MutualInformationUE(Attack):
             bar.update(1); bar.set_postfix(ce=f"{train_loss / len(images):.3f}")
             ctx.log(f"miue epoch {e}/{c.epochs}: surrogate CE on poisoned data {train_loss / len(images):.3f}, step {alpha * 255:.3f}/255")
         bar.close()
-        return Poison(apply_delta(images, deltas.all(), "linf", c.eps), "linf", c.eps)
+        return Poison(QUANTISERS[c.quantise](images, deltas.all(), c.eps), "linf", c.eps)
 
     def gradient_evaluations(self, n_images: int) -> float:
         return self.config.epochs * (1 + self.config.steps)  # each round: one surrogate epoch, then the noise steps

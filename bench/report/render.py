@@ -19,6 +19,7 @@ from bench.records import poisoned_label
 from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SIGNIFICANCE, SummaryTable, value_text
 
 MISSING = "–"
+AUTOATTACK_STANDARD = "APGD-CE, APGD-T, FAB-T, Square"  # the standard version's attacks, as the record lists them
 DAGGER = "†"  # a cell not significantly above its column's lowest: `$^\dagger$` in LaTeX
 TEST_WORDS = "Welch's one-sided t-test"  # the test of tables.below_matrix, as a caption names it
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
@@ -342,11 +343,20 @@ def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tup
 # --- robust accuracy -----------------------------------------------------------------------------
 def robust_setup_text(setup: str) -> str:
     """A `tables.robust_setup` in words: 'PGD-20 at Linf 8/255 in steps of 2/255 from a random start, fp32,
-    on 10,000 test images'."""
+    on 10,000 test images', and 'AutoAttack (standard: ...) at Linf 8/255, fp32, on 1,000 test images'
+    where the records have it."""
     s = json.loads(setup)
-    start = "from a random start" if s["robust_random_start"] else "from the clean image"
-    return (f"PGD-{s['robust_steps']} at Linf {value_text(s['robust_eps'])} in steps of "
-            f"{value_text(s['robust_step_size'])} {start}, {s['robust_precision']}, on {value_text(s['robust_images'])} test images")
+    parts = []
+    if s.get("robust_steps") is not None:
+        start = "from a random start" if s["robust_random_start"] else "from the clean image"
+        parts.append(f"PGD-{s['robust_steps']} at Linf {value_text(s['robust_eps'])} in steps of "
+                     f"{value_text(s['robust_step_size'])} {start}, {s['robust_precision']}, on "
+                     f"{value_text(s['robust_images'])} test images")
+    if s.get("autoattack_version") is not None:
+        parts.append(f"AutoAttack ({s['autoattack_version']}: {AUTOATTACK_STANDARD}) at Linf "
+                     f"{value_text(s['autoattack_eps'])}, {s['autoattack_precision']}, on "
+                     f"{value_text(s['autoattack_images'])} test images")
+    return " and ".join(parts)
 
 
 def row_labels(cells: pd.DataFrame, shown: list[str], varying: list[str]) -> tuple[list[str], list[str]]:
@@ -363,18 +373,23 @@ def row_labels(cells: pd.DataFrame, shown: list[str], varying: list[str]) -> tup
 
 
 def robust_table(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Clean and robust test accuracy per attack (rows) and defense (two columns each) of `tables.robust_cells`,
-    as text; and the setups in words, numbered in the column labels where there are several."""
+    """Clean and robust test accuracy per attack (rows) and defense (columns: clean, PGD's robust and, where
+    the records have it, AutoAttack's) of `tables.robust_cells`, as text; and the setups in words, numbered
+    in the column labels where there are several."""
     setups = list(dict.fromkeys(cells.robust_setup))
     labels, varying = row_labels(cells, [], [f for f in ("arch", "dataset", "recipe") if cells[f].nunique() > 1])
-    clean = mean_std(cells.test_acc_last, cells.test_acc_last_std)
-    robust = mean_std(cells.robust_acc, cells.robust_acc_std)
+    # Each measurement's column where some record has it: a grid may run PGD, AutoAttack or both.
+    shown = [(metric, title) for metric, title in (("test_acc_last", "clean"), ("robust_acc", "robust"),
+                                                   ("autoattack_acc", "AutoAttack"))
+             if metric == "test_acc_last" or (metric in cells and cells[metric].notna().any())]
+    texts = {metric: mean_std(cells[metric], cells[f"{metric}_std"]) for metric, _ in shown}
     rows: dict[str, dict[str, str]] = {}
     columns: dict[str, None] = {}
-    for label, row, clean_text, robust_text in zip(labels, cells.itertuples(), clean, robust):
+    for i, (label, row) in enumerate(zip(labels, cells.itertuples())):
         head = row.defense + (f" (setup {setups.index(row.robust_setup) + 1})" if len(setups) > 1 else "")
-        for column, text in ((f"{head} clean (%)", clean_text), (f"{head} robust (%)", robust_text)):
-            rows.setdefault(label, {})[column] = text
+        for metric, title in shown:
+            column = f"{head} {title} (%)"
+            rows.setdefault(label, {})[column] = texts[metric].iloc[i]
             columns[column] = None
     # Rows and columns in the order they first appear: `cells` is in grid order, attack by attack.
     index = pd.Index(list(rows), name=" / ".join(["attack", *varying]))
@@ -393,6 +408,9 @@ def robust_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]
     text = ("Robust test accuracy (%) of each trained victim under " + where + " (bench.robust), beside its clean "
             "test accuracy (%, last epoch, on every test image of the cell); an image counts as robust when it is "
             "classified correctly both as it is and attacked; mean ± std over seeds.")
+    if "autoattack_acc" in cells and cells.autoattack_acc.notna().any():
+        text += (" Every attack's robust accuracy bounds the true one from above; PGD's is the looser bound, "
+                 "AutoAttack's is expected at or below it on the same images.")
     md = ["### Robust accuracy", "", text, "", to_markdown(table, table.index.name), ""]
     return md, [frame_to_latex(table, text, f"tab:{name}-robust")]
 

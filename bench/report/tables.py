@@ -43,14 +43,16 @@ METRICS = ("test_acc_last", "test_acc_best", "train_acc", "test_acc_early_stop")
 OPTIONAL_METRICS = ("test_acc_early_stop",)
 ANALYSIS_METRICS = {  # key in CellResult.analysis -> unit; "%" is a fraction in the record, as the accuracies
     "mi_cca": "nats", "mi_gaussian": "nats", "mi_ksg": "nats", "cond_cov_ratio": "", "cond_cov_trace": "",
-    "intra_class_cosine": "", "robust_acc": "%",
+    "intra_class_cosine": "", "robust_acc": "%", "autoattack_acc": "%",
 }
 MI_METRICS = tuple(m for m in ANALYSIS_METRICS if m.startswith("mi_"))  # bench.mi's estimates, the default first
-ROBUST_METRICS = ("robust_acc",)  # bench.robust's; the rest of ANALYSIS_METRICS is the MI analysis
-# What a record's robust accuracy was measured under (bench.robust.robust_accuracy's keys): records that
-# differ in any of these are not averaged together.
+# bench.robust's: PGD's and AutoAttack's robust accuracy; the rest of ANALYSIS_METRICS is the MI analysis
+ROBUST_METRICS = ("robust_acc", "autoattack_acc")
+# What a record's robust accuracy was measured under (bench.robust.robust_accuracy's and
+# autoattack_accuracy's keys): records that differ in any of these are not averaged together.
 ROBUST_SETUP_KEYS = ("robust_eps", "robust_step_size", "robust_steps", "robust_random_start", "robust_images",
-                     "robust_precision")
+                     "robust_precision", "autoattack_eps", "autoattack_version", "autoattack_images",
+                     "autoattack_precision")
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense", "poison_ratio")
 POISON_COLUMNS = ("poison_ratio", "poison_classes")  # tidy's key of the poison_ratio factor
 FULL_POISON = (1.0, "")  # the whole training set poisoned: what every record without partial poisoning has
@@ -635,7 +637,7 @@ def _seed_groups(records: Iterable[CellResult]) -> list[list[CellResult]]:
     groups: dict[str, list[CellResult]] = {}
     for r in records:
         if r.done:
-            spec = {k: v for k, v in r.spec.items() if k not in ("seed", "analysis", "robust")}
+            spec = {k: v for k, v in r.spec.items() if k not in ("seed", "analysis", "robust", "autoattack")}
             groups.setdefault(json.dumps(spec, sort_keys=True, default=str), []).append(r)
     return list(groups.values())
 
