@@ -126,6 +126,7 @@ def test_the_grid_key_sets_the_cells_that_run_it_and_the_others_keep_their_ids()
         GridOverrides(sets=("autoattack.test_size=50",)).apply(BASE, "g")
 
 
+@pytest.mark.slow  # 15 s on the project's 2-core CPU: four trainings and two AutoAttacks
 def test_a_grid_with_autoattack_records_it_and_the_report_shows_it_beside_pgd(tmp_path, tiny_npz):
     grid = parse_grid({"attacks": ["clean", "random_noise"], "defenses": ["none", "jpeg"], "archs": ["tiny_cnn"],
                        "recipe": {"preset": "cpu_smoke", "epochs": 1, "batch_size": 64}, "data": {"name": str(tiny_npz)},
