@@ -15,39 +15,47 @@ from methods.base import Attack, Poison
 # CUDA bounds no norm of its change: it claims the whole pixel range, an L-inf budget of 1 (reports
 # print it as "unbounded"), and every record carries the measured size beside the claim.
 UNBOUNDED = 1.0
+PEAK = 1.0  # the one filter entry set apart from the uniform draws (official `center_parameter = 1.0`)
+CHUNK = 4096  # images convolved at a time, so that the float copy of a large class stays small
 
 
 @dataclass(frozen=True)
 class CUDAConfig:
-    kernel_size: int = 3  # k: each class's filter is k x k per channel (CIFAR-10: 3)
-    blur_parameter: float = 0.3  # p_b: off-centre filter entries ~ U(0, p_b) (official CIFAR-10: --blur-parameter 0.3)
+    kernel_size: int = 3  # k: each class's filter is k x k (official CIFAR-10: 3)
+    blur_parameter: float = 0.3  # p_b: filter entries ~ U(0, p_b) before one is set to 1 (official --blur-parameter 0.3)
 
     def __post_init__(self):
         require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size",
                 f"must be an odd number >= 1 (the filter is centred on its pixel), got {self.kernel_size}")
-        require(self.blur_parameter >= 0, "blur_parameter", f"must be >= 0 (0 leaves the images as they are), got {self.blur_parameter}")
+        require(self.blur_parameter >= 0, "blur_parameter", f"must be >= 0 (0: each filter is a single 1), got {self.blur_parameter}")
 
 
 @register_attack("cuda")
 class ConvolutionBasedUnlearnable(Attack):
-    """Model-free, class-wise: every image blurred by its class's random filter, one per channel.
+    """Model-free, class-wise: every image convolved with its class's random filter.
 
     Sadasivan, Soltanolkotabi & Feizi, "CUDA: Convolution-based Unlearnable Datasets", CVPR 2023.
     Threat model: no norm bound; a private key (here the cell seed) draws one k x k filter per
-    class and channel. Implemented from the paper (the official code's licence forbids copying it;
-    it was not read): each off-centre entry is drawn from U(0, p_b), the centre entry is 1, and
-    each filter is divided by its sum, so that it is a blur that keeps a flat region's brightness
-    and p_b = 0 is the identity; each channel of an image is convolved with its class's filter of
-    that channel ('same' size, zero padding past the border, which darkens the outermost pixels by
-    the filter's weight outside), and the result is clipped to [0, 1] and rounded to uint8.
-    Defaults are the official CIFAR-10 settings (k = 3, p_b = 0.3: the README's command). The
-    filter draw and normalisation are our reading of the paper; the paper's text could not be
-    consulted where this plugin was written beyond its abstract, so check them against its
-    section 3 before quoting our CUDA numbers beside the paper's.
+    class. Written from the facts of the official code (vinusankars/Convolution-based-Unlearnability,
+    `final_filter_unlearnable.py`, `get_filter_unlearnable`; its licence forbids copying it): all
+    k x k entries are drawn from U(0, p_b) and then one entry, at a uniformly random position, is
+    set to 1, so that most filters (8 of 9 positions at k = 3) also shift the image by a pixel; the
+    filter is not normalised; the one filter of a class convolves each of the three channels alike
+    (depthwise, bias 0, zero padding k // 2); each convolved image is divided by its own maximum over
+    all its channels and pixels, then scaled by 255, clipped to [0, 255] and truncated to uint8.
+    Only the training set is poisoned. Defaults are the official CIFAR-10 settings (k = 3, p_b = 0.3).
 
-    Budget: CUDA changes pixels by whatever its blur makes of them, so the poison claims L-inf 1.0
-    (the whole range: any uint8 poison meets it) and reports call it unbounded; the measured worst
-    change is recorded with every poison.
+    Where we differ: the filters come from torch's generator seeded by the cell seed, in another
+    order than the official numpy draws (same distribution, other filters for a given seed); the
+    official code hard-codes k = 3 with padding 1, where ours takes any odd k with padding k // 2;
+    we convolve in float32 on the run's device, the official on the GPU (cuDNN, which may use TF32),
+    so a value near a whole level can truncate one level apart; an all-black image, which the
+    official would divide by 0, stays black here; and the official `--mix` (a random fraction of the
+    images poisoned) is the grid's `poison_ratio`.
+
+    Budget: CUDA changes pixels by whatever its filter makes of them, so the poison claims L-inf
+    1.0 (the whole range: any uint8 poison meets it) and reports call it unbounded; the measured
+    worst change is recorded with every poison.
     """
 
     Config = CUDAConfig
@@ -56,29 +64,33 @@ class ConvolutionBasedUnlearnable(Attack):
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
-        _, channels, _, _ = data.images.shape
-        filters = draw_filters(data.num_classes, channels, self.config, ctx.generator("cpu")).to(data.device)
+        filters = draw_filters(data.num_classes, self.config, ctx.generator("cpu")).to(data.device)
         images = data.images.clone()
         for c in range(data.num_classes):
             members = data.labels == c
             if members.any():
-                images[members] = blur(data.images[members], filters[c])
+                images[members] = convolve(data.images[members], filters[c])
         return Poison(images, "linf", UNBOUNDED)
 
 
-def draw_filters(num_classes: int, channels: int, config: CUDAConfig, g: torch.Generator) -> torch.Tensor:
-    """(num_classes, channels, k, k) blur filters: entries ~ U(0, p_b), centre 1, each summing to 1."""
+def draw_filters(num_classes: int, config: CUDAConfig, g: torch.Generator) -> torch.Tensor:
+    """(num_classes, k, k) filters: entries ~ U(0, p_b), then one at a random position set to 1."""
     k = config.kernel_size
-    filters = torch.rand(num_classes, channels, k, k, generator=g) * config.blur_parameter
-    filters[:, :, k // 2, k // 2] = 1
-    return filters / filters.sum((2, 3), keepdim=True)
+    filters = torch.rand(num_classes, k * k, generator=g) * config.blur_parameter
+    peaks = torch.randint(0, k * k, (num_classes,), generator=g)
+    filters[torch.arange(num_classes), peaks] = PEAK
+    return filters.view(num_classes, k, k)
 
 
-def blur(images: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, C, H, W) convolved channel by channel with `filters` (C, k, k), in chunks."""
+def convolve(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W), every channel convolved with `kernel` (k, k), each image divided by
+    its own maximum, to uint8 by truncation."""
+    channels, k = images.shape[1], kernel.shape[-1]
+    weight = kernel.expand(channels, 1, k, k)
     out = torch.empty_like(images)
-    for start in range(0, len(images), 4096):
-        x = images[start : start + 4096].float() / 255
-        y = F.conv2d(x, filters.unsqueeze(1), padding=filters.shape[-1] // 2, groups=filters.shape[0])
-        out[start : start + 4096] = (y.clamp(0, 1) * 255).round().to(torch.uint8)
+    for start in range(0, len(images), CHUNK):
+        x = images[start : start + CHUNK].float() / 255
+        y = F.conv2d(x, weight, padding=k // 2, groups=channels)
+        peak = y.amax((1, 2, 3), keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)  # a black image stays black
+        out[start : start + CHUNK] = (y / peak * 255).clamp_(0, 255).floor_().to(torch.uint8)
     return out

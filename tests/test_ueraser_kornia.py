@@ -34,21 +34,16 @@ def test_magnitudes_are_drawn_in_0_6_12s_ranges_never_negative():
     assert torch.allclose(counts, torch.tensor([0.125, 0.25, 0.25, 0.25, 0.125]), atol=0.02)
 
 
-def test_one_op_for_the_whole_batch():
-    torch.manual_seed(1)
-    x = torch.rand(64, 3, 32, 32)
-    ops = []
-    for _ in range(200):
-        out = k.trivial_augment(x)
-        ops.append(out.shape == x.shape)
-    assert all(ops)
-    # Solarize with one threshold per image: either every image or none is changed by the same op.
+def test_one_op_per_call_for_the_whole_batch_each_op_reached(monkeypatch):
+    calls = []
+    fake = {name: ((lambda x, m, name=name: calls.append((name, len(x))) or x), draw)
+            for name, (op, draw) in k.TRIVIAL_OPS.items()}
+    monkeypatch.setattr(k, "TRIVIAL_OPS", fake)
     torch.manual_seed(0)
-    seen = set()
-    for _ in range(60):
-        idx = int(torch.randint(12, ()))
-        seen.add(idx)
-    assert len(seen) == 12
+    for _ in range(200):
+        k.trivial_augment(torch.rand(8, 3, 32, 32))
+    assert len(calls) == 200 and all(n == 8 for _, n in calls)  # one op, on all 8 images, per call
+    assert {name for name, _ in calls} == set(fake)
 
 
 def test_diamond_square_gives_kornia_0_6_12s_maps_under_one_seed():
