@@ -26,7 +26,11 @@ Departures: the probe's lr is constant 0.5 (APBench's schedule is computed over 
 epochs, so its lr falls only from 0.50 to 0.45 in 100 epochs), and the probe augments with our loop's
 padded crop and flip where APBench uses RandomResizedCrop(0.2-1) and flip. The resized crop samples
 the box bilinearly from the whole image, so a crop's edge pixels may blend with the pixels just
-outside it (by half a pixel at most) where torchvision resizes the cut-out crop alone. Per-batch
+outside it (by half a pixel at most) where torchvision resizes the cut-out crop alone. APBench's
+loaders do not shuffle (`us_train.py` and `train_val_linear`: DataLoader without `shuffle`), so its
+batches are the same, in the dataset's order, every epoch, and pre-training's dropped last batch is
+always the set's last 336 images of 50,000; here pre-training and probe draw a fresh order every
+epoch (from the cell seed), so every image is seen and the batches vary. Per-batch
 defenses (mixup, cutout, AT ...) act on the probe, not on pre-training; set-level ones (JPEG,
 grayscale ...) on the images pre-training sees, as APBench's `pre_transform`.
 """

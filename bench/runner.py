@@ -231,7 +231,7 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
     result = train_model(
         model, trained_on, data.test.with_images(test_images), cell.recipe,
         seed=cell.seed, augment=defense.augment, adversary=defense.adversary, on_epoch=on_epoch, compile=compile,
-        device=device, val=val,
+        device=device, val=val, crop_fill=defense.crop_fill,
     )
     outcome = {
         "metrics": {"test_acc_last": result.test_acc_last, "test_acc_best": result.test_acc_best,

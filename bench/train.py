@@ -114,11 +114,12 @@ class TrainResult:
     precision: str = "fp32"  # what the forward and backward passes ran in: "bf16" (autocast) or "fp32"
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, then random horizontal flip, for a whole uint8 batch at once."""
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator, fill: int = 0) -> torch.Tensor:
+    """Random crop after padding with the uint8 code `fill` (0: zero padding), then random horizontal
+    flip, for a whole uint8 batch at once."""
     n, c, h, w = x.shape
     if padding > 0:
-        padded = F.pad(x, (padding,) * 4)
+        padded = F.pad(x, (padding,) * 4, value=fill)
         dy = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=g, device=x.device)
         dx = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=g, device=x.device)
         # Two gathers: each image's own rows, then its own columns, of the padded batch.
@@ -230,10 +231,11 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train: ImageSet, recipe: Recipe, *, seed: int = 0,
                  augment: Callable | None = None, adversary: Callable | None = None, compile: bool = False,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, crop_fill: int = 0):
         self.device = device = train.device if device is None else torch.device(device)
         self.labels = train.labels.to(device)
         self.train, self.recipe, self.augment, self.adversary = train, recipe, augment, adversary
+        self.crop_fill = crop_fill
         layout = torch.channels_last if recipe.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=layout)
         self.forward = compiled(model, device) if compile else model
@@ -259,7 +261,7 @@ class Trainer:
         for i in range(0, len(train), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
             batch = train.images[rows[i : i + recipe.batch_size]].to(device, non_blocking=True)
-            x = to_float(random_crop_flip(batch, recipe.crop_padding, recipe.flip, g), recipe.channels_last)
+            x = to_float(random_crop_flip(batch, recipe.crop_padding, recipe.flip, g, self.crop_fill), recipe.channels_last)
             y = self.labels[idx]
             if self.augment is not None:
                 x, y = self.augment(x, y)
@@ -298,6 +300,7 @@ def train_model(
     compile: bool = False,
     device: torch.device | None = None,
     val: ImageSet | None = None,
+    crop_fill: int = 0,
 ) -> TrainResult:
     """Train `model` on `train` with `recipe`, testing on `test` after every epoch (and validating
     on `val`, where given: the history's `val_acc`).
@@ -309,9 +312,10 @@ def train_model(
     this machine it warns and trains without it. Off by default: on this project's CPU it does not
     pay for tiny_cnn (docs/performance.md), and on CUDA it is not measured yet. `device` is where
     the model trains (default: where `train` lies); images lying elsewhere move there in batches.
+    `crop_fill` is the uint8 code the random crop pads with (`Defense.crop_fill`).
     """
     trainer = Trainer(model, train, recipe, seed=seed, augment=augment, adversary=adversary, compile=compile,
-                      device=device)
+                      device=device, crop_fill=crop_fill)
     device = trainer.device
     history: list[dict] = []
     best, best_epoch = -1.0, 0

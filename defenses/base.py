@@ -29,6 +29,9 @@ class Defense(Plugin):
 
     adversary: Callable | None = None  # (model, x, y) -> x: set by defenses that train adversarially
     mixes_labels: ClassVar[bool] = False  # augment returns soft labels mixed from two images (mixup, cutmix)
+    # The uint8 code of a black ([0, 1] value 0) pixel in the images `prepare` returns: the victim's
+    # random crop pads with it. 0 unless a defense stores its images in other units (orthogonal_projection).
+    crop_fill: int = 0
 
     def __init__(self, config, num_classes: int = 10):
         super().__init__(config)
@@ -91,6 +94,7 @@ class ComposedDefense(Defense):
         self.config = {p.name: p.config for p in parts}
         self.num_classes = parts[0].num_classes
         self.mixes_labels = bool(mixers)
+        self.crop_fill = next((p.crop_fill for p in parts if p.crop_fill), 0)  # the part that changes the units
         self.adversary = next((p.adversary for p in parts if p.adversary is not None), None)
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

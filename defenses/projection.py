@@ -64,7 +64,12 @@ class OrthogonalProjection(Defense):
     onto the 256 levels, rounded, the rare values outside it clipped. The victim thus sees the
     official (train, test) pair under one affine map, which a first convolution followed by batch
     normalisation cancels (as it does the official mean/std normalisation) except at zero-padded
-    borders, at a coarser step: 3/255 of a pixel. Per-batch defenses composed after it act in the
+    borders, at a coarser step: 3/255 of a pixel. The victim's random crop pads with the code of
+    the projected value 0.0 (`crop_fill`, 85 at the default map), as the official RandomCrop pads
+    the projected float tensors with 0 (`orthogonal_projection_step_2.py`, its RandomCrop(padding=4)
+    in both transform branches, applied by `CustomTensorDataset` to the projected data); where
+    0.0 falls between two codes of a custom `pixel_range`, the nearer code, half a step off at most.
+    Per-batch defenses composed after it act in the
     mapped units (`orthogonal_projection+at` at 8/255 is 24/255 of a pixel). The official step 2
     also trains its victim with strong augmentation (rotation, affine, colour jitter) and CutMix;
     that is the victim's recipe, not the defense, and is left out (`orthogonal_projection+cutmix`
@@ -78,6 +83,12 @@ class OrthogonalProjection(Defense):
     # images 20 epochs are 40 steps, too few for a linear model to find the shortcut, so the CPU
     # preset takes as many steps as the official fit.
     presets = {"cpu": {"epochs": 500}}
+
+    @property
+    def crop_fill(self) -> int:
+        """The code of the projected value 0.0: the victim's crop pads with it, as the official pads the floats with 0."""
+        low, high = self.config.pixel_range
+        return round(-low * 255 / (high - low))
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         basis = class_directions(self.fit_linear(images, labels))

@@ -18,7 +18,7 @@ from methods.tap import clean_recipe
 @dataclass(frozen=True)
 class HYPOConfig(CleanSurrogateConfig):
     eps: float = 8 / 255  # L-inf budget, [0, 1] pixel units
-    step_size: float = 0.8 / 255  # signed-gradient descent step (APBench's --step_size default)
+    step_size: float = 0.8 / 255  # signed-gradient descent step (APBench's --step_size default; Tao et al.'s code: eps / 5)
     steps: int = 100  # descent steps per image (APBench: range(100))
     batch_size: int = 512  # images per step; each image's steps are its own (model in eval mode)
     # The clean model: CleanSurrogateConfig's defaults are TAP's, so a grid with tap and hypo trains it once.
@@ -42,6 +42,10 @@ class HypocriticalPerturbations(Attack):
     cross-entropy of the true label under a clean model in eval mode, projected to the 8/255 ball
     and to [0, 1]; no random start and no augmentation, as there. The model is simple to fit
     through the perturbations, so a victim learns them instead of the images.
+
+    Step size: the default is APBench's 0.8/255 (`poisons_generate.py`, `--step_size`). Tao et
+    al.'s own code (TLMichael/Delusive-Adversary `poison.py`) takes 100 steps of eps / 5, 1.6/255
+    at 8/255, twice ours (`step_size = 1.6 / 255` gives it).
 
     Differences: the clean model is TAP's cached clean surrogate (ResNet-18, TAP's official
     40-epoch recipe, fp32; `methods.clean_surrogate`), trained on the data being poisoned, where

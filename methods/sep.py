@@ -94,7 +94,13 @@ class SelfEnsembleProtection(Attack):
     Its first training epoch warms the learning rate up from 0.001, which our training loop does
     not. Its inner loop aligns every checkpoint's features to the class means of the *last*
     checkpoint of its outer loop (`fs[j]` after that loop), apparently a slip: here each checkpoint
-    aligns to its own class means, as in the correction term of the same sum. Its models normalise
+    aligns to its own class means, as in the correction term of the same sum. The official class
+    means of the *first* checkpoint are taken with BatchNorm in train mode (batch statistics of
+    5,000 images, the running statistics updated on the way): `get_mean_feature` never sets a mode,
+    the freshly built model is in train mode, and only `valid_test`, which runs after it, switches
+    to eval, where the later checkpoints' means are taken; that pass also moves the first
+    checkpoint's running statistics for its gradient in the first outer step. Here every
+    checkpoint's means are taken in eval mode (`class_means`). Its models normalise
     inputs by the CIFAR-10 mean/std inside; ours take [0, 1] inputs. It crafts 5,000 images to a
     batch (one random draw per inner step for all of them); here 512 (memory), which changes only
     which images share a draw. Poisons are rounded to the nearest level; the official loader

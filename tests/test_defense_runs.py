@@ -40,6 +40,19 @@ def test_composed_defenses_run_in_a_grid_and_set_level_work_is_done_once(tmp_pat
     assert counts["done"] == 4 and len(calls) == 2
 
 
+def test_the_victims_crop_pads_with_the_defenses_fill(tmp_path, tiny_npz, monkeypatch):
+    import bench.train
+
+    fills, crop = set(), bench.train.random_crop_flip
+    monkeypatch.setattr(bench.train, "random_crop_flip", lambda x, p, f, g, fill=0: fills.add(fill) or crop(x, p, f, g, fill))
+    counts, records = _run(tmp_path, tiny_npz, ["clean"], ["orthogonal_projection+cutout"],
+                           config={"orthogonal_projection": {"epochs": 1}})
+    assert counts["failed"] == 0 and fills == {85}, [r.error for r in records.values()]
+    fills.clear()
+    _run(tmp_path, tiny_npz, ["clean"], ["none"])
+    assert fills == {0}
+
+
 @pytest.mark.slow
 def test_iss_jpeg_and_orthogonal_projection_recover_accuracy_that_ops_removed_on_real_cifar10(tmp_path, cifar10_npz):
     """OPS (one pixel per image) is a colour shortcut that JPEG at quality 10 squeezes out (ISS), and

@@ -503,6 +503,21 @@ def test_orthogonal_projection_is_a_function_of_the_images_whatever_the_global_s
     assert not torch.equal(first, other)
 
 
+def test_orthogonal_projection_crops_pad_with_the_code_of_projected_zero():
+    # The official RandomCrop pads the projected floats with 0.0 (orthogonal_projection_step_2.py), not
+    # with the lowest code of the map (-1.0 at the default pixel_range).
+    from defenses.base import create_defense
+
+    defense = DEFENSES.create("orthogonal_projection")
+    assert defense.crop_fill == 85 and defense.decode(torch.tensor([85], dtype=torch.uint8)).item() == 0.0
+    assert create_defense("orthogonal_projection+cutmix").crop_fill == 85
+    assert create_defense("cutmix+orthogonal_projection").crop_fill == 85
+    other = DEFENSES.create("orthogonal_projection", {"pixel_range": (-0.5, 1.5)})
+    assert other.crop_fill == 64 and abs(other.decode(torch.tensor([64], dtype=torch.uint8)).item()) <= 1 / 255
+    assert DEFENSES.create("orthogonal_projection", {"pixel_range": (0.0, 1.0)}).crop_fill == 0
+    assert all(DEFENSES.create(name).crop_fill == 0 for name in ("none", "jpeg", "cutout"))
+
+
 def test_early_stop_holds_out_a_class_balanced_seeded_split():
     labels = torch.arange(300) % 10
     defense = DEFENSES.create("early_stop", {"val_size": 50})

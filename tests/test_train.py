@@ -22,6 +22,13 @@ def test_crop_takes_each_images_own_window_of_the_padded_image():
     assert len(set(offsets)) > 4, "images must get their own offsets"
 
 
+def test_crop_pads_with_the_fill_code():
+    x = torch.full((64, 3, 8, 8), 200, dtype=torch.uint8)
+    out = random_crop_flip(x, 2, False, torch.Generator().manual_seed(0), fill=85)
+    assert set(out.unique().tolist()) == {85, 200}
+    assert (random_crop_flip(x, 2, False, torch.Generator().manual_seed(0)) == 0).any(), "zero padding by default"
+
+
 def test_flip_mirrors_about_half_of_the_batch():
     x = torch.arange(4 * 4, dtype=torch.uint8).view(1, 1, 4, 4).repeat(1000, 3, 1, 1)
     out = random_crop_flip(x, 0, True, torch.Generator().manual_seed(0))
