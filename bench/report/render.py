@@ -20,6 +20,8 @@ from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SIGNIFICANCE, Sum
 
 MISSING = "–"
 AUTOATTACK_STANDARD = "APGD-CE, APGD-T, FAB-T, Square"  # the standard version's attacks, as the record lists them
+# What a source marked `unverified` is (bench.published): said beside its title wherever it is compared.
+UNVERIFIED_TEXT = "Unverified: a third party's numbers, not checked against the method's own paper."
 DAGGER = "†"  # a cell not significantly above its column's lowest: `$^\dagger$` in LaTeX
 TEST_WORDS = "Welch's one-sided t-test"  # the test of tables.below_matrix, as a caption names it
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
@@ -329,14 +331,15 @@ def calibration_summary(table: pd.DataFrame) -> str:
 
 
 def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
-    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with the estimators'
-    calibration at the records' settings."""
+    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with a summary of the
+    estimators' calibration at the records' settings."""
     if cells.empty:
         return [], []
     table = analysis_table(cells)
+    # The calibration's rows (one per estimator, case, dims and rho) stay in <name>_mi_calibration.csv;
+    # the Markdown, which the terminal prints too, keeps its summary.
     md = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, "", to_markdown(table, table.index.name), "",
-          calibration_summary(calibration), "",
-          to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
+          calibration_summary(calibration) + f" Every case: `{name}_mi_calibration.csv`.", ""]
     return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]
 
 
@@ -505,7 +508,7 @@ def comparison_section(frame: pd.DataFrame, sources, tolerance: float, unmatched
         part = frame[frame.source == source.id]
         link = f" ({source.link})" if source.link else ""
         md += [f"#### {source.title}", "", f"{source.table}. {source.paper}{link}. Its recipe: "
-               f"{source_recipe_text(source.recipe)}." + (" Unverified (REFERENCE.md)." if source.unverified else ""), ""]
+               f"{source_recipe_text(source.recipe)}." + (f" {UNVERIFIED_TEXT}" if source.unverified else ""), ""]
         if part.empty:
             md += ["No cell of ours has an attack and a defense of this table.", ""]
             continue
