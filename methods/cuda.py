@@ -17,17 +17,22 @@ from methods.base import Attack, Poison
 UNBOUNDED = 1.0
 PEAK = 1.0  # the one filter entry set apart from the uniform draws (official `center_parameter = 1.0`)
 CHUNK = 4096  # images convolved at a time, so that the float copy of a large class stays small
+FILTER_FORMS = ("official", "normalised")
 
 
 @dataclass(frozen=True)
 class CUDAConfig:
     kernel_size: int = 3  # k: each class's filter is k x k (official CIFAR-10: 3)
     blur_parameter: float = 0.3  # p_b: filter entries ~ U(0, p_b) before one is set to 1 (official --blur-parameter 0.3)
+    # "official": the official code's filters and normalisation (the class docstring); "normalised": a
+    # sum-normalised blur per channel, centre 1, clipped and rounded (kept to compare against).
+    filters: str = "official"
 
     def __post_init__(self):
         require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size",
                 f"must be an odd number >= 1 (the filter is centred on its pixel), got {self.kernel_size}")
         require(self.blur_parameter >= 0, "blur_parameter", f"must be >= 0 (0: each filter is a single 1), got {self.blur_parameter}")
+        require(self.filters in FILTER_FORMS, "filters", f"must be one of {', '.join(FILTER_FORMS)}, got {self.filters!r}")
 
 
 @register_attack("cuda")
@@ -53,6 +58,11 @@ class ConvolutionBasedUnlearnable(Attack):
     official would divide by 0, stays black here; and the official `--mix` (a random fraction of the
     images poisoned) is the grid's `poison_ratio`.
 
+    `filters = "normalised"` is another reading of the paper, kept to compare against: one filter
+    per class and channel, its off-centre entries ~ U(0, p_b) and its centre 1, divided by its sum
+    (a blur that keeps a flat region's brightness), each channel convolved with its own filter, the
+    result clipped and rounded (`bench/grids/fidelity_cuda.toml` runs both; docs/attacks.md).
+
     Budget: CUDA changes pixels by whatever its filter makes of them, so the poison claims L-inf
     1.0 (the whole range: any uint8 poison meets it) and reports call it unbounded; the measured
     worst change is recorded with every poison.
@@ -64,6 +74,8 @@ class ConvolutionBasedUnlearnable(Attack):
     seeded = True
 
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
+        if self.config.filters == "normalised":
+            return Poison(normalised_blur(data, self.config, ctx.generator("cpu")), "linf", UNBOUNDED)
         filters = draw_filters(data.num_classes, self.config, ctx.generator("cpu")).to(data.device)
         images = data.images.clone()
         for c in range(data.num_classes):
@@ -94,3 +106,20 @@ def convolve(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         peak = y.amax((1, 2, 3), keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)  # a black image stays black
         out[start : start + CHUNK] = (y / peak * 255).clamp_(0, 255).floor_().to(torch.uint8)
     return out
+
+
+def normalised_blur(data: ImageSet, config: CUDAConfig, g: torch.Generator) -> torch.Tensor:
+    """`filters = "normalised"`: each class's (C, k, k) filters, entries ~ U(0, p_b) with centre 1, each
+    divided by its sum, convolved channel by channel, clipped to [0, 1] and rounded to uint8."""
+    k, channels = config.kernel_size, data.images.shape[1]
+    filters = torch.rand(data.num_classes, channels, k, k, generator=g) * config.blur_parameter
+    filters[:, :, k // 2, k // 2] = 1
+    filters = (filters / filters.sum((2, 3), keepdim=True)).to(data.device)
+    images = data.images.clone()
+    for c in range(data.num_classes):
+        rows = (data.labels == c).nonzero().flatten()
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            y = F.conv2d(data.images[chunk].float() / 255, filters[c].unsqueeze(1), padding=k // 2, groups=channels)
+            images[chunk] = (y.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images

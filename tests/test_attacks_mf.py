@@ -88,6 +88,7 @@ def test_ar_and_cuda_serve_100_classes_and_64x64_images():
     ("ar", {"min_response": -1}, "ar.min_response: must be >= 0"),
     ("cuda", {"kernel_size": 4}, "cuda.kernel_size: must be an odd number >= 1"),
     ("cuda", {"blur_parameter": -0.1}, "cuda.blur_parameter: must be >= 0"),
+    ("cuda", {"filters": "blur"}, "cuda.filters: must be one of official, normalised"),
 ])
 def test_bad_configs_name_the_field(name, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -159,6 +160,19 @@ def test_cuda_uses_one_filter_for_every_channel_and_each_image_its_own_maximum()
 def test_cuda_leaves_a_black_image_black():
     data = ImageSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), torch.arange(2), 2, 2)
     assert torch.equal(ATTACKS.create("cuda")(data, RunContext(seed=0)).images, data.images)
+
+
+def test_cuda_normalised_filters_keep_flat_regions_and_differ_per_channel():
+    flat = ImageSet(torch.full((4, 3, 8, 8), 120, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), torch.arange(4), 2, 4)
+    poison = ATTACKS.create("cuda", {"filters": "normalised"})(flat, RunContext(seed=1))
+    inner = poison.images[:, :, 1:-1, 1:-1]
+    assert torch.all(inner == 120), "a sum-normalised blur keeps a flat region's brightness"
+    assert torch.all(poison.images[:, :, 0] < 120), "zero padding darkens the border"
+    data = textured(40, 4)
+    data.images[12] = data.images[0, :1].expand(3, -1, -1)  # a grey image
+    blurred = ATTACKS.create("cuda", {"filters": "normalised"})(data, RunContext(seed=0)).images
+    assert not torch.equal(blurred[12, 0], blurred[12, 1]), "each channel has its own filter"
+    assert not torch.equal(blurred, ATTACKS.create("cuda")(data, RunContext(seed=0)).images)
 
 
 # --- real CIFAR-10 ----------------------------------------------------------------------------------
