@@ -25,6 +25,9 @@ class ProjectionConfig:
     init_seed: int = 0  # seed of the linear model's initial weights, fixed so the projected set is a function of the poison
     # Projected pixels in [0, 1] units that the 256 uint8 levels span, train and test alike (see the class docstring).
     pixel_range: tuple[float, float] = (-1.0, 2.0)
+    # The projected value, in [0, 1] units, the victim's random crop pads with: the official 0.0 (its
+    # RandomCrop pads the projected floats with 0); the range's low end pads with code 0.
+    pad_value: float = 0.0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -33,6 +36,8 @@ class ProjectionConfig:
         low, high = self.pixel_range
         require(low <= 0 and high >= 1 and high > low, "pixel_range",
                 f"must be (low, high) with low <= 0 and high >= 1, so that it holds every [0, 1] pixel, got {self.pixel_range}")
+        require(low <= self.pad_value <= high, "pad_value",
+                f"must lie in pixel_range {list(self.pixel_range)}, got {self.pad_value}")
 
 
 @register_defense("orthogonal_projection")
@@ -65,7 +70,7 @@ class OrthogonalProjection(Defense):
     official (train, test) pair under one affine map, which a first convolution followed by batch
     normalisation cancels (as it does the official mean/std normalisation) except at zero-padded
     borders, at a coarser step: 3/255 of a pixel. The victim's random crop pads with the code of
-    the projected value 0.0 (`crop_fill`, 85 at the default map), as the official RandomCrop pads
+    the projected value `pad_value` = 0.0 (`crop_fill`, 85 at the default map), as the official RandomCrop pads
     the projected float tensors with 0 (`orthogonal_projection_step_2.py`, its RandomCrop(padding=4)
     in both transform branches, applied by `CustomTensorDataset` to the projected data); where
     0.0 falls between two codes of a custom `pixel_range`, the nearer code, half a step off at most.
@@ -86,9 +91,9 @@ class OrthogonalProjection(Defense):
 
     @property
     def crop_fill(self) -> int:
-        """The code of the projected value 0.0: the victim's crop pads with it, as the official pads the floats with 0."""
+        """The code of the projected value `pad_value` (0.0: as the official pads the floats with 0): the victim's crop pads with it."""
         low, high = self.config.pixel_range
-        return round(-low * 255 / (high - low))
+        return round((self.config.pad_value - low) * 255 / (high - low))
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         basis = class_directions(self.fit_linear(images, labels))

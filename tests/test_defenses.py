@@ -259,24 +259,27 @@ def test_ueraser_trains_on_the_max_loss_copy(monkeypatch):
     assert torch.allclose(out[:, 0, 0, 0], torch.tensor([0.2, 0.5, 0.8, 0.2, 0.5, 0.8]))
 
 
-def test_ueraser_augmentation_is_strong_and_per_image():
+@pytest.mark.parametrize("augment", ["apbench", "torchvision"])
+def test_ueraser_augmentation_is_strong_and_per_image(augment):
     torch.manual_seed(0)
     x = torch.rand(64, 3, 32, 32)
-    out = DEFENSES.create("ueraser").erase(x)
+    out = DEFENSES.create("ueraser", {"augment": augment}).erase(x)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     changed = (out - x).abs().mean((1, 2, 3))
     assert (changed > 0.02).float().mean() > 0.5 and changed.std() > 0.01  # most images change, by different amounts
 
 
-def _plasma_only(name, **config):
+def _plasma_only_of(name, **config):
     """A UEraser whose channel shuffle is off and whose TrivialAugment is the identity."""
     ueraser = DEFENSES.create(name, {"shuffle_p": 0.0, **config})
-    ueraser._trivial = lambda batch: batch
+    ueraser.trivial = lambda batch: batch
     return ueraser
 
 
-def test_ueraser_applies_both_plasma_steps_to_every_image_as_apbench_since_ca7e688():
+@pytest.mark.parametrize("augment", ["apbench", "torchvision"])
+def test_ueraser_applies_both_plasma_steps_to_every_image_as_apbench_since_ca7e688(augment):
     torch.manual_seed(0)
+    _plasma_only = lambda name, **config: _plasma_only_of(name, augment=augment, **config)
     unchanged = lambda out, x: (out == x).flatten(1).all(1).sum().item()
     # Brightness alone: a mid-grey image moves wherever the brightness map is not zero.
     grey = torch.full((64, 3, 32, 32), 0.5)
@@ -408,6 +411,7 @@ def test_grids_compose_defenses_with_per_part_overrides_and_stable_ids():
     ("mixup", "alpha", 0, r"defense mixup\.alpha: must be positive, got 0"),
     ("cutmix", "p", 1.5, r"defense cutmix\.p: must be a probability in \[0, 1\], got 1\.5"),
     ("ueraser", "repeats", 0, r"defense ueraser\.repeats: must be at least 1, got 0"),
+    ("ueraser", "augment", "kornia", r"defense ueraser\.augment: must be one of apbench, torchvision, got 'kornia'"),
     ("ueraser_jpeg", "jpeg_quality", [5, 101], r"defense ueraser_jpeg\.jpeg_quality: must be a range \(low, high\) "
                                               r"with 1 <= low <= high <= 100, got \(5, 101\)"),
     ("iss_jpeg", "quality", 0, r"defense iss_jpeg\.quality: must be in 1\.\.100, got 0"),
@@ -440,9 +444,11 @@ def test_only_defenses_whose_default_changed_get_new_cell_ids():
     kept = ("mixup", "cutmix", "cutout", "jpeg+cutmix")  # same behaviour; the per-image option is left out of the dict
     assert {d: ids[d] for d in kept} == {d: IDS_BEFORE[d] for d in kept}
     assert ids["ueraser"] != IDS_BEFORE["ueraser"] and ids["iss_gray"] != IDS_BEFORE["iss_gray"]  # new semantics
-    # UEraser at APBench's first-commit probabilities is the experiment the old records ran.
-    first = parse_grid({**grid, "defenses": ["ueraser"], "config": {"ueraser": {"brightness_p": 0.5, "contrast_p": 0.5}}}, "g")
-    assert first.cells()[0].cell_id == IDS_BEFORE["ueraser"]
+    # The old records ran octave-noise plasma and torchvision's TrivialAugmentWide at APBench's first-commit
+    # probabilities; `augment` is hashed in every UEraser config, so no config of today is served them.
+    first = parse_grid({**grid, "defenses": ["ueraser"], "config": {"ueraser": {
+        "brightness_p": 0.5, "contrast_p": 0.5, "augment": "torchvision"}}}, "g").cells()[0]
+    assert first.defense_config["augment"] == "torchvision" and first.cell_id != IDS_BEFORE["ueraser"]
     # Setting the added option to its default is the plain config; the preset is another experiment.
     explicit = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"per_image": False}}}, "g").cells()[0]
     apbench = parse_grid({**grid, "defenses": ["mixup"], "config": {"mixup": {"preset": "apbench"}}}, "g").cells()[0]
@@ -515,6 +521,9 @@ def test_orthogonal_projection_crops_pad_with_the_code_of_projected_zero():
     other = DEFENSES.create("orthogonal_projection", {"pixel_range": (-0.5, 1.5)})
     assert other.crop_fill == 64 and abs(other.decode(torch.tensor([64], dtype=torch.uint8)).item()) <= 1 / 255
     assert DEFENSES.create("orthogonal_projection", {"pixel_range": (0.0, 1.0)}).crop_fill == 0
+    assert DEFENSES.create("orthogonal_projection", {"pad_value": -1.0}).crop_fill == 0  # the range's low end
+    with pytest.raises(ConfigError, match=r"orthogonal_projection\.pad_value: must lie in pixel_range"):
+        DEFENSES.create("orthogonal_projection", {"pad_value": 3.0})
     assert all(DEFENSES.create(name).crop_fill == 0 for name in ("none", "jpeg", "cutout"))
 
 
