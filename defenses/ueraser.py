@@ -14,8 +14,11 @@ from torchvision.transforms import v2
 
 from bench.config import require
 from bench.registry import register_defense
+from defenses import kornia0612
 from defenses.base import Defense
 from defenses.basic import jpeg_compress
+
+AUGMENTS = ("apbench", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,10 @@ class UEraserConfig:
     contrast_p: float = 1.0  # probability of plasma contrast per image; 1.0 since APBench's ca7e688 (0.5 before)
     roughness: tuple[float, float] = (0.3, 0.7)  # range of the fractal's amplitude ratio between finer and coarser scales
     shuffle_p: float = 0.5  # probability of a random channel permutation per image
-    trivial_chunk: int = 16  # images that share one TrivialAugment op and magnitude (one draw per chunk)
+    # "apbench": kornia 0.6.12's diamond-square plasma and TrivialAugment, as APBench runs them
+    # (defenses/kornia0612.py); "torchvision": octave-noise plasma and torchvision's TrivialAugmentWide.
+    augment: str = "apbench"
+    trivial_chunk: int = 16  # "torchvision" only: images that share one TrivialAugmentWide op and magnitude
 
     def __post_init__(self):
         require(self.repeats >= 1, "repeats", f"must be at least 1, got {self.repeats}")
@@ -36,11 +42,13 @@ class UEraserConfig:
         for name in ("brightness_intensity", "roughness"):
             lo, hi = getattr(self, name)
             require(0 <= lo <= hi <= 1, name, f"must be a range (low, high) with 0 <= low <= high <= 1, got {(lo, hi)}")
+        require(self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         require(self.trivial_chunk >= 1, "trivial_chunk", f"must be at least 1, got {self.trivial_chunk}")
 
 
 def plasma(shape: tuple[int, int, int, int], roughness: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Fractal noise maps in [0, 1], one per image and channel, with per-image roughness.
+    """Fractal noise maps in [0, 1], one per image and channel, with per-image roughness (`augment =
+    "torchvision"`; "apbench" draws kornia 0.6.12's diamond-square maps).
 
     Octaves of uniform noise on grids of 3, 5, 9, 17, ... points, bilinearly upsampled; octave k
     is weighted roughness^k, the amplitude schedule of the diamond-square algorithm.
@@ -81,11 +89,15 @@ class UEraser(Defense):
     - The repeats run on every epoch (APBench's default `--repeat_epoch 300`, UEraser-Max with
       200 epochs); UEraser-Lite is `repeats = 1`. The switch to one copy after `repeat_epoch`
       (50 for plain "UEraser") needs the epoch, which the defense interface does not carry.
-    - kornia's plasma maps come from diamond-square; ours are octave noise with the same
-      roughness-per-scale amplitudes (smooth fractal maps in [0, 1]); the brightness map is
-      (2 m - 1) * intensity and the contrast map 4 m, as kornia applies them.
-    - TrivialAugment is torchvision's `TrivialAugmentWide` (kornia ships its own op list); one op
-      and magnitude per `trivial_chunk` images, since a v2 transform draws once per call.
+    - The augmentations are kornia 0.6.12's, which APBench pins (`augment = "apbench"`, the default):
+      its diamond-square plasma maps and its TrivialAugment (12 ops, one op per call for the whole
+      batch, a magnitude per image, rotation to 30 degrees, shear to 0.3 degrees, translation to
+      half the image, posterize 0..4 bits), written in defenses/kornia0612.py and tested against
+      0.6.12's own outputs, because later kornia releases changed both (0.9.0). The random draws
+      come in another order than kornia's, so a seed gives other (equally distributed) copies.
+      `augment = "torchvision"` uses octave noise with the same roughness-per-scale amplitudes
+      and torchvision's `TrivialAugmentWide` (14 ops, rotation to 135 degrees, translation to 32
+      pixels), one op and magnitude per `trivial_chunk` images.
     """
 
     Config = UEraserConfig
@@ -109,16 +121,28 @@ class UEraser(Defense):
             lo, hi = lo_hi
             return torch.rand(n, device=dev) * (hi - lo) + lo
 
-        bright = (2 * plasma(x.shape, uniform(cfg.roughness), dev) - 1) * uniform(cfg.brightness_intensity).view(n, 1, 1, 1)
+        apbench = cfg.augment == "apbench"
+
+        def fractal(roughness: torch.Tensor) -> torch.Tensor:
+            return kornia0612.diamond_square(x.shape, roughness) if apbench else plasma(x.shape, roughness, dev)
+
+        # As kornia applies them: brightness adds (2 m - 1) * intensity, contrast scales about 0.5 by 4 m.
+        bright = (2 * fractal(uniform(cfg.roughness)) - 1) * uniform(cfg.brightness_intensity).view(n, 1, 1, 1)
         x = (x + coin(cfg.brightness_p) * bright).clamp(0, 1)
-        contrast = 4 * plasma(x.shape, uniform(cfg.roughness), dev)
+        contrast = 4 * fractal(uniform(cfg.roughness))
         on = coin(cfg.contrast_p)
         x = (on * ((x - 0.5) * contrast + 0.5) + (1 - on) * x).clamp(0, 1)
         perm = torch.rand(n, c, device=dev).argsort(1)
         shuffled = x.gather(1, perm.view(n, c, 1, 1).expand_as(x))
         on = coin(cfg.shuffle_p)
         x = on * shuffled + (1 - on) * x
-        return torch.cat([self._trivial(chunk) for chunk in x.split(cfg.trivial_chunk)])
+        return self.trivial(x)
+
+    def trivial(self, x: torch.Tensor) -> torch.Tensor:
+        """TrivialAugment on the batch: kornia 0.6.12's (one op per call), or torchvision's per chunk."""
+        if self.config.augment == "apbench":
+            return kornia0612.trivial_augment(x)
+        return torch.cat([self._trivial(chunk) for chunk in x.split(self.config.trivial_chunk)])
 
     @torch.no_grad()
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
