@@ -29,7 +29,7 @@ from bench.environment import provenance
 from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.records import CellResult
-from bench.registry import ARCHS, ATTACKS
+from bench.registry import ARCHS, ATTACKS, DEFENSES, defense_parts
 from bench.robust import RobustConfig, robust_accuracy
 from defenses.base import create_defense
 from bench.store import Store, canonical_hash
@@ -91,6 +91,9 @@ class PoisonSource:
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
                 "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint,
                 "effort": attack.effort(len(data.train.images))}
+        origin = ATTACKS.entry(cell.attack).origin
+        if origin:  # a plugin file's path and SHA-256 (or a package's): which version made this poison
+            meta["origin"] = origin
         if cell.cacheable:
             # The cache entry names its data spec too, so `bench poison export` can find the clean images.
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": as_dict(cell.data)})
@@ -306,6 +309,25 @@ def input_fingerprint(cell: CellSpec) -> str | None:
         return None
 
 
+def plugin_origins(cell: CellSpec) -> dict:
+    """Where each plugin of `cell` that is not this project's came from (`Entry.origin`: a plugin file's
+    path and SHA-256, a package's entry point), by `<kind> <name>`; {} where all are built in. The
+    architectures a config names (a surrogate, an encoder) count: they run too."""
+    named = [(ATTACKS, cell.attack), (ARCHS, cell.arch)] + [(DEFENSES, part) for part in defense_parts(cell.defense)]
+    named += [(ARCHS, value) for value in _strings([cell.attack_config, cell.defense_config, cell.arch_config])
+              if value in ARCHS]
+    return {f"{registry.kind} {name}": registry.entry(name).origin for registry, name in named
+            if name in registry and registry.entry(name).origin}
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for item in value for s in _strings(item)] if isinstance(value, (list, tuple)) else []
+
+
 # Failures that a second try with the same seed would only repeat: recorded at once, not retried.
 DETERMINISTIC_FAILURES = (ConfigError, BudgetError, TrainingDiverged)
 MIN_OOM_BATCH = 16  # below this, running out of memory is the model's or the device's problem, not the batch's
@@ -400,14 +422,16 @@ class CellWorker:
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
         fingerprint, inputs = self.fingerprint(cell.data), self.inputs(cell)
+        origins = plugin_origins(cell)  # only where a plugin is not built in, so other records keep their form
+        env = {**self.env, "plugins": origins} if origins else self.env
         if outcome is None:
-            record = CellResult.failed(cell, grid_name, errors[-1], provenance=self.env, attempts=len(errors),
+            record = CellResult.failed(cell, grid_name, errors[-1], provenance=env, attempts=len(errors),
                                        earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start,
                                        data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
                       errors[-1]["type"], errors[-1]["message"])
         else:
-            record = CellResult.finished(cell, grid_name, outcome, provenance=self.env, attempts=len(errors) + 1,
+            record = CellResult.finished(cell, grid_name, outcome, provenance=env, attempts=len(errors) + 1,
                                          earlier_errors=errors, wall_seconds=time.perf_counter() - start,
                                          data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,

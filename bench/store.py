@@ -127,7 +127,7 @@ class Store:
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            raise ConfigError(f"--out {self.root}: results cannot be written there ({err.strerror or err})") from None
+            raise ConfigError(f"--results {self.root}: results cannot be written there ({err.strerror or err})") from None
 
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:
@@ -165,6 +165,20 @@ class Store:
             log.warning("cell %s: its record was made with other input files (its attack's file was replaced: "
                         "fingerprint %s, now %s); it runs again", cell_id, record.input_fingerprint, inputs)
         return record is not None and record.done_on(fingerprint, inputs)
+
+    def remove_failed(self, cell_id: str) -> bool:
+        """Remove the record of `cell_id` where it is a failed one; False where it is done, gone or
+        unreadable, or where a run holds the cell (it may be about to write it done). The claim is held
+        while the record is read and removed, so a record that a run writes meanwhile is never lost."""
+        claim = self.claim(cell_id)
+        if claim is None:
+            return False
+        with claim:
+            record = self.read_record(cell_id)
+            if record is None or record.status != "failed":
+                return False
+            self.record_path(cell_id).unlink()
+            return True
 
     def records(self) -> Iterator[CellResult]:
         for path in sorted(self.records_dir.glob("*.json")):

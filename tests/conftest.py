@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,6 @@ import torch
 from bench.data import ImageSet
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 
 
 def synthetic_arrays(n_train: int = 200, n_test: int = 100, classes: int = 10, seed: int = 0) -> dict:
@@ -45,14 +42,15 @@ def tiny_set() -> ImageSet:
 
 @pytest.fixture(scope="session")
 def cifar10_npz() -> Path:
-    """The real CIFAR-10 as an .npz: $BENCH_CIFAR10, or decoded once from ../shared/data/cifar10."""
+    """The real CIFAR-10 as an .npz (x_train, y_train, x_test, y_test): $BENCH_CIFAR10, else data/cifar10.npz.
+
+    CI decodes its machine's offline copy into data/cifar10.npz and sets $BENCH_CIFAR10 (.ci/run)."""
     if os.environ.get("BENCH_CIFAR10") and Path(os.environ["BENCH_CIFAR10"]).is_file():
         return Path(os.environ["BENCH_CIFAR10"])
     target = ROOT / "data" / "cifar10.npz"
-    if not target.exists() and (SHARED_CIFAR / "materialize.py").exists():
-        subprocess.run([sys.executable, str(SHARED_CIFAR / "materialize.py"), str(target)], check=True)
     if not target.exists():
         if os.environ.get("CI"):
-            pytest.fail("CI must have the offline CIFAR-10 copy (../shared/data/cifar10) or BENCH_CIFAR10")
+            pytest.fail("CI must have CIFAR-10: set BENCH_CIFAR10 to an .npz, or decode one into data/cifar10.npz "
+                        "(.ci/run does)")
         pytest.skip("no CIFAR-10 copy: set BENCH_CIFAR10 to an .npz with x_train, y_train, x_test, y_test")
     return target

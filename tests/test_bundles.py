@@ -58,7 +58,7 @@ def test_an_exported_bundle_describes_itself_verifies_and_evaluates_as_external(
     assert manifest["source"] == {**manifest["source"], "kind": "cache", "key": key}
     assert manifest["provenance"]["torch"] == torch.__version__ and manifest["data_fingerprint"] == records(out)[0]["data_fingerprint"]
     verified = bench("poison", "verify", str(bundle)).stdout
-    assert verified.startswith(f"{bundle}: ok, 100 images of random_noise (seed 0)") and "linf 0.0313725 claimed" in verified
+    assert verified.startswith(f"{bundle}: ok, 100 images of random_noise (seed 0)") and "Linf 8/255 claimed, Linf 8/255 measured" in verified
     # The same cells on the bundle, through external: the poisoned images are the cached ones.
     grid = write_grid(tmp_path / "e.toml", tiny_npz, ["external"],
                       extra=f'[config.external]\npath = "{bundle}"\neps = 0.0313725491')
@@ -120,7 +120,7 @@ def test_a_tap_or_ar_png_release_converts_to_a_bundle_that_verifies(tmp_path, ti
     write_png_folder(release / "data", shifted(clean, -3))  # the AR release keeps its PNGs in data/
     proc = bench("poison", "convert", str(release), str(tmp_path / "bundle"), "--attack", "ar", "--data", str(tiny_npz),
                  "--norm", "linf", "--eps", "8/255")
-    assert proc.stdout.startswith(f"wrote {tmp_path / 'bundle'}: 200 images of ar") and "0.0117647 measured" in proc.stdout
+    assert proc.stdout.startswith(f"wrote {tmp_path / 'bundle'}: 200 images of ar") and "Linf 8/255 claimed, Linf 3/255 measured" in proc.stdout
     manifest = verify_bundle(tmp_path / "bundle").manifest
     assert manifest.source["format"] == "png-folder" and manifest.source["kind"] == "release"
     assert np.array_equal(read_bundle(tmp_path / "bundle").images, shifted(clean, -3))

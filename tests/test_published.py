@@ -1,6 +1,7 @@
-"""The published numbers as data (bench.published) and `bench report --compare`: the files hold what
-/work/shared/REFERENCE.md holds, cells of a matching recipe get differences and flags, and cells of
-another recipe (the CPU grids) are called not comparable, with the reasons and no differences."""
+"""The published numbers as data (bench.published) and `bench report --compare`: the files hold the
+numbers of the sources they cite, and say where they read them; cells of a matching recipe get
+differences and flags, and cells of another recipe (the CPU grids) are called not comparable, with
+the reasons and no differences."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,16 @@ from bench.published import ALL, Budget, parse_source, select_sources, shipped_s
 from bench.registry import ATTACKS, DEFENSES
 from bench.report import compare_published, write_report
 from bench.store import Store
+from test_references import forbidden_references
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = shipped_sources()
 
-# Typed again from /work/shared/REFERENCE.md, so that a slip in a data file shows here: clean test
-# accuracy (%) per source -> row label -> column label.
+# Typed a second time, so that a slip in a data file shows here: clean test accuracy (%) per source ->
+# row label -> column label. ISS's from the official README's table, EM's from the official
+# QuickStart.ipynb, TAP's from the author's comment on the official repository's issue 1, CUDA's from
+# the RSK paper's table (each file's read_from says where). APBench's are its paper's, which no file
+# of lafeat/apbench prints to check them against.
 ISS = {"clean data": (94.68, 92.41, 85.38), "EM": (21.05, 93.01, 81.50), "REM": (25.44, 92.84, 81.50),
        "TAP": (8.17, 9.11, 83.87), "LSP": (19.07, 82.47, 83.01), "OPS": (36.55, 42.44, 82.53),
        "AR": (13.28, 34.04, 85.15), "SEP": (3.85, 3.57, 84.37)}
@@ -43,13 +48,13 @@ EXPECTED = {
     "huang2021_em": {"EM, sample-wise": {"none": 23.6}},
     "cuda_rsk": {"CUDA": {"none": 23.25, "AT": 44.40}},
 }
-UNVERIFIED = {"cuda_rsk"}  # REFERENCE.md: "third-party, RSK paper; unverified"
+UNVERIFIED = {"cuda_rsk"}  # a third party's numbers for CUDA, not checked against CUDA's paper
 BUDGETS = {("iss2023", "LSP"): ("l2", 1.0), ("iss2023", "AR"): ("l2", 1.0), ("iss2023", "OPS"): ("l0", 1.0),
            ("iss2023", "clean data"): ("none", 0.0), ("apbench2023", "LSP"): ("l2", math.sqrt(3072) * 6 / 255),
            ("apbench2023", "OPS"): ("l0", 1.0), ("cuda_rsk", "CUDA"): ("linf", 1.0)}
 
 
-def test_the_shipped_sources_hold_the_numbers_of_reference_md_exactly():
+def test_the_shipped_sources_hold_the_numbers_of_their_sources_exactly():
     assert set(SOURCES) == set(EXPECTED)
     for source_id, rows in EXPECTED.items():
         source = SOURCES[source_id]
@@ -63,7 +68,7 @@ def test_the_shipped_sources_hold_the_numbers_of_reference_md_exactly():
 
 def test_each_source_states_where_it_comes_from_and_its_recipe():
     for source in SOURCES.values():
-        assert source.title and source.paper and source.table and "REFERENCE.md" in source.read_from
+        assert source.title and source.paper and source.table and source.read_from
         assert source.link.startswith("https://") and source.recipe["dataset"] == "cifar10"
     iss, apbench = SOURCES["iss2023"], SOURCES["apbench2023"]
     assert iss.arxiv == "2301.13838" and apbench.arxiv == "2308.03258"
@@ -71,6 +76,33 @@ def test_each_source_states_where_it_comes_from_and_its_recipe():
         "arch": "resnet18", "epochs": 60, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine"}
     assert {k: apbench.recipe[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay")} == {
         "epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    em = SOURCES["huang2021_em"].recipe  # QuickStart.ipynb's training cell
+    assert {k: em[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "grad_clip")} == {
+        "epochs": 30, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "grad_clip": 5.0}
+
+
+# A paper's table with its arXiv id, or a file of a public repository: owner/name and a commit (or an
+# issue's address). Each file's read_from must name the second; a paper's table must carry its id.
+REPOSITORY_FILE = re.compile(r"\b[\w.-]+/[\w.-]+, commit [0-9a-f]{7,40}\b|https://github\.com/[\w.-]+/[\w.-]+/issues/\d+")
+ARXIV_ID = re.compile(r"arXiv (\d{4}\.\d{4,5})")
+
+
+@pytest.mark.parametrize("source_id", sorted(SOURCES))
+def test_read_from_names_a_paper_table_or_a_repository_file_a_user_can_open(source_id):
+    source = SOURCES[source_id]
+    assert REPOSITORY_FILE.search(source.read_from), f"{source_id}: read_from names no repository file at a commit"
+    if "table" in source.read_from:  # a paper's table: which paper, by an arXiv id
+        ids = ARXIV_ID.findall(source.read_from)
+        assert ids and (source.arxiv in ids or not source.arxiv), f"{source_id}: a table without its paper's arXiv id"
+    text = (ROOT / "bench" / "published" / f"{source_id}.toml").read_text()
+    assert forbidden_references(text) == [] and not re.search(r"\b(REFERENCE|DESIGN|STYLE)\b", text)
+
+
+def test_the_rule_catches_a_reference_a_user_cannot_follow():
+    assert not REPOSITORY_FILE.search("Numbers: the notes, attacks table (TAP).")
+    assert not REPOSITORY_FILE.search("the official main.py")  # a file without its repository and commit
+    assert REPOSITORY_FILE.search("main.py (liuzrcc/ImageShortcutSqueezing, commit 869398f)")
+    assert REPOSITORY_FILE.search("https://github.com/lhfowl/adversarial_poisons/issues/1")
 
 
 @pytest.mark.parametrize("source_id", sorted(SOURCES))
@@ -205,7 +237,7 @@ def test_cpu_grids_are_not_comparable_with_any_source_and_show_no_differences(gr
     frame = compare_published(records, SOURCES.values())
     assert len(frame) > 0 and not frame.comparable.any() and frame.delta.isna().all()
     assert not frame.beyond_tolerance.any()
-    stated = frame.source.isin(["iss2023", "apbench2023"])
+    stated = frame.source.isin(["iss2023", "apbench2023", "huang2021_em"])  # the sources with a whole recipe
     assert frame[stated].differs.str.contains("train size 2,000 vs all").all()
     assert frame[stated & (frame.arch == arch.split()[0])].differs.str.contains(re.escape(f"arch {arch} vs resnet18")).all()
     assert frame[~stated].differs.str.contains("the source states no").all()
@@ -216,6 +248,9 @@ def test_cpu_grids_are_not_comparable_with_any_source_and_show_no_differences(gr
     assert section.count("Nothing here is comparable with this source") == len(shown)
     assert not re.search(r"\| [+-]\d+\.\d\d(\*\*)? \|", section), "a difference was printed for a cell not comparable"
     assert "No cell of ours has an attack and a defense of this table." in section  # CUDA: in no CPU grid
+    # The unverified source says why, and nothing rendered points at notes outside the repository.
+    assert section.count("Unverified: a third party's numbers, not checked against the method's own paper.") == 1
+    assert forbidden_references(md) == [] and not re.search(r"\b(REFERENCE|DESIGN|STYLE)\b", md)
 
 
 def test_cli_compare_names_the_allowed_sources_on_one_line_and_writes_the_comparison(apbench_records, tmp_path):

@@ -1,8 +1,8 @@
 """The published numbers we hold ourselves to, as data: one TOML file per source in this folder.
 
-In the spirit of RobustBench (results as data, /work/shared/STYLE.md): a table from a paper is a
-file, never typed into code. Each file states where its numbers come from (paper, table, arXiv id
-or URL, what was read), the recipe the source trained with, and its table: a row per attack (the
+In the spirit of RobustBench (results as data): a table from a paper is a file, never typed into
+code. Each file states where its numbers come from (paper, table, arXiv id or URL, what was read:
+the paper's table or an official repository file at a commit), the recipe the source trained with, and its table: a row per attack (the
 source's label, our attack names that make the same poison, the budget as the source states it,
 the numbers in %) and a column per defense (the source's label, our defense names, the config they
 must have). What no config of ours can match is written as `differs`, and a cell with one is
@@ -10,10 +10,11 @@ never comparable. `bench.report.tables.compare_published` puts our cells beside 
 
 A file's keys (docs/reports.md, "Beside the published numbers", shows one in full):
 
-    title, paper, table, read_from    what and where from (required)
+    title, paper, table, read_from    what and where from (required); read_from names the paper's table or
+                                      the official file (repository, commit) the numbers and recipe were read from
     arxiv, url, cite                  where to find it; a BibTeX key of bench.citations
     metric                            which of our metrics the numbers are (test_acc_last / _best), if stated
-    unverified                        true where REFERENCE.md calls the numbers unverified
+    unverified                        true for a third party's numbers, not checked against the method's own paper
     notes                             differences worth knowing that do not decide comparability
     [recipe]                          RECIPE_KEYS, only those the source states
     [defenses.<label>]                ours = [...], config = {...}, differs = "..."

@@ -19,6 +19,8 @@ from bench.records import poisoned_label
 from bench.report.tables import BASELINE_ATTACKS, FULL_POISON, SIGNIFICANCE, SummaryTable, value_text
 
 MISSING = "–"
+# What a source marked `unverified` is (bench.published): said beside its title wherever it is compared.
+UNVERIFIED_TEXT = "Unverified: a third party's numbers, not checked against the method's own paper."
 DAGGER = "†"  # a cell not significantly above its column's lowest: `$^\dagger$` in LaTeX
 TEST_WORDS = "Welch's one-sided t-test"  # the test of tables.below_matrix, as a caption names it
 METRIC_WORDS = {"test_acc_last": "clean test accuracy (%, last epoch)", "test_acc_best": "clean test accuracy (%, best epoch)",
@@ -487,7 +489,7 @@ def comparison_section(frame: pd.DataFrame, sources, tolerance: float, unmatched
         part = frame[frame.source == source.id]
         link = f" ({source.link})" if source.link else ""
         md += [f"#### {source.title}", "", f"{source.table}. {source.paper}{link}. Its recipe: "
-               f"{source_recipe_text(source.recipe)}." + (" Unverified (REFERENCE.md)." if source.unverified else ""), ""]
+               f"{source_recipe_text(source.recipe)}." + (f" {UNVERIFIED_TEXT}" if source.unverified else ""), ""]
         if part.empty:
             md += ["No cell of ours has an attack and a defense of this table.", ""]
             continue
