@@ -275,9 +275,10 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
 
 def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
     """Each dataset of `cells` loaded and checked once (`bench.data.check_arrays`), and each of their
-    architectures run once on two of its images, and each partial poisoning's classes checked against
-    its labels, before any cell starts: bad data, an architecture that cannot take the images, or a
-    class the data lacks stops the run with one error instead of a failed record per cell.
+    architectures run once on two of its images, each partial poisoning's classes checked against
+    its labels, and each attack's input files against the data (`Attack.check_inputs`), before any
+    cell starts: bad data, an architecture that cannot take the images, a class the data lacks or a
+    poison file made for other data stops the run with one error instead of a failed record per cell.
     Returns each dataset's fingerprint, against which the store's records are judged done or not."""
     fingerprints = {}
     for spec in dict.fromkeys(cell.data for cell in cells):
@@ -297,6 +298,9 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
                 size = "x".join(map(str, images.shape[1:]))
                 raise ConfigError(f"arch {cell.arch}: cannot take the {size} images of {spec.name} "
                                   f"({str(err).splitlines()[0][:200]})") from None
+        attacks = {(c.attack, canonical_hash(c.attack_config)): c for c in cells if c.data == spec}
+        for cell in attacks.values():  # an attack's files against the data (external's bundle manifest)
+            ATTACKS.create(cell.attack, cell.attack_config).check_inputs(data.train)
     return fingerprints
 
 
