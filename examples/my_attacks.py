@@ -1,4 +1,3 @@
-# my_attacks.py
 from dataclasses import dataclass
 
 import torch

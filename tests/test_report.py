@@ -358,6 +358,8 @@ def test_mi_section_shows_the_chain_and_the_estimators_error(stored, tmp_path):
     calibration = pd.read_csv(report.paths["mi_calibration"])
     assert set(calibration.estimator) == {"cca", "gaussian", "ksg"} and set(calibration.dims) == {1, 4, 8}
     assert "With 8 shared dims under 200 louder ones (true MI 6.64 nats): cca " in md
+    # the calibration's rows stay in the CSV; the Markdown (printed to the terminal) names the file
+    assert "| estimator | case |" not in md and f"`{report.paths['mi_calibration'].name}`" in md
 
 
 def test_mi_rows_name_the_defense_where_the_records_have_several(stored):

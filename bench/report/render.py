@@ -330,14 +330,15 @@ def calibration_summary(table: pd.DataFrame) -> str:
 
 
 def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
-    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with the estimators'
-    calibration at the records' settings."""
+    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with a summary of the
+    estimators' calibration at the records' settings."""
     if cells.empty:
         return [], []
     table = analysis_table(cells)
+    # The calibration's rows (one per estimator, case, dims and rho) stay in <name>_mi_calibration.csv;
+    # the Markdown, which the terminal prints too, keeps its summary.
     md = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, "", to_markdown(table, table.index.name), "",
-          calibration_summary(calibration), "",
-          to_markdown(calibration.round(3).set_index("estimator"), "estimator"), ""]
+          calibration_summary(calibration) + f" Every case: `{name}_mi_calibration.csv`.", ""]
     return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]
 
 
