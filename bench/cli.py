@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from bench import __version__
+from bench.version import __version__
 from bench.config import ConfigError, budget_label, parse_number
 from bench.published import DEFAULT_TOLERANCE
 

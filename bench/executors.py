@@ -343,6 +343,14 @@ class GridProgress:
         self.bar.close()
 
 
+def pending_cells(cells: list[CellSpec], store: Store) -> list[CellSpec]:
+    """The cells without a done record on their data and their attack's input files, after
+    `bench.runner.preflight` has checked the data and architectures (a ConfigError if not)."""
+    fingerprints = preflight(cells)
+    inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
+    return [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
+
+
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
              executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
     """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped,
@@ -353,9 +361,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
     `executor` is one of `bench.executors` (default: in this process on `device`).
     """
     cells = grid.cells()
-    fingerprints = preflight(cells)
-    inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
-    pending = [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
+    pending = pending_cells(cells, store)
     skipped = len(cells) - len(pending)
     executor = executor or InProcess()
     log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),

@@ -247,3 +247,32 @@ class Store:
         except (OSError, ValueError, json.JSONDecodeError) as err:
             log.warning("cached poison %s is unreadable (%s); generating it again", key, err)
             return None
+
+    # --- poisons handed in from Python (bench.api), read back by the external attack -------------
+    @property
+    def inputs_dir(self) -> Path:
+        return self.root / "cache" / "inputs"
+
+    def save_input(self, x_train: np.ndarray) -> Path:
+        """`x_train` (uint8 N, H, W, C) as `cache/inputs/<hash of its shape and bytes>.npz`, the file
+        the `external` attack reads; the same images give the same file, so their cells keep their ids.
+        A file already there is kept where it holds these images, and written again where not."""
+        x_train = np.ascontiguousarray(x_train)
+        digest = hashlib.sha256(repr(x_train.shape).encode())
+        digest.update(x_train.data)  # the array's own buffer: no copy of a 150 MB training set
+        path = self.inputs_dir / f"{digest.hexdigest()[:16]}.npz"
+        if path.exists() and _holds(path, x_train):
+            return path
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=x_train)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+
+def _holds(path: Path, x_train: np.ndarray) -> bool:
+    """Whether the .npz at `path` holds `x_train` as its x_train (False where it cannot be read)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "x_train" in f and np.array_equal(f["x_train"], x_train)
+    except (OSError, ValueError):
+        return False
