@@ -110,31 +110,41 @@ PAPER_VGG = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Sc
 
 
 @register_arch("resnet10", paper=PAPER_RESNET)
-def resnet10(num_classes: int = 10, width: int = 64) -> Classifier:
+def resnet10(num_classes: int = 10,
+             width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+             ) -> Classifier:
     """ResNet-10 (one basic block per stage) with the CIFAR stem; 8*width-d features (512 at width 64)."""
     return _resnet(BasicBlock, [1, 1, 1, 1], num_classes, width)
 
 
 @register_arch("resnet18", paper=PAPER_RESNET)
-def resnet18(num_classes: int = 10, width: int = 64) -> Classifier:
+def resnet18(num_classes: int = 10,
+             width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+             ) -> Classifier:
     """ResNet-18 with the CIFAR stem (3x3 first conv, no max-pool); 8*width-d features (512 at the paper's width 64)."""
     return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
 @register_arch("resnet26", paper=PAPER_RESNET)
-def resnet26(num_classes: int = 10, width: int = 64) -> Classifier:
+def resnet26(num_classes: int = 10,
+             width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+             ) -> Classifier:
     """ResNet-26 (three basic blocks per stage: between ResNet-18 and -34) with the CIFAR stem; 8*width-d features."""
     return _resnet(BasicBlock, [3, 3, 3, 3], num_classes, width)
 
 
 @register_arch("resnet34", paper=PAPER_RESNET)
-def resnet34(num_classes: int = 10, width: int = 64) -> Classifier:
+def resnet34(num_classes: int = 10,
+             width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+             ) -> Classifier:
     """ResNet-34 with the CIFAR stem; 8*width-d features (512 at width 64)."""
     return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, width)
 
 
 @register_arch("resnet50", paper=PAPER_RESNET)
-def resnet50(num_classes: int = 10, width: int = 64) -> Classifier:
+def resnet50(num_classes: int = 10,
+             width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+             ) -> Classifier:
     """ResNet-50 (bottleneck blocks) with the CIFAR stem; 32*width-d features (2048 at width 64)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, width)
 
@@ -166,7 +176,9 @@ def _vgg(layout: list, num_classes: int, width: int = 64) -> Classifier:
 
 
 def _register_vgg(name: str, depth: int) -> None:
-    def build(num_classes: int = 10, width: int = 64) -> Classifier:
+    def build(num_classes: int = 10,
+              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
+              ) -> Classifier:
         return _vgg(VGG_LAYOUTS[name], num_classes, width)
 
     build.__doc__ = (f"VGG-{depth} with batch norm for 32x32 inputs; 8*width-d features (512 at the paper's width 64).")
@@ -179,7 +191,9 @@ for _name, _depth in (("vgg11", 11), ("vgg13", 13), ("vgg16", 16), ("vgg19", 19)
 
 
 @register_arch("tiny_cnn", paper="")
-def tiny_cnn(num_classes: int = 10, width: int = 32) -> Classifier:
+def tiny_cnn(num_classes: int = 10,
+             width: int = 32,  # channels of the first conv; the other three have 2x, 4x and 4x
+             ) -> Classifier:
     """A four-conv CNN for tests and the CPU smoke grid (about 0.3M parameters); 4*width-d features."""
     require_width(width)
 
@@ -322,7 +336,9 @@ def wrn34_10(num_classes: int = 10) -> Classifier:
 
 @register_arch("vit_small", paper="Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
                                   "Recognition at Scale, ICLR 2021")
-def vit_small(num_classes: int = 10, image_size: int = 32) -> Classifier:
+def vit_small(num_classes: int = 10,
+              image_size: int = 32,  # side in pixels of the input images, a multiple of the 4-pixel patches
+              ) -> Classifier:
     """A small ViT for 32x32 inputs: 4x4 patches, 6 layers, width 512, 8 heads, MLP 512; 512-d features.
 
     A ViT's position embeddings fix its input size: for other images set `[config.vit_small]

@@ -114,16 +114,22 @@ def is_bundle(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
-def read_bundle(folder: Path) -> Bundle:
-    """A bundle whose images match the hash, count and shape of its manifest; BundleError otherwise."""
-    folder = Path(folder)
-    manifest_path, images_path = folder / MANIFEST, folder / IMAGES
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of the bundle in `folder`, without reading its images; BundleError where unreadable."""
+    manifest_path = Path(folder) / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{folder}: not a poison bundle (no {MANIFEST})")
     try:
-        manifest = Manifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path)
+        return Manifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
         raise BundleError(f"{manifest_path}: unreadable manifest ({err})") from None
+
+
+def read_bundle(folder: Path) -> Bundle:
+    """A bundle whose images match the hash, count and shape of its manifest; BundleError otherwise."""
+    folder = Path(folder)
+    images_path = folder / IMAGES
+    manifest = read_manifest(folder)
     if not images_path.is_file():
         raise BundleError(f"{folder}: the manifest has no {IMAGES} beside it")
     payload = images_path.read_bytes()

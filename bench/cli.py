@@ -1,7 +1,9 @@
 """The `bench` command: run grids, write reports, list what is registered.
 
 Each command imports the layers it uses when it runs (the executors, the report, `bench bench`), so
-that `bench --help` and `bench list` do not load what they do not need.
+that `bench --help` and `bench list` do not load what they do not need: `bench --help` and `bench CMD
+--help` load no torch (tests/test_cli.py checks it). The results folder is `--results` on every command
+that reads or writes one; `--out`, its older name, still works and is left out of the help.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import click
 
-from bench.config import ConfigError, parse_number
-from bench.data import DataUnavailable
+from bench.version import __version__
+from bench.config import ConfigError, budget_label, parse_number
 from bench.published import DEFAULT_TOLERANCE
 
 DEFAULT_OUT = "results"
+DEFAULT_GRID = "smoke"  # what `bench run` runs without --grid (and says so)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -26,11 +29,54 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # every command inherits -h
+@click.version_option(__version__, "--version", prog_name="bench", message="%(prog)s %(version)s (unlearnable-bench)")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """unlearnable-bench: unlearnable-example attacks x defenses x architectures."""
     _setup_logging(verbose)
+
+
+def results_folder(command):
+    """`--results DIR` (the results folder), and `--out`, its older name, hidden; passed on as `out`."""
+
+    @functools.wraps(command)
+    def with_results(*args, results: str | None, out_alias: str | None, **kwargs):
+        if results is not None and out_alias is not None and Path(results) != Path(out_alias):
+            raise click.UsageError(f"--results {results} and --out {out_alias} name two folders; --out is the old "
+                                   "name of --results: give one")
+        return command(*args, out=results or out_alias or DEFAULT_OUT, **kwargs)
+
+    with_results = click.option("--out", "out_alias", default=None, hidden=True, type=click.Path(file_okay=False),
+                                help="The old name of --results.")(with_results)
+    return click.option("--results", default=None, type=click.Path(file_okay=False), metavar="DIR",
+                        help=f"Results folder (records, poison cache, reports).  [default: {DEFAULT_OUT}]")(with_results)
+
+
+def _data_unavailable() -> type:
+    """bench.data's DataUnavailable, imported when a command catches it (bench.data loads torch)."""
+    from bench.data import DataUnavailable
+
+    return DataUnavailable
+
+
+def plugin_files(command):
+    """`--plugins FILE` (repeatable): import each plugin file (bench.plugin_files) before the command runs."""
+
+    @functools.wraps(command)
+    def with_plugins(*args, plugin_paths: tuple[str, ...], **kwargs):
+        if plugin_paths:
+            from bench.plugin_files import load_plugin_files  # imports the plugins' modules (torch) only when asked
+
+            try:
+                load_plugin_files(plugin_paths, where="--plugins")
+            except ConfigError as err:
+                raise click.ClickException(str(err)) from None
+        return command(*args, **kwargs)
+
+    return click.option("--plugins", "plugin_paths", multiple=True, metavar="FILE",
+                        help="A Python file whose registered plugins to load first (no packaging); "
+                             "repeatable.")(with_plugins)
 
 
 def grid_overrides(command):
@@ -61,8 +107,8 @@ def grid_overrides(command):
 
 
 @main.command()
-@click.option("--grid", "grid_name", default="smoke", show_default=True, help="A shipped grid name or a grid file.")
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--grid", "grid_name", default=None, help=f"A shipped grid name or a grid file.  [default: {DEFAULT_GRID}]")
+@results_folder
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (local executor).")
 @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
               help="local: this machine (one worker per GPU); ray: a Ray cluster; slurm: submitit job arrays.")
@@ -79,15 +125,20 @@ def grid_overrides(command):
 @click.option("--dry-run", is_flag=True, help="List the cells (done, failed, pending), the poisons to generate and a "
                                                "cost estimate from recorded timings; run nothing.")
 @grid_overrides
+@plugin_files
 def run(grid_name: str, out: str, device: str, executor: str, retries: int, cells_per_gpu: int, workers: int | None,
         compile_: bool, ray_address: str | None, slurm_partition: str | None, slurm_timeout: int, dry_run: bool,
         overrides) -> None:
     """Run every cell of a grid that has no finished record yet."""
+    from bench.data import DataUnavailable
     from bench.environment import pick_device
     from bench.executors import make_executor, run_grid
     from bench.grid import load_grid
     from bench.store import Store
 
+    if grid_name is None:
+        grid_name = DEFAULT_GRID
+        click.echo(f"no --grid: running the shipped grid {DEFAULT_GRID} (bench list grids shows the others)", err=True)
     options = {"local": {"workers": workers, "cells_per_gpu": cells_per_gpu},
                "ray": {"address": ray_address, "cells_per_gpu": cells_per_gpu},
                "slurm": {"partition": slurm_partition, "timeout_min": slurm_timeout}}[executor]
@@ -113,7 +164,7 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
 
 @main.command()
 @click.option("--grid", "grid_name", default=None, help="Only the cells of this grid (default: every record).")
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@results_folder
 @click.option("--format", "formats", default="latex,csv,md,fig", show_default=True,
               help="Any comma-separated subset of latex, csv, md, fig.")
 @click.option("--metric", type=click.Choice(["test_acc_last", "test_acc_best", "train_acc", "test_acc_early_stop"]),
@@ -129,6 +180,7 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
                    "or source ids, comma-separated (iss2023, apbench2023, ...); says what is not comparable and why.")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=DEFAULT_TOLERANCE, show_default=True,
               help="--compare: flag comparable cells further than this many points from the published number.")
+@plugin_files
 def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str, columns: str, curves: str | None,
            compare: str | None, tolerance: float) -> None:
     """Tables (LaTeX, CSV, Markdown), the MI analysis and figures from the stored records; prints the Markdown."""
@@ -157,6 +209,8 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
         records = [r.named(cells[r.cell_id].variants) for r in records if r.cell_id in cells]
         orders = {"attack_order": grid.attacks, "defense_order": grid.defenses, "arch_order": grid.archs}
         name = grid.name
+    else:
+        orders = _orders_of_record_grids(records)
     try:
         done = write_report(records, Path(out) / "reports", name, metric=metric, formats=parse_formats(formats),
                             layout=TableLayout(rows, columns), store=store, curves=curves, compare=sources,
@@ -167,11 +221,32 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
     click.echo("wrote " + ", ".join(str(p) for p in done.paths.values()))
 
 
+def _orders_of_record_grids(records) -> dict:
+    """Without --grid, rows and columns in the order of the shipped grids the records name (the grid with
+    the most records first), so a folder of one grid reports as `--grid` would order it; a name no
+    shipped grid lists comes after those, sorted (records do not keep their grid file's order)."""
+    from collections import Counter
+
+    from bench.grid import load_grid, shipped_grids
+
+    shipped = shipped_grids()
+    counts = Counter(r.grid for r in records if r.grid in shipped)
+    grids = []
+    for grid_name, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        try:
+            grids.append(load_grid(grid_name))
+        except ConfigError:  # a shipped grid naming a plugin this installation lacks orders nothing
+            continue
+    return {f"{factor}_order": list(dict.fromkeys(n for grid in grids for n in getattr(grid, factor + "s")))
+            for factor in ("attack", "defense", "arch")}
+
+
 @main.command()
 @click.option("--grid", "grid_names", multiple=True,
               help="A shipped grid name or a grid file; repeatable (default: every grid that has records).")
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@results_folder
 @grid_overrides
+@plugin_files
 def status(grid_names: tuple[str, ...], out: str, overrides) -> None:
     """Done, failed and pending cells per grid, and each failure's error."""
     from bench.grid import GridOverrides, load_grid, shipped_grids
@@ -197,27 +272,81 @@ def status(grid_names: tuple[str, ...], out: str, overrides) -> None:
 @main.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(["attacks", "defenses", "archs", "grids"]))
 @click.option("--pattern", default="*", show_default=True, help="Glob over names, e.g. 'resnet*'.")
+@plugin_files
 def list_(kind: str | None, pattern: str) -> None:
     """What is registered: attacks, defenses, architectures and grids."""
+    import fnmatch
+
+    from bench.grid import shipped_grids
     from bench.registry import REGISTRIES
 
+    rows = {}  # kind -> [(name, description)]
     for k in [kind] if kind else ["attacks", "defenses", "archs", "grids"]:
-        click.echo(f"{k}:")
         if k == "grids":
-            from bench.grid import shipped_grids
-            import fnmatch
-
-            for name, res in sorted(shipped_grids().items()):
-                if fnmatch.fnmatchcase(name, pattern):
-                    click.echo(f"  {name:<14} {tomllib.loads(res.read_text()).get('description', '')}")
+            rows[k] = [(name, tomllib.loads(res.read_text()).get("description", ""))
+                       for name, res in sorted(shipped_grids().items()) if fnmatch.fnmatchcase(name, pattern)]
             continue
         registry = REGISTRIES[k]
-        for name in registry.names(pattern):
-            entry = registry.entry(name)
-            click.echo(f"  {name:<14} {entry.summary}" + (f"  [{entry.paper}]" if entry.paper else ""))
+        rows[k] = [(name, registry.entry(name).summary + (f"  [{registry.entry(name).paper}]"
+                                                          if registry.entry(name).paper else ""))
+                   for name in registry.names(pattern)]
+    width = max((len(name) for listed in rows.values() for name, _ in listed), default=0)  # one column for all
+    for k, listed in rows.items():
+        click.echo(f"{k}:")
+        for name, description in listed:
+            click.echo(f"  {name:<{width}}  {description}".rstrip())
+
+
+@main.command()
+@click.argument("name")
+@plugin_files
+def show(name: str) -> None:
+    """The settings of an attack, defense, arch or recipe: default, type, help (with units), presets.
+
+    NAME is a registered name or a recipe preset (`bench show em`, `bench show em60`, `bench show
+    recipe`); KIND:NAME says which where one name is of two kinds (`bench show attack:em`).
+    """
+    from bench.describe import describe, format_description
+
+    try:
+        descriptions = describe(name)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("\n\n".join(map(format_description, descriptions)))
+
+
+@main.command()
+@results_folder
+@click.option("--failed", is_flag=True, help="Remove the records of failed cells (they run again at the next "
+                                             "`bench run` either way; this takes them out of status and reports).")
+@click.option("-y", "--yes", is_flag=True, help="Remove without asking.")
+def clean(out: str, failed: bool, yes: bool) -> None:
+    """Remove failed cells' records, after listing them; a finished record is never touched."""
+    from bench.cell import cell_label
+    from bench.plan import error_line
+    from bench.store import Store
+
+    if not failed:
+        raise click.UsageError("say what to remove: --failed (the records of failed cells; nothing else is removed)")
+    store = Store(out)
+    failures = [r for r in store.records() if r.status == "failed"]
+    if not failures:
+        click.echo(f"no failed records in {store.records_dir}")
+        return
+    click.echo(f"{len(failures)} failed record{'s' * (len(failures) != 1)} in {store.records_dir}:")
+    for r in failures:
+        label = cell_label(r.name("attack"), r.name("defense"), r.name("arch"), r.seed)
+        click.echo(f"  {r.cell_id}  {label}: {error_line(r.error)}")
+    if not yes and not click.confirm("remove them?", default=False):
+        click.echo("nothing removed")
+        return
+    removed = sum(store.remove_failed(r.cell_id) for r in failures)
+    kept = len(failures) - removed
+    click.echo(f"removed {removed}" + (f"; kept {kept}: running now, or no longer a failed record" if kept else ""))
 
 
 @main.group()
+@plugin_files
 def poison() -> None:
     """Poisons to publish and to check: list the cache, export a bundle, convert a release, verify one."""
 
@@ -229,10 +358,15 @@ def _one_line(action):
     def wrapped(*args, **kwargs):
         try:
             return action(*args, **kwargs)
-        except (ValueError, DataUnavailable) as err:  # ConfigError, BudgetError, BundleError
+        except (ValueError, _data_unavailable()) as err:  # ConfigError, BudgetError, BundleError
             raise click.ClickException(str(err)) from None
 
     return wrapped
+
+
+def _budget_text(norm: str, value: float) -> str:
+    """A budget as the reports write it (`Linf 8/255`, `L2 1.30`, `L0 1 px`); `Linf 0` for none."""
+    return budget_label(norm, value) or f"{norm.capitalize()} 0"
 
 
 def _budget(value: str) -> float:
@@ -244,7 +378,7 @@ def _budget(value: str) -> float:
 
 
 @poison.command(name="list")
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@results_folder
 @_one_line
 def poison_list(out: str) -> None:
     """The poisons cached in a results folder, with the key `bench poison export` takes."""
@@ -252,15 +386,17 @@ def poison_list(out: str) -> None:
     from bench.store import Store
 
     found = cached_poisons(Store(out))
+    width = max((len(p.attack) for p in found), default=0)
     click.echo(f"{len(found)} cached poisons in {out}" + (":" if found else ""))
     for p in found:
-        click.echo(f"  {p.key}  {p.attack:<14} seed {p.seed}  {p.count} images of {p.data}  {p.norm} {p.budget:.6g}")
+        click.echo(f"  {p.key}  {p.attack:<{width}}  seed {p.seed}  {p.count:,} images of {p.data}  "
+                   f"{_budget_text(p.norm, p.budget)}")
 
 
 @poison.command(name="export")
 @click.argument("key")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False), help="Results folder.")
+@results_folder
 @_one_line
 def poison_export(key: str, bundle: Path, out: str) -> None:
     """Write the cached poison KEY as a bundle in the folder BUNDLE: images and a manifest."""
@@ -269,8 +405,8 @@ def poison_export(key: str, bundle: Path, out: str) -> None:
 
     manifest = export_cached(Store(out), key, bundle)
     click.echo(f"wrote {bundle}: {manifest.count} images of {manifest.attack} (seed {manifest.seed}) on "
-               f"{manifest.dataset}, {manifest.norm} {manifest.budget:.6g} claimed, "
-               f"{manifest.measured[manifest.norm]:.6g} measured, sha256 {manifest.sha256[:16]}")
+               f"{manifest.dataset}, {_budget_text(manifest.norm, manifest.budget)} claimed, "
+               f"{_budget_text(manifest.norm, manifest.measured[manifest.norm])} measured, sha256 {manifest.sha256[:16]}")
 
 
 @poison.command(name="convert")
@@ -294,8 +430,8 @@ def poison_convert(source: Path, bundle: Path, attack: str, fmt: str, data: str,
 
     manifest = convert_release(source, bundle, fmt=fmt, data=data, attack=attack, norm=norm, eps=_budget(eps),
                                seed=seed, em_noise=em_noise)
-    click.echo(f"wrote {bundle}: {manifest.count} images of {attack} on {data}, {norm} {manifest.budget:.6g} claimed, "
-               f"{manifest.measured[norm]:.6g} measured, sha256 {manifest.sha256[:16]}")
+    click.echo(f"wrote {bundle}: {manifest.count} images of {attack} on {data}, {_budget_text(norm, manifest.budget)} "
+               f"claimed, {_budget_text(norm, manifest.measured[norm])} measured, sha256 {manifest.sha256[:16]}")
 
 
 @poison.command(name="verify")
@@ -309,7 +445,8 @@ def poison_verify(bundle: Path, data: str | None) -> None:
     done = verify_bundle(bundle, data)
     m = done.manifest
     click.echo(f"{bundle}: ok, {m.count} images of {m.attack} (seed {m.seed}) made from {done.data} (clean "
-               f"fingerprint {m.clean_fingerprint}), {m.norm} {m.budget:.6g} claimed, {done.measured:.6g} measured, "
+               f"fingerprint {m.clean_fingerprint}), {_budget_text(m.norm, m.budget)} claimed, "
+               f"{_budget_text(m.norm, done.measured)} measured, "
                f"sha256 {m.sha256[:16]}")
 
 

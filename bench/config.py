@@ -6,10 +6,18 @@ overrides into an instance, naming the field and the allowed values when somethi
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import math
+import textwrap
+import tokenize
 import types
 import typing
-from typing import Any, Iterable, Literal, Mapping
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 
 class ConfigError(ValueError):
@@ -108,6 +116,96 @@ def parse_number(text: str) -> float:
         return float(num) / float(den)
     value = float(text)
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def on_255_grid(value: float) -> int | None:
+    """k where `value` is k/255 (to float precision), else None: budgets and step sizes as written."""
+    frac = Fraction(value).limit_denominator(255)
+    return frac.numerator if frac.denominator == 255 and math.isclose(float(frac), value, rel_tol=1e-6) else None
+
+
+def budget_label(norm: str, budget: float) -> str:
+    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0, and
+    'unbounded' for L-inf 1 (the whole pixel range: what an attack bounded by no norm, CUDA, claims).
+    The reports' label of a budget, and every command's."""
+    if budget == 0:
+        return ""
+    if norm == "linf" and budget >= 1:
+        return "unbounded"
+    if norm == "l0":
+        return f"L0 {budget:g} px"
+    levels = round(budget * 255)
+    if norm == "linf" and math.isclose(levels, budget * 255, rel_tol=1e-5):  # 3/255 too (1/85 in lowest terms)
+        return f"Linf {levels}/255"
+    return f"{'Linf' if norm == 'linf' else 'L2'} {budget:.2f}"
+
+
+HELP = "help"  # field metadata key: a field's help where a comment in its source cannot say it
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each init field of the dataclass `cls` -> its help: `metadata["help"]` where the field sets one,
+    else the comment at the end of its line in the source of the class that declares it (the nearest
+    parent that comments it, for an inherited or re-declared field), else the comment lines right above it. '' where there is none or the
+    source cannot be read (a class made at run time).
+
+    Configs say a field's unit and reason in a comment, as the code is read; this reads the same
+    comments for `bench show`, so the help cannot drift from the code.
+    """
+    helps = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        text = f.metadata.get(HELP)
+        if text is None:  # a class that declares the field again for another default may leave its help to a parent
+            owners = [k for k in cls.__mro__ if f.name in vars(k).get("__annotations__", {})]
+            text = next((t for k in owners if (t := _declared_comments(k).get(f.name))), "")
+        helps[f.name] = text
+    return helps
+
+
+def argument_help(function: Callable) -> dict[str, str]:
+    """Each parameter of `function` -> the comment at the end of its line in the signature (where it is
+    the line's only parameter) or the comment lines right above it; '' where there is none."""
+    names = list(inspect.signature(function).parameters)
+    found = _declared_comments(inspect.unwrap(function))
+    return {name: found.get(name, "") for name in names}
+
+
+@functools.cache
+def _declared_comments(obj: Any) -> dict[str, str]:
+    """Name -> comment of each field a class body declares (`name: type = ...`), or of each parameter
+    of a function's signature, read from the source with `tokenize` (so a `#` in a string is no comment)."""
+    try:
+        source = textwrap.dedent("".join(inspect.getsourcelines(obj)[0]))
+        tree = ast.parse(source)
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    lines = source.splitlines()
+    node = tree.body[0]
+    if isinstance(node, ast.ClassDef):
+        declared = [(n.target.id, n.lineno, n.end_lineno) for n in node.body
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        a = node.args
+        params = [*a.posonlyargs, *a.args, *([a.vararg] if a.vararg else []), *a.kwonlyargs,
+                  *([a.kwarg] if a.kwarg else [])]
+        per_line = [p.lineno for p in params]
+        # A comment on a line of several parameters says nothing of any one of them.
+        declared = [(p.arg, p.lineno, p.lineno) for p in params if per_line.count(p.lineno) == 1]
+    else:
+        return {}
+    found = {}
+    for name, first, last in declared:
+        trailing = [comments[n] for n in range(first, last + 1) if n in comments]
+        above, n = [], first - 1
+        while n in comments and lines[n - 1].lstrip().startswith("#"):
+            above.insert(0, comments[n])
+            n -= 1
+        found[name] = " ".join(trailing or above)
+    return found
 
 
 def require(condition: bool, field: str, message: str) -> None:

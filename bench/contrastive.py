@@ -304,8 +304,15 @@ PAPER = "Chen et al., A Simple Framework for Contrastive Learning of Visual Repr
 
 
 @register_arch("simclr", paper=PAPER)
-def simclr(num_classes: int = 10, encoder: str = "resnet18", width: int = 0, epochs: int = 500, batch_size: int = 512,
-           lr: float = 0.5, temperature: float = 0.5, probe_data: str = "clean") -> ContrastiveVictim:
+def simclr(num_classes: int = 10,
+           encoder: str = "resnet18",  # the registered arch pre-trained and probed
+           width: int = 0,  # the encoder's width; 0 = that arch's default
+           epochs: int = 500,  # pre-training epochs
+           batch_size: int = 512,  # pre-training images per step (two views each)
+           lr: float = 0.5,  # pre-training SGD learning rate
+           temperature: float = 0.5,  # of the NT-Xent loss on cosine similarities
+           probe_data: str = "clean",  # what the linear probe trains on: "clean" (APBench) or "poisoned"
+           ) -> ContrastiveVictim:
     """Contrastive pre-training on the cell's images, then a linear probe on the frozen encoder.
 
     APBench's settings (module docstring). `encoder` is a registered arch (its `width`, 0 = that

@@ -12,38 +12,39 @@ from pathlib import Path
 
 import torch
 
-import bench
 from bench.config import ConfigError
 from bench.train import cpu_has_amx, cpu_has_avx512_bf16
+from bench.version import __version__
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", option: str = "--device") -> torch.device:
     """`auto` (CUDA where there is one, else the CPU), `cpu`, `cuda` or `cuda:N`; ConfigError for
-    anything else or for a GPU this machine does not have, before any work starts."""
+    anything else or for a GPU this machine does not have, before any work starts; the error names
+    `option` (the command's `--device`, the API's `device`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device: {name!r} is not a device; allowed: {DEVICE_NAMES}") from None
+        raise ConfigError(f"{option}: {name!r} is not a device; allowed: {DEVICE_NAMES}") from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {name!r} is not supported; allowed: {DEVICE_NAMES}")
+        raise ConfigError(f"{option}: {name!r} is not supported; allowed: {DEVICE_NAMES}")
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if not count:
-            raise ConfigError(f"--device: {name!r}, but this machine has no CUDA device; use auto or cpu")
+            raise ConfigError(f"{option}: {name!r}, but this machine has no CUDA device; use auto or cpu")
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device: {name!r}, but this machine has {count} CUDA device(s): "
+            raise ConfigError(f"{option}: {name!r}, but this machine has {count} CUDA device(s): "
                               + ", ".join(f"cuda:{i}" for i in range(count)))
     return device
 
 
 def provenance(device: torch.device) -> dict:
     return {
-        "package_version": bench.__version__,
+        "package_version": __version__,
         "git_commit": _git_commit(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -67,7 +68,7 @@ def cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
-    root = Path(bench.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[1]  # the checkout bench/ sits in
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],
                              capture_output=True, text=True, timeout=5)

@@ -31,6 +31,7 @@ from bench.environment import provenance
 from bench.cell import CellSpec
 from bench.grid import Grid
 from bench.plan import CellState, poisons_to_generate
+from bench.plugin_files import load_plugin_files, loaded_plugin_files
 from bench.records import CellResult
 from bench.runner import CellWorker, input_fingerprint, preflight
 from bench.store import Store
@@ -43,13 +44,16 @@ class WorkerSettings:
     """What every worker builds its `CellWorker` from; sent as it is to worker processes (it pickles).
 
     `device` is the one `run_grid` was given; executors whose workers get a device of their own (a
-    pool worker its GPU, a Ray or SLURM task the GPU it was allotted) replace it.
+    pool worker its GPU, a Ray or SLURM task the GPU it was allotted) replace it. `plugin_files` are
+    the plugin files (`bench.plugin_files`) the driver imported, which a worker imports before its
+    first job: a worker process starts with the built-ins and entry points only.
     """
 
     store: Store
     device: torch.device
     retries: int = 1
     compile: bool = False
+    plugin_files: tuple[str, ...] = ()
 
     def worker(self) -> CellWorker:
         return CellWorker(self.store, self.device, self.retries, self.compile)
@@ -72,6 +76,7 @@ def execute(job: Job, settings: WorkerSettings) -> CellResult | dict:
     if _POOL_DEVICE is not None:
         settings = replace(settings, device=torch.device(_POOL_DEVICE))
     if _WORKER is None or _WORKER[0] != settings:
+        load_plugin_files(settings.plugin_files)  # once per file and content; a no-op in the driver's process
         _WORKER = (settings, settings.worker())
     worker = _WORKER[1]
     if job.kind == "poison":
@@ -338,6 +343,14 @@ class GridProgress:
         self.bar.close()
 
 
+def pending_cells(cells: list[CellSpec], store: Store) -> list[CellSpec]:
+    """The cells without a done record on their data and their attack's input files, after
+    `bench.runner.preflight` has checked the data and architectures (a ConfigError if not)."""
+    fingerprints = preflight(cells)
+    inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
+    return [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
+
+
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
              executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
     """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped,
@@ -348,9 +361,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
     `executor` is one of `bench.executors` (default: in this process on `device`).
     """
     cells = grid.cells()
-    fingerprints = preflight(cells)
-    inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
-    pending = [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
+    pending = pending_cells(cells, store)
     skipped = len(cells) - len(pending)
     executor = executor or InProcess()
     log.info("grid %s: %d cells, %d already done, %d to run (%s)", grid.name, len(cells), skipped, len(pending),
@@ -358,7 +369,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
     if not pending:
         return {"skipped": skipped, "done": 0, "failed": 0}
     store.check_writable()
-    settings = WorkerSettings(store, device, retries, compile)
+    settings = WorkerSettings(store, device, retries, compile, loaded_plugin_files())
     show = sys.stderr.isatty() if progress is None else progress
     bar = GridProgress(grid.name, len(pending), show)
     try:

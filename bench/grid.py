@@ -10,6 +10,7 @@ recipe = "cpu_smoke"            # a preset, or a table: {preset = "em60", epochs
 analysis = ["mi"]               # optional: extra measurements per cell (allowed: mi, robust, autoattack)
 poison_ratio = [0.2, 1.0]       # optional: the poisoned fraction of the training set, one cell per value
 poison_classes = [3, 5]         # optional: poison only images of these classes (indices)
+plugins = ["my_attacks.py"]     # optional: plugin files to import first (bench.plugin_files), relative to this file
 [data]
 name = "cifar10"                # cifar100, svhn, a path to an .npz, or "folder:/path" with image_size
 train_size = 5000
@@ -67,6 +68,7 @@ from typing import Any
 from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
 from bench.data import DataSpec
+from bench.plugin_files import load_plugin_files
 from bench.registry import ARCHS, ATTACKS, COMPOSE, REGISTRIES, defense_parts
 from bench.robust import AutoAttackConfig, RobustConfig
 from bench.store import canonical_hash
@@ -76,7 +78,7 @@ from defenses.base import create_defense
 log = logging.getLogger("bench")
 
 GRID_KEYS = ("description", "data", "attacks", "defenses", "archs", "seeds", "recipe", "config", "analysis",
-             "variants", "robust", "autoattack", "poison_ratio", "poison_classes")
+             "variants", "robust", "autoattack", "poison_ratio", "poison_classes", "plugins")
 # Per-cell measurements the runner knows: mi = bench.mi on the trained model's features, robust =
 # bench.robust.robust_accuracy of the trained model on its test images (PGD), autoattack =
 # bench.robust.autoattack_accuracy (the standard AutoAttack) on them.
@@ -119,6 +121,8 @@ class Grid:
     poison_classes: tuple[int, ...] = ()  # the classes whose images may be poisoned; () = every class
     autoattack: dict = field(default_factory=dict)  # the checked AutoAttackConfig where analysis has "autoattack"
     autoattack_defenses: tuple[str, ...] | None = None  # as robust_defenses, for [autoattack]
+    # Absolute paths of the plugin files the grid imports (`plugins`); not part of any cell id.
+    plugins: tuple[str, ...] = ()
 
     def resolve(self, name: str) -> tuple[str, dict]:
         """(plugin, config) of a name in the grid's lists: a variant's, else the plugin's own. A composed
@@ -180,13 +184,17 @@ def load_grid(name_or_path: str, overrides: GridOverrides | None = None) -> Grid
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"grid {name}: not valid TOML: {err}") from None
-    return parse_grid(overrides.apply(raw, name) if overrides else raw, name)
+    base = Path(name_or_path).resolve().parent if name_or_path not in shipped else None
+    return parse_grid(overrides.apply(raw, name) if overrides else raw, name, base)
 
 
-def parse_grid(raw: dict, name: str) -> Grid:
+def parse_grid(raw: dict, name: str, base: Path | None = None) -> Grid:
+    """A checked grid from its TOML's dict; `base` is the folder `plugins` paths are relative to (the
+    grid file's; default the working directory)."""
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
         raise ConfigError(f"grid {name}: unknown key {unknown[0]!r}; allowed keys: {', '.join(GRID_KEYS)}")
+    plugins = _plugins(raw.get("plugins", []), name, base)  # before the lists are checked: they may name its plugins
     lists = {}
     for key, registry in REGISTRIES.items():
         values = raw.get(key)
@@ -236,7 +244,7 @@ def parse_grid(raw: dict, name: str) -> Grid:
     grid = Grid(name, str(raw.get("description", "")), data, lists["attacks"], lists["defenses"], lists["archs"],
                 tuple(seeds), recipe, recipe_name, config, analysis, variants, robust, robust_defenses,
                 _poison_ratios(raw.get("poison_ratio", 1.0), name), _poison_classes(raw.get("poison_classes", []), name),
-                autoattack, autoattack_defenses)
+                autoattack, autoattack_defenses, plugins)
     for defense in lists["defenses"]:
         if len(defense_parts(defense)) > 1:  # incompatible parts (two adversaries, ...) fail here
             plugin, parts = grid.resolve(defense)
@@ -248,6 +256,14 @@ def parse_grid(raw: dict, name: str) -> Grid:
                 raise ConfigError(f"grid {name}: defenses: {defense!r} runs {plugin!r}: {err}") from None
     _check_distinct(grid, lists)
     return grid
+
+
+def _plugins(value: Any, grid: str, base: Path | None) -> tuple[str, ...]:
+    """`plugins`: plugin files, imported now (`bench.plugin_files`); their absolute paths."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"grid {grid}: plugins must be a list of paths to Python files (relative to the grid "
+                          f"file), got {value!r}")
+    return load_plugin_files(value, base, where=f"grid {grid}: plugins:")
 
 
 def _variant_plugins(value: Any, grid: str) -> dict[str, str]:

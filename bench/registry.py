@@ -1,8 +1,10 @@
 """One registry type for attacks, defenses and architectures.
 
 Built-in plugins register themselves with a decorator when their package is imported; third-party
-plugins are found through the entry-point groups `bench.attacks`, `bench.defenses` and
-`bench.archs`, so installing another package adds rows to the table with no change here.
+plugins come from a Python file (`bench.plugin_files`: a grid's `plugins = [...]`, `--plugins FILE`)
+or through the entry-point groups `bench.attacks`, `bench.defenses` and `bench.archs`, so writing a
+file or installing another package adds rows to the table with no change here. Each entry keeps
+where it came from (`Entry.origin`), which records and clash errors name.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import fnmatch
 import importlib
 import inspect
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from bench.config import ConfigError, build_config
 from bench.plugin import Plugin
@@ -25,6 +28,34 @@ class Entry:
     obj: Any
     summary: str  # first line of the docstring
     paper: str  # citation in words, "" for plain fixtures
+    # Where it came from, for records and errors: {} for a module of this project (or one imported by
+    # hand), {"file": ..., "sha256": ...} for a plugin file, {"package": ..., "entry_point": ...} for an
+    # installed package's entry point.
+    origin: dict = field(default_factory=dict)
+
+
+def origin_text(entry: Entry) -> str:
+    """Where a plugin came from, in words: `plugin file /x/my_attacks.py`, `package p 0.1 (my:Cls)`, `methods.em.EM`."""
+    if "file" in entry.origin:
+        return f"plugin file {entry.origin['file']}"
+    if "package" in entry.origin:
+        return f"package {entry.origin['package']} ({entry.origin['entry_point']})"
+    return _describe(entry.obj)
+
+
+_LOADING: list[dict] = []  # the origin of the plugin file being imported (bench.plugin_files), innermost last
+
+
+@contextmanager
+def registering_from(origin: dict) -> Iterator[list[tuple[Registry, str]]]:
+    """Every plugin registered inside the block gets `origin`; yields the (registry, name) pairs it registered,
+    so a file that fails half-way can take its entries back (`Registry.unregister`)."""
+    added: list[tuple[Registry, str]] = []
+    _LOADING.append({**origin, "_added": added})
+    try:
+        yield added
+    finally:
+        _LOADING.pop()
 
 
 class Registry:
@@ -38,17 +69,24 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
-    def register(self, name: str, *, paper: str | None = None) -> Callable[[Any], Any]:
+    def register(self, name: str, *, paper: str | None = None, origin: dict | None = None) -> Callable[[Any], Any]:
         def decorate(obj: Any) -> Any:
+            loading = _LOADING[-1] if _LOADING and origin is None else None
+            where = origin if origin is not None else {k: v for k, v in (loading or {}).items() if k != "_added"}
             if name in self._entries and self._entries[name].obj is not obj:
-                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name].obj} and {obj})")
+                new = origin_text(Entry(name, obj, "", "", where))
+                raise PluginClash(f"{self.kind} {name!r} is registered twice: by {new} and by "
+                                  f"{origin_text(self._entries[name])}; rename one of them")
             if self.base is not None and not (inspect.isclass(obj) and issubclass(obj, self.base)):
                 raise ValueError(f"{self.kind} {name!r} ({obj}) must be a class that subclasses {self.base.__name__}")
             doc = inspect.getdoc(obj) or ""
             summary = doc.strip().splitlines()[0] if doc.strip() else ""
             if inspect.isclass(obj):
                 obj.name = name
-            self._entries[name] = Entry(name, obj, summary, paper if paper is not None else getattr(obj, "paper", ""))
+            self._entries[name] = Entry(name, obj, summary, paper if paper is not None else getattr(obj, "paper", ""),
+                                        where)
+            if loading is not None:
+                loading["_added"].append((self, name))
             return obj
 
         return decorate
@@ -70,9 +108,13 @@ class Registry:
                     continue  # it registered itself when its module was imported
                 if ep.name in self._entries:
                     raise ValueError(f"the name {ep.name!r} is already {_describe(self._entries[ep.name].obj)}")
-                self.register(ep.name)(obj)
+                self.register(ep.name, origin={"package": _package(ep), "entry_point": ep.value})(obj)
             except Exception as err:  # a broken third-party plugin must not take the others down
                 warnings.warn(f"skipped {origin}: {err}", stacklevel=2)
+
+    def unregister(self, name: str) -> None:
+        """Drop `name` (a plugin file that failed to import, or one loaded again after a change)."""
+        self._entries.pop(name, None)
 
     def names(self, pattern: str = "*") -> list[str]:
         self._load()
@@ -134,6 +176,10 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._entries
+
+
+class PluginClash(ConfigError):
+    """Two plugins of one kind under one name; the message names where each came from."""
 
 
 def _package(ep) -> str:

@@ -29,7 +29,7 @@ from bench.environment import provenance
 from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
 from bench.records import CellResult
-from bench.registry import ARCHS, ATTACKS
+from bench.registry import ARCHS, ATTACKS, DEFENSES, defense_parts
 from bench.robust import (AutoAttackConfig, RobustConfig, autoattack_accuracy, require_autoattack,
                           require_autoattack_classes, robust_accuracy)
 from defenses.base import create_defense
@@ -92,6 +92,9 @@ class PoisonSource:
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
                 "precision": attack.precision(self.device), "cached": False, "data_fingerprint": data.fingerprint,
                 "effort": attack.effort(len(data.train.images))}
+        origin = ATTACKS.entry(cell.attack).origin
+        if origin:  # a plugin file's path and SHA-256 (or a package's): which version made this poison
+            meta["origin"] = origin
         if cell.cacheable:
             # The cache entry names its data spec too, so `bench poison export` can find the clean images.
             self.store.save_poison(cell.poison_key, poison.images.cpu().numpy(), {**meta, "data": as_dict(cell.data)})
@@ -280,10 +283,11 @@ def run_cell(cell: CellSpec, data: Dataset, poison: Poison, poison_meta: dict, p
 
 def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
     """Each dataset of `cells` loaded and checked once (`bench.data.check_arrays`), and each of their
-    architectures run once on two of its images, and each partial poisoning's classes checked against
-    its labels, before any cell starts: bad data, an architecture that cannot take the images, a
-    class the data lacks, or AutoAttack asked for but not installed (or on fewer than 10 classes) stops
-    the run with one error instead of a failed record per cell.
+    architectures run once on two of its images, each partial poisoning's classes checked against
+    its labels, and each attack's input files against the data (`Attack.check_inputs`), before any
+    cell starts: bad data, an architecture that cannot take the images, a class the data lacks, a
+    poison file made for other data, or AutoAttack asked for but not installed (or on fewer than 10
+    classes) stops the run with one error instead of a failed record per cell.
     Returns each dataset's fingerprint, against which the store's records are judged done or not."""
     if any("autoattack" in cell.analysis for cell in cells):
         require_autoattack()  # an optional dependency: say how to install it before loading anything
@@ -307,6 +311,9 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
                 size = "x".join(map(str, images.shape[1:]))
                 raise ConfigError(f"arch {cell.arch}: cannot take the {size} images of {spec.name} "
                                   f"({str(err).splitlines()[0][:200]})") from None
+        attacks = {(c.attack, canonical_hash(c.attack_config)): c for c in cells if c.data == spec}
+        for cell in attacks.values():  # an attack's files against the data (external's bundle manifest)
+            ATTACKS.create(cell.attack, cell.attack_config).check_inputs(data.train)
     return fingerprints
 
 
@@ -317,6 +324,25 @@ def input_fingerprint(cell: CellSpec) -> str | None:
         return ATTACKS.create(cell.attack, cell.attack_config).input_fingerprint()
     except Exception:
         return None
+
+
+def plugin_origins(cell: CellSpec) -> dict:
+    """Where each plugin of `cell` that is not this project's came from (`Entry.origin`: a plugin file's
+    path and SHA-256, a package's entry point), by `<kind> <name>`; {} where all are built in. The
+    architectures a config names (a surrogate, an encoder) count: they run too."""
+    named = [(ATTACKS, cell.attack), (ARCHS, cell.arch)] + [(DEFENSES, part) for part in defense_parts(cell.defense)]
+    named += [(ARCHS, value) for value in _strings([cell.attack_config, cell.defense_config, cell.arch_config])
+              if value in ARCHS]
+    return {f"{registry.kind} {name}": registry.entry(name).origin for registry, name in named
+            if name in registry and registry.entry(name).origin}
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for item in value for s in _strings(item)] if isinstance(value, (list, tuple)) else []
 
 
 # Failures that a second try with the same seed would only repeat: recorded at once, not retried.
@@ -413,14 +439,16 @@ class CellWorker:
         start = time.perf_counter()
         outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
         fingerprint, inputs = self.fingerprint(cell.data), self.inputs(cell)
+        origins = plugin_origins(cell)  # only where a plugin is not built in, so other records keep their form
+        env = {**self.env, "plugins": origins} if origins else self.env
         if outcome is None:
-            record = CellResult.failed(cell, grid_name, errors[-1], provenance=self.env, attempts=len(errors),
+            record = CellResult.failed(cell, grid_name, errors[-1], provenance=env, attempts=len(errors),
                                        earlier_errors=errors[:-1], wall_seconds=time.perf_counter() - start,
                                        data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.error("cell %s (%s) failed after %d attempt(s): %s: %s", cell.cell_id, cell.label, len(errors),
                       errors[-1]["type"], errors[-1]["message"])
         else:
-            record = CellResult.finished(cell, grid_name, outcome, provenance=self.env, attempts=len(errors) + 1,
+            record = CellResult.finished(cell, grid_name, outcome, provenance=env, attempts=len(errors) + 1,
                                          earlier_errors=errors, wall_seconds=time.perf_counter() - start,
                                          data_fingerprint=fingerprint, input_fingerprint=inputs)
             log.info("cell %s (%s): test acc %.2f%% (best %.2f%%) in %.0f s", cell.cell_id, cell.label,

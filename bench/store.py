@@ -127,7 +127,7 @@ class Store:
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            raise ConfigError(f"--out {self.root}: results cannot be written there ({err.strerror or err})") from None
+            raise ConfigError(f"--results {self.root}: results cannot be written there ({err.strerror or err})") from None
 
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:
@@ -165,6 +165,20 @@ class Store:
             log.warning("cell %s: its record was made with other input files (its attack's file was replaced: "
                         "fingerprint %s, now %s); it runs again", cell_id, record.input_fingerprint, inputs)
         return record is not None and record.done_on(fingerprint, inputs)
+
+    def remove_failed(self, cell_id: str) -> bool:
+        """Remove the record of `cell_id` where it is a failed one; False where it is done, gone or
+        unreadable, or where a run holds the cell (it may be about to write it done). The claim is held
+        while the record is read and removed, so a record that a run writes meanwhile is never lost."""
+        claim = self.claim(cell_id)
+        if claim is None:
+            return False
+        with claim:
+            record = self.read_record(cell_id)
+            if record is None or record.status != "failed":
+                return False
+            self.record_path(cell_id).unlink()
+            return True
 
     def records(self) -> Iterator[CellResult]:
         for path in sorted(self.records_dir.glob("*.json")):
@@ -233,3 +247,32 @@ class Store:
         except (OSError, ValueError, json.JSONDecodeError) as err:
             log.warning("cached poison %s is unreadable (%s); generating it again", key, err)
             return None
+
+    # --- poisons handed in from Python (bench.api), read back by the external attack -------------
+    @property
+    def inputs_dir(self) -> Path:
+        return self.root / "cache" / "inputs"
+
+    def save_input(self, x_train: np.ndarray) -> Path:
+        """`x_train` (uint8 N, H, W, C) as `cache/inputs/<hash of its shape and bytes>.npz`, the file
+        the `external` attack reads; the same images give the same file, so their cells keep their ids.
+        A file already there is kept where it holds these images, and written again where not."""
+        x_train = np.ascontiguousarray(x_train)
+        digest = hashlib.sha256(repr(x_train.shape).encode())
+        digest.update(x_train.data)  # the array's own buffer: no copy of a 150 MB training set
+        path = self.inputs_dir / f"{digest.hexdigest()[:16]}.npz"
+        if path.exists() and _holds(path, x_train):
+            return path
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=x_train)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+
+def _holds(path: Path, x_train: np.ndarray) -> bool:
+    """Whether the .npz at `path` holds `x_train` as its x_train (False where it cannot be read)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "x_train" in f and np.array_equal(f["x_train"], x_train)
+    except (OSError, ValueError):
+        return False

@@ -31,11 +31,11 @@ from bench.data import ImageSet
 class Recipe:
     """How a victim model is trained. Presets in `RECIPES`; every field can be overridden."""
 
-    epochs: int = 60
+    epochs: int = 60  # passes over the training set
     batch_size: int = 128  # images per SGD step
     lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 5e-4  # L2 penalty on every parameter, as in the EM/ISS/APBench code
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"  # cosine: per step, down to 0
     milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr *= gamma
@@ -43,7 +43,7 @@ class Recipe:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     crop_padding: int = 4  # random crop after zero padding by this many pixels; 0 = no crop
     flip: bool = True  # random horizontal flip
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # images per batch when testing (no gradients: larger fits)
     bf16: bool = True  # bf16 autocast on CUDA and on CPUs with AMX or AVX512_BF16 (see `precision`); fp32 otherwise
     channels_last: bool = True  # memory format; faster for conv nets on CUDA and on the CPU (1.3x for tiny_cnn here)
 

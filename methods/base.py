@@ -141,6 +141,10 @@ class Attack(Plugin):
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         raise NotImplementedError
 
+    def check_inputs(self, train: ImageSet) -> None:
+        """Checks of what the attack reads (files) against the clean training set, cheap ones only, run
+        once per grid before any cell (`bench.runner.preflight`); ConfigError naming the field. None here."""
+
     def gradient_evaluations(self, n_images: int) -> float | None:
         """Forward-and-backward passes of a model per training image that `generate` makes on a set of
         `n_images` (surrogate training and noise steps alike; one round where `effort_per_round`);

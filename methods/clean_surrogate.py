@@ -34,8 +34,8 @@ class CleanSurrogateConfig(SurrogateConfig):
     attack's recipe (`Attack.clean_recipe`) reads these three fields, and its config may set other defaults."""
 
     surrogate_epochs: int = 40  # clean training epochs (TAP's official 40)
-    surrogate_lr: float = 0.1
-    surrogate_batch_size: int = 128
+    surrogate_lr: float = 0.1  # the clean surrogate's SGD learning rate
+    surrogate_batch_size: int = 128  # images per step of the clean surrogate's training
     # fp32 by default, as every official code: a bf16 surrogate made TAP weaker by more than the seed
     # spread (35.9 ± 0.8% against 34.8 ± 0.6% clean test accuracy, 3 seeds; docs/attacks.md).
     bf16: bool = False

@@ -24,8 +24,8 @@ class EMConfig(SurrogateConfig):
     train_steps: int = 10  # surrogate SGD steps per round
     batch_size: int = 512  # images per surrogate step and per noise batch
     lr: float = 0.1  # surrogate SGD learning rate (constant: the official scheduler is not stepped)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # surrogate SGD momentum
+    weight_decay: float = 5e-4  # surrogate SGD L2 penalty
     grad_clip: float = 5.0  # surrogate gradient-norm clip
     stop_accuracy: float = 0.99  # stop when the surrogate classifies this share of poisoned images
     max_rounds: int = 200  # cap on rounds if the stop rule is never met
@@ -164,7 +164,7 @@ class ErrorMinimizing(_SurrogateLoop, Attack):
 @dataclass(frozen=True)
 class EMClasswiseConfig(EMConfig):
     steps: int = 1  # one noise step per batch and round
-    stop_accuracy: float = 0.9
+    stop_accuracy: float = 0.9  # stop when the surrogate classifies this share of the poisoned subset
     subset_fraction: float = 0.2  # stratified share of the training set the noise is fitted on
 
     def __post_init__(self):

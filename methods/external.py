@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bench.bundles import Manifest, is_bundle, read_bundle
-from bench.config import ConfigError, require
+from bench.bundles import MANIFEST, Manifest, is_bundle, read_bundle, read_manifest
+from bench.config import ConfigError, on_255_grid, require
 from bench.context import RunContext
 from bench.data import ImageSet, fingerprint
 from bench.registry import register_attack
@@ -53,6 +53,30 @@ class External(Attack):
         path = Path(self.config.path).expanduser()
         return content_sha256(path)[:16] if path.exists() else None  # a missing file fails the cell itself
 
+    def check_inputs(self, train: ImageSet) -> None:
+        """A bundle's manifest against the grid before any work: the claimed norm and budget against
+        `norm` and `eps`, the training split it indexes and the image shape against the data's, and
+        enough images for the grid's subset. One line naming the field, both values and the file."""
+        path = Path(self.config.path).expanduser()
+        if not is_bundle(path):
+            return  # an .npz or a PNG folder says nothing of itself: generate checks its images
+        m = read_manifest(path)
+        height, width = train.images.shape[2:]
+        shape = [height, width, train.images.shape[1]]
+        where = path / MANIFEST
+        checks = [  # (holds, what differs)
+            (m.norm == self.config.norm, f"norm is {m.norm}, the grid's external.norm is {self.config.norm}"),
+            (math.isclose(m.budget, self.config.eps, rel_tol=1e-6, abs_tol=1e-9),
+             f"budget is {_shown(m.budget)}, the grid's external.eps is {_shown(self.config.eps)}"),
+            (m.split_size == train.split_size,
+             f"split_size is {m.split_size}, the data's training split has {train.split_size} images"),
+            (list(m.image_shape) == shape, f"image_shape is {list(m.image_shape)}, the data's images are {shape} (H, W, C)"),
+            (m.count >= len(train), f"count is {m.count}, fewer than the grid's {len(train)} training images"),
+        ]
+        for holds, differs in checks:
+            if not holds:
+                raise ConfigError(f"attack external: the bundle's {differs} ({where})")
+
     def generate(self, data: ImageSet, ctx: RunContext) -> Poison:
         path = Path(self.config.path).expanduser()
         source = read_poison_file(path, data.split_size)
@@ -73,6 +97,14 @@ class External(Attack):
             if clean is not None:
                 check_poison_file(path, source, clean, self.config.norm, self.config.eps)
         return Poison(images, self.config.norm, self.config.eps)
+
+
+def _shown(value) -> str:
+    """A manifest's value as people write it: 0.0313725 (8/255)."""
+    if isinstance(value, float):
+        levels = on_255_grid(value)
+        return f"{value:.6g}" + (f" ({levels}/255)" if levels is not None else "")
+    return str(value)
 
 
 @dataclass(frozen=True)

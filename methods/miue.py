@@ -74,9 +74,9 @@ class MIUEConfig(SurrogateConfig):
     batch_size: int = 128  # surrogate training batch
     perturb_batch_size: int = 512  # the contrastive loss is computed within batches of this size
     lr: float = 0.1  # surrogate SGD, cosine from lr to final_lr over the epochs
-    final_lr: float = 1e-6
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    final_lr: float = 1e-6  # surrogate learning rate at the last epoch of the cosine schedule
+    momentum: float = 0.9  # surrogate SGD momentum
+    weight_decay: float = 1e-4  # surrogate SGD L2 penalty
     post_aug: bool = True  # add the noise to a randomly flipped view of each clean image
     normalize: bool = True  # ImageNet mean/std inside the surrogate, as the official model
     # "official": He-normal over fan-out for every conv but the stem (`he_fan_out_but_stem`);

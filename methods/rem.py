@@ -25,16 +25,16 @@ class REMConfig(SurrogateConfig):
     step_size: float = 1.6 / 255  # noise descent step
     steps: int = 10  # noise steps per update
     adv_eps: float = 4 / 255  # radius of the inner adversary the noise must survive
-    adv_step_size: float = 0.8 / 255
-    adv_steps: int = 10
+    adv_step_size: float = 0.8 / 255  # inner adversary's PGD step, [0, 1] units
+    adv_steps: int = 10  # inner adversary's PGD steps
     samples: int = 5  # expectation over this many random crop+flip draws per noise step
     train_steps: int = 5000  # surrogate (adversarial) training steps, one noise update each
-    batch_size: int = 128
-    lr: float = 0.1
+    batch_size: int = 128  # images per batch of the surrogate and of the noise
+    lr: float = 0.1  # surrogate SGD learning rate before decay
     lr_decay: float = 0.1  # lr *= lr_decay every lr_decay_every steps
-    lr_decay_every: int = 2000
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr_decay_every: int = 2000  # surrogate steps between two decays
+    momentum: float = 0.9  # surrogate SGD momentum
+    weight_decay: float = 5e-4  # surrogate SGD L2 penalty
 
     def __post_init__(self):
         super().__post_init__()

@@ -12,7 +12,7 @@ PACKAGES = ("bench", "methods", "defenses")
 
 # Top to bottom, as in docs/architecture.md; reports and bench.perf sit beside the executors.
 LAYERS = {
-    "commands": ["bench.cli"],
+    "commands": ["bench.cli", "bench.api"],
     "executors": ["bench.executors", "bench.report", "bench.figures", "bench.citations", "bench.perf"],
     "grids and plans": ["bench.grid", "bench.plan"],
     "one cell": ["bench.runner", "bench.publish"],
@@ -20,6 +20,9 @@ LAYERS = {
     "foundations": ["bench"],  # every other module of the bench package
 }
 RANK = {prefix: rank for rank, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}
+# The package root (bench/__init__.py) is the public face: it exports bench.api's functions (`bench.evaluate`),
+# so it ranks with the commands, and no module below them may import it (the version is bench.version).
+PACKAGE_ROOT = "bench"
 
 
 def module_name(path: Path) -> str:
@@ -30,6 +33,8 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> int:
+    if module == PACKAGE_ROOT:
+        return RANK["bench.cli"]
     prefix = max((p for p in RANK if module == p or module.startswith(p + ".")), key=len)
     return RANK[prefix]
 

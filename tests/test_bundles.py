@@ -58,7 +58,7 @@ def test_an_exported_bundle_describes_itself_verifies_and_evaluates_as_external(
     assert manifest["source"] == {**manifest["source"], "kind": "cache", "key": key}
     assert manifest["provenance"]["torch"] == torch.__version__ and manifest["data_fingerprint"] == records(out)[0]["data_fingerprint"]
     verified = bench("poison", "verify", str(bundle)).stdout
-    assert verified.startswith(f"{bundle}: ok, 100 images of random_noise (seed 0)") and "linf 0.0313725 claimed" in verified
+    assert verified.startswith(f"{bundle}: ok, 100 images of random_noise (seed 0)") and "Linf 8/255 claimed, Linf 8/255 measured" in verified
     # The same cells on the bundle, through external: the poisoned images are the cached ones.
     grid = write_grid(tmp_path / "e.toml", tiny_npz, ["external"],
                       extra=f'[config.external]\npath = "{bundle}"\neps = 0.0313725491')
@@ -66,11 +66,22 @@ def test_an_exported_bundle_describes_itself_verifies_and_evaluates_as_external(
     bench("run", "--grid", str(grid), "--out", str(tmp_path / "out2"))
     [record] = records(tmp_path / "out2")
     assert record["status"] == "done" and record["poison"]["measured"] == pytest.approx(8 / 255, abs=1e-6)
-    # A grid that needs images the bundle does not hold is refused, naming what is missing.
+    # A grid the manifest disagrees with (more images than the bundle holds, another budget) is refused
+    # before any work, in one line naming the field, both values and the file.
     whole = write_grid(tmp_path / "w.toml", tiny_npz, ["external"], extra=f'[config.external]\npath = "{bundle}"')
-    bench("run", "--grid", str(whole), "--out", str(tmp_path / "out3"), check=False)
-    [failed] = records(tmp_path / "out3")
-    assert failed["status"] == "failed" and "holds 100 of the 200 training images" in failed["error"]["message"]
+    refused = bench("run", "--grid", str(whole), "--results", str(tmp_path / "out3"), check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+        f"Error: attack external: the bundle's count is 100, fewer than the grid's 200 training images "
+        f"({bundle / 'manifest.json'})")
+    assert not records(tmp_path / "out3")
+    other_eps = write_grid(tmp_path / "x.toml", tiny_npz, ["external"],
+                           extra=f'[config.external]\npath = "{bundle}"\neps = "16/255"')
+    on_a_subset(other_eps)
+    refused = bench("run", "--grid", str(other_eps), "--results", str(tmp_path / "out4"), check=False)
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: attack external: the bundle's budget is 0.0313725 (8/255), the grid's external.eps is 0.0627451 "
+        f"(16/255) ({bundle / 'manifest.json'})")
+    assert not records(tmp_path / "out4")
 
 
 def test_a_bundle_that_was_altered_lies_about_its_budget_or_fits_other_data_is_refused(tmp_path, tiny_npz, cached_poison):
@@ -120,7 +131,7 @@ def test_a_tap_or_ar_png_release_converts_to_a_bundle_that_verifies(tmp_path, ti
     write_png_folder(release / "data", shifted(clean, -3))  # the AR release keeps its PNGs in data/
     proc = bench("poison", "convert", str(release), str(tmp_path / "bundle"), "--attack", "ar", "--data", str(tiny_npz),
                  "--norm", "linf", "--eps", "8/255")
-    assert proc.stdout.startswith(f"wrote {tmp_path / 'bundle'}: 200 images of ar") and "0.0117647 measured" in proc.stdout
+    assert proc.stdout.startswith(f"wrote {tmp_path / 'bundle'}: 200 images of ar") and "Linf 8/255 claimed, Linf 3/255 measured" in proc.stdout
     manifest = verify_bundle(tmp_path / "bundle").manifest
     assert manifest.source["format"] == "png-folder" and manifest.source["kind"] == "release"
     assert np.array_equal(read_bundle(tmp_path / "bundle").images, shifted(clean, -3))

@@ -267,8 +267,9 @@ def test_status_counts_per_grid_with_each_failure(tmp_path):
     path, store = _grid_with_records(tmp_path)
     named = invoke("status", "--grid", str(path), "--out", str(store.root))
     assert named.exit_code == 0, named.output
+    failed_id = next(r.cell_id for r in store.records() if r.status == "failed")
     assert named.stdout.splitlines() == ["grid g: 1 done, 1 failed, 2 pending",
-                                         "  failed  random_noise / none / tiny_cnn / seed 1: "
+                                         f"  failed  {failed_id}  random_noise / none / tiny_cnn / seed 1: "
                                          "TrainingDiverged: training loss became nan in epoch 1"]
     # Without --grid, a grid that is not shipped is known by the name in its records only.
     assert invoke("status", "--out", str(store.root)).stdout.splitlines()[0] == (
@@ -333,7 +334,7 @@ def test_a_results_folder_that_cannot_be_written_stops_before_training(tmp_path,
     (tmp_path / "a_file").write_text("not a folder")
     grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean"])
     result = invoke("run", "--grid", str(grid), "--out", str(tmp_path / "a_file" / "out"))
-    assert_one_line_error(result, f"--out {tmp_path / 'a_file' / 'out'}: results cannot be written there")
+    assert_one_line_error(result, f"--results {tmp_path / 'a_file' / 'out'}: results cannot be written there")
     assert not trained
 
 

@@ -83,12 +83,15 @@ def test_estimate_scales_recorded_epoch_times_and_uses_medians(tmp_path, grid):
     assert timings.train_seconds(cells["clean / none / tiny_cnn / seed 0"]) == pytest.approx(2.75 * 4)
     assert timings.train_seconds(cells["ops / none / tiny_cnn / seed 0"]) == pytest.approx(2.75 * 4)
     assert timings.train_seconds(cells["ops / jpeg / tiny_cnn / seed 0"]) is None  # no jpeg timing
+    # ... so jpeg's cells are scaled from the same arch's records: same images, 4 epochs against 2.
+    seconds, basis = timings.train_estimate(cells["ops / jpeg / tiny_cnn / seed 0"])
+    assert seconds == pytest.approx(2.75 * 4) and (basis.kind, basis.label, basis.records) == ("scaled", "tiny_cnn", 6)
     assert timings.poison_seconds(cells["ops / none / tiny_cnn / seed 0"]) == pytest.approx(30.0)
     assert timings.poison_seconds(cells["clean / none / tiny_cnn / seed 0"]) is None
     states = cell_states(grid.cells(), {})
     est = estimate(states, poisons_to_generate(states, Store(tmp_path)), timings)
-    assert est.seconds == pytest.approx(2 * 11.0 + 30.0)  # the two undefended cells and ops's poison
-    assert (est.cells, est.cells_unknown, est.poisons, est.poisons_unknown) == (2, 2, 1, 1)
+    assert est.seconds == pytest.approx(4 * 11.0 + 30.0)  # two undefended cells, two scaled jpeg cells, ops's poison
+    assert (est.cells, est.cells_unknown, est.poisons, est.poisons_unknown) == (4, 0, 1, 1)
 
 
 def test_failed_and_unfinished_records_give_no_timings(grid):
@@ -110,8 +113,11 @@ def test_dry_run_listing(tmp_path, grid):
     assert any(l.startswith("  failed") and l.endswith("ops / jpeg / tiny_cnn / seed 0  (RuntimeError: boom)") for l in lines)
     assert "poisons to generate: 2" in lines  # clean's (clean / jpeg is pending) and ops's
     # ops / none has clean / none's training time (the attack does not change it), clean's poison its 30 s.
-    assert lines[-1] == ("cost: about 36 s of device time, one cell at a time (1 cell and 1 poison, from medians of "
-                         "1 record on cpu); not counted: 2 cells and 1 poison with no matching timing")
+    # ops / jpeg and clean / jpeg: scaled from clean / none's 6 s for its 100 images x 4 epochs.
+    assert lines[-1] == ("cost: about 48 s of device time, one cell at a time, on cpu (1 cell from records of the same "
+                         "data, arch and defense; 2 cells scaled from 1 record of tiny_cnn at 100 images x 4 epochs; "
+                         "1 poison from records of the same attack and config); unknown: 1 poison (no record of "
+                         "their attack and config)")
 
 
 def test_status_counts_each_grid_and_names_each_failure_in_one_line(grid):
@@ -128,8 +134,9 @@ def test_status_counts_each_grid_and_names_each_failure_in_one_line(grid):
     assert status.counts == {"done": 1, "failed": 2, "pending": 1} and status.others == 1
     text = format_status(status).splitlines()
     assert text[0] == "grid g: 1 done, 2 failed, 1 pending"
-    assert "  failed  ops / none / tiny_cnn / seed 0: BudgetError: linf budget 0.0314 exceeded" in text
-    assert "  failed  ops / jpeg / tiny_cnn / seed 0: RuntimeError: boom" in text
+    ids = {label: c.cell_id for label, c in cells.items()}
+    assert f"  failed  {ids['ops / none / tiny_cnn / seed 0']}  ops / none / tiny_cnn / seed 0: BudgetError: linf budget 0.0314 exceeded" in text
+    assert f"  failed  {ids['ops / jpeg / tiny_cnn / seed 0']}  ops / jpeg / tiny_cnn / seed 0: RuntimeError: boom" in text
     # Without --grid: shipped grids that have records, then grids known only by the name in records.
     statuses = {s.grid: s for s in store_status(records, {"g": grid, "empty": parse_grid({**RAW, "seeds": [9]}, "empty")})}
     assert list(statuses) == ["g", "mine"]
@@ -162,7 +169,7 @@ def test_status_and_dry_run_show_a_variants_name_and_a_grid_shows_its_own(tmp_pa
     assert failed.spec["defense"] == "at" and failed.name("defense") == "at_4"
     # Known from its records only, the failure carries the name of the grid that ran it.
     assert format_status(store_status({cell.cell_id: failed}, {})[0]).splitlines()[1] == \
-           "  failed  ops / at_4 / tiny_cnn / seed 0: RuntimeError: boom"
+           f"  failed  {cell.cell_id}  ops / at_4 / tiny_cnn / seed 0: RuntimeError: boom"
     # Another grid running the same experiment under another name counts the record as its cell, under its name.
     renamed = parse_grid({**RAW, "defenses": ["at_half"], "variants": {"at_half": at_4}}, "h")
     status = grid_status(renamed, {cell.cell_id: failed})

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from operator import itemgetter
 from typing import Callable, Iterable, Mapping
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind_from_stats
 
+from bench.config import budget_label, on_255_grid
 from bench.published import (CORE_RECIPE_KEYS, DEFAULT_TOLERANCE, PublishedAttack, PublishedDefense,
                              PublishedSource)
 from bench.records import CellResult, classes_text, is_partial, poisoned_label
@@ -58,26 +58,6 @@ POISON_COLUMNS = ("poison_ratio", "poison_classes")  # tidy's key of the poison_
 FULL_POISON = (1.0, "")  # the whole training set poisoned: what every record without partial poisoning has
 BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never marked or ranked
 PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
-
-
-def budget_label(norm: str, budget: float) -> str:
-    """'Linf 8/255' for L-inf budgets on the 1/255 grid, 'L2 1.30' for L2, 'L0 1 px' for L0, and
-    'unbounded' for L-inf 1 (the whole pixel range: what an attack bounded by no norm, CUDA, claims)."""
-    if budget == 0:
-        return ""
-    if norm == "linf" and budget >= 1:
-        return "unbounded"
-    if norm == "l0":
-        return f"L0 {budget:g} px"
-    if norm == "linf" and (levels := on_255_grid(budget)) is not None:
-        return f"Linf {levels}/255"
-    return f"{'Linf' if norm == 'linf' else 'L2'} {budget:.2f}"
-
-
-def on_255_grid(value: float) -> int | None:
-    """k where `value` is k/255 (to float precision), else None: budgets and step sizes as written."""
-    frac = Fraction(value).limit_denominator(255)
-    return frac.numerator if frac.denominator == 255 and math.isclose(float(frac), value, rel_tol=1e-6) else None
 
 
 def recipe_label(spec: dict) -> str:

@@ -153,7 +153,7 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
 def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
                   cells: pd.DataFrame, ratios=(), effort: pd.DataFrame | None = None) -> tuple[dict[str, Path], list[str]]:
     """Every figure the records allow, as PDF and PNG under `folder`; notes for those left out."""
-    from bench import figures  # here, not at the top: matplotlib loads only for reports that draw
+    import bench.figures as figures  # here, not at the top: matplotlib loads only for reports that draw
 
     paths: dict[str, Path] = {}
     notes: list[str] = []
