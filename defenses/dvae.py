@@ -36,7 +36,7 @@ class DVAEConfig:
     # The rate constraint: the KL term (nats per latent position) is penalised only above its target,
     # weight x max(KL, target). Stage one 1.0 at 0.01 (hard-coded), stage two `--kd 3.0` (some_scripts.sh) at 0.5.
     kl_targets: tuple[float, float] = (1.0, 3.0)
-    kl_weights: tuple[float, float] = (0.01, 0.5)
+    kl_weights: tuple[float, float] = (0.01, 0.5)  # the KL term's weight in stage one and stage two
     perturbation_floor: float = 0.002  # the perturbation's mean square is penalised above this ([0, 1] pixel units^2)
     perturbation_from: int = 11  # first epoch (0-based) with that penalty: the official `if epoch > 10`
     seed: int = 0  # initial weights, shuffling and latent samples, so the purified set is a function of the poison
