@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.config import ConfigError
+from bench.readers import bombs_refused, gigabytes, load_npy, read_rgb, require_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # any case
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
@@ -53,8 +55,8 @@ class FolderSet:
             self.decode(classes, files, cache)
         arrays = []
         for split in SPLITS:
-            images = np.load(cache / f"{split}_images.npy", mmap_mode="c")  # copy-on-write: the file is never changed
-            arrays += [images.transpose(0, 2, 3, 1), np.load(cache / f"{split}_labels.npy")]
+            images = load_npy(cache / f"{split}_images.npy", mmap_mode="c")  # copy-on-write: the file is never changed
+            arrays += [images.transpose(0, 2, 3, 1), load_npy(cache / f"{split}_labels.npy")]
         return (*arrays, tuple(json.loads((cache / "classes.json").read_text())))
 
     def listing(self) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
@@ -77,9 +79,9 @@ class FolderSet:
                               f"missing in {test.name}/: {missing or 'none'}, not in train/: {extra or 'none'}")
         files = {}
         for split, folder in zip(SPLITS, (train, test)):
-            files[split] = []
+            files[split], seen = [], {}
             for label, name in enumerate(classes):
-                images = _images_under(folder / name)
+                images = _images_under(folder / name, self.where, seen)
                 if not images:
                     raise ConfigError(f"{self.where}: {folder.name}/{name} holds no {'/'.join(IMAGE_SUFFIXES)} image")
                 files[split] += [(path, label) for path in images]
@@ -96,12 +98,15 @@ class FolderSet:
 
     def decode(self, classes: tuple[str, ...], files: dict[str, list[tuple[Path, int]]], cache: Path) -> None:
         """Every image decoded into `cache`, written beside it first and moved in place, so that an
-        interrupted decode leaves no cache that looks complete."""
-        partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
+        interrupted decode leaves no cache that looks complete; what killed decodes left is removed first."""
+        self.check_room(sum(len(files[split]) for split in SPLITS))
+        remove_abandoned(self.cache_root)
+        partial = cache.with_name(cache.name + partial_suffix())
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            self._decode_into(partial, classes, files)
+            with bombs_refused():
+                self._decode_into(partial, classes, files)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -110,12 +115,25 @@ class FolderSet:
         except OSError:  # another process finished the same cache first: use that one
             shutil.rmtree(partial, ignore_errors=True)
 
+    def check_room(self, count: int) -> None:
+        """The cache's size on the disk it goes to, and one decoded image per thread in memory, before
+        anything is allocated: an `image_size` of 10**5 is one line, not terabytes asked for."""
+        per_image = 3 * self.image_size ** 2
+        total = count * per_image
+        disk = _existing_parent(self.cache_root)
+        free = shutil.disk_usage(disk).free
+        if total > free:
+            raise ConfigError(f"data.image_size: {self.image_size} px makes a cache of {gigabytes(total)} for "
+                              f"{count:,} images of {self.where}; {disk} has {gigabytes(free)} free")
+        # A decoded image, its resized copy and its crop, for each decoding thread at once.
+        require_memory(3 * per_image * _threads(), f"data.image_size: {self.image_size} px, {self.where}")
+
     def _decode_into(self, partial: Path, classes: tuple[str, ...], files: dict[str, list[tuple[Path, int]]]) -> None:
         from tqdm import tqdm  # here: only a first load decodes
 
         size = self.image_size
         # Threads: PIL releases the GIL while it decodes and resizes, so the cores share the work.
-        with ThreadPoolExecutor(max(os.cpu_count() or 1, 1)) as pool:
+        with ThreadPoolExecutor(_threads()) as pool:
             for split in SPLITS:
                 paths = [path for path, _ in files[split]]
                 out = np.lib.format.open_memmap(partial / f"{split}_images.npy", mode="w+", dtype=np.uint8,
@@ -132,14 +150,10 @@ class FolderSet:
 
     def decode_one(self, path: Path) -> np.ndarray:
         """One image as uint8 (size, size, 3): RGB, shorter side resized to `image_size`, centre-cropped."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         size = self.image_size
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise ConfigError(f"{self.where}: cannot read image {path} ({type(err).__name__}: {err})") from None
+        image = read_rgb(path, self.where)
         width, height = image.size
         short, long = sorted((width, height))
         long = int(size * long / short)  # torchvision's Resize(size) truncates the longer side
@@ -154,9 +168,62 @@ def _class_folders(folder: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
-def _images_under(folder: Path) -> list[Path]:
+def _images_under(folder: Path, where: str, seen: dict) -> list[Path]:
+    """Every image file under `folder`, following links to folders but each real folder once
+    (`seen`: (device, inode) -> the path it was first reached by, shared by the class folders of a
+    split): a link back up the tree (a loop), or a folder reached twice, would count its images again
+    or forever, and is refused."""
     found = []
     for parent, dirs, names in os.walk(folder, followlinks=True):
+        stat = os.stat(parent)
+        real = (stat.st_dev, stat.st_ino)
+        if real in seen:
+            what = "a symbolic link loop" if Path(parent).is_relative_to(seen[real]) else "one folder reached twice"
+            raise ConfigError(f"{where}: {parent} is {seen[real]} again ({what}); each folder of images may be "
+                              "reached once, or its images would count twice")
+        seen[real] = parent
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(parent) / n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")]
     return sorted(found)
+
+
+def _threads() -> int:
+    return max(os.cpu_count() or 1, 1)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+PARTIAL = ".partial-"  # <cache>.partial-<host>-<pid>: a decode under way, or one that was killed
+
+
+def partial_suffix() -> str:
+    return f"{PARTIAL}{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_abandoned(cache_root: Path) -> list[Path]:
+    """Remove the partial caches under `cache_root` whose decoding process is gone (killed: a kill
+    runs no cleanup), and return them. Only this host's are judged (a pid means nothing on another
+    host sharing the folder); a name with a pid only, without a host, is taken as this host's."""
+    removed = []
+    for partial in cache_root.glob(f"*{PARTIAL}*") if cache_root.is_dir() else []:
+        owner = partial.name.rsplit(PARTIAL, 1)[1]
+        host, _, pid = owner.rpartition("-")
+        if not pid.isdigit() or (host and host != socket.gethostname()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+        removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,7 @@ from bench.bundles import MANIFEST, Manifest, is_bundle, read_bundle, read_manif
 from bench.config import ConfigError, on_255_grid, require
 from bench.context import RunContext
 from bench.data import ImageSet, fingerprint
+from bench.readers import bombs_refused, check_npz, read_rgb
 from bench.registry import register_attack
 from bench.store import content_sha256
 from methods.base import NORMS, Attack, BudgetError, Poison, check_budget
@@ -176,10 +178,15 @@ def load_external(path: Path, expected_count: int) -> np.ndarray:
     if path.suffix == ".npz":
         if not path.is_file():
             raise ConfigError(f"attack external.path: {path} does not exist")
-        with np.load(path, allow_pickle=False) as f:
-            if "x_train" not in f:
-                raise ConfigError(f"external poison {path}: no x_train array (found {', '.join(f.files)})")
-            x = f["x_train"]
+        where = f"external poison {path}"
+        check_npz(path, where)  # a corrupt zip, or a header declaring terabytes, before anything is read
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                names, x = f.files, f["x_train"] if "x_train" in f else None
+        except (OSError, ValueError, zipfile.BadZipFile) as err:  # truncated data, an array that would need pickle
+            raise ConfigError(f"{where}: not a readable .npz ({err})") from None
+        if x is None:
+            raise ConfigError(f"{where}: no x_train array (found {', '.join(names)})")
     elif path.is_dir():
         x = _read_png_folder(path, expected_count)
     else:
@@ -192,8 +199,6 @@ def load_external(path: Path, expected_count: int) -> np.ndarray:
 
 
 def _read_png_folder(folder: Path, expected_count: int) -> np.ndarray:
-    from PIL import Image
-
     if not any(folder.glob("*.png")) and (folder / "data").is_dir():
         folder = folder / "data"  # the TAP and AR releases keep the images in data/
     names = {p.name for p in folder.glob("*.png")}
@@ -203,7 +208,12 @@ def _read_png_folder(folder: Path, expected_count: int) -> np.ndarray:
             f"external poison {folder}: expected {expected_count} files 0.png ... {expected_count - 1}.png, "
             f"found {len(names)}" + (f"; missing {missing[0]} and {len(missing) - 1} more" if missing else "")
         )
-    return np.stack([np.asarray(Image.open(folder / f"{i}.png").convert("RGB")) for i in range(expected_count)])
+    with bombs_refused():
+        images = [np.asarray(read_rgb(folder / f"{i}.png", f"external poison {folder}")) for i in range(expected_count)]
+    if len({image.shape for image in images}) > 1:
+        raise ConfigError(f"external poison {folder}: its images differ in size ({images[0].shape[1]}x"
+                          f"{images[0].shape[0]} and others); a poison's images are all the dataset's size")
+    return np.stack(images)
 
 
 def check_order(clean: torch.Tensor, poisoned: torch.Tensor, path: Path) -> None:
