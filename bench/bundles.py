@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.config import ConfigError
+from bench.readers import check_npz
 from bench.store import atomic_write_bytes, atomic_write_json
 
 FORMAT = "unlearnable-bench poison bundle"
@@ -78,7 +81,64 @@ class Manifest:
                          and f.name not in d)
         if missing:
             raise BundleError(f"{where}: manifest lacks {', '.join(missing)}")
+        for name, value in d.items():
+            _check_field(name, value, where)
         return cls(**{n: d[n] for n in names if n in d}, extra={k: v for k, v in d.items() if k not in names})
+
+
+def _whole(value: Any, least: int) -> bool:
+    return type(value) is int and value >= least  # type(): True is an int to isinstance
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+# Each manifest field -> (what it must be, in words; the test). A wrong type is refused on reading,
+# so that `verify` never passes a manifest whose fields another reader would choke on.
+FIELD_KINDS = {
+    "attack": ("text", lambda v: isinstance(v, str)),
+    "attack_config": ("a JSON object", lambda v: isinstance(v, dict)),
+    "seed": ("a whole number from 0, or null", lambda v: v is None or _whole(v, 0)),
+    "dataset": ("text", lambda v: isinstance(v, str)),
+    "clean_fingerprint": ("text", lambda v: isinstance(v, str)),
+    "count": ("a whole number from 0", lambda v: _whole(v, 0)),
+    "split_size": ("a whole number from 1", lambda v: _whole(v, 1)),
+    "image_shape": ("a list of 3 whole numbers from 1 (H, W, C)",
+                    lambda v: isinstance(v, list) and len(v) == 3 and all(_whole(x, 1) for x in v)),
+    "norm": ("text (linf, l2 or l0)", lambda v: isinstance(v, str)),
+    "budget": ("a finite number >= 0", _number),
+    "measured": ("a JSON object of finite numbers >= 0", lambda v: isinstance(v, dict) and all(map(_number, v.values()))),
+    "sha256": ("64 hex digits", lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)),
+    "source": ("a JSON object", lambda v: isinstance(v, dict)),
+    "provenance": ("a JSON object", lambda v: isinstance(v, dict)),
+    "data_fingerprint": ("text, or null", lambda v: v is None or isinstance(v, str)),
+}
+MAX_DEPTH = 32  # nesting of lists and objects any field may have: a config is a few levels deep
+
+
+def _check_field(name: str, value: Any, where: Path) -> None:
+    kind = FIELD_KINDS.get(name)
+    if kind is not None and not kind[1](value):
+        raise BundleError(f"{where}: manifest field {name} must be {kind[0]}, got {_shown(value)}")
+    if _depth(value) > MAX_DEPTH:
+        raise BundleError(f"{where}: manifest field {name} is nested more than {MAX_DEPTH} levels deep")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value`, without recursion (a deep value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH and isinstance(item, (dict, list)):
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def _shown(value: Any) -> str:
+    text = "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -123,6 +183,8 @@ def read_manifest(folder: Path) -> Manifest:
         return Manifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
         raise BundleError(f"{manifest_path}: unreadable manifest ({err})") from None
+    except RecursionError:  # the JSON parser's own limit on nesting
+        raise BundleError(f"{manifest_path}: unreadable manifest (nested more than {MAX_DEPTH} levels deep)") from None
 
 
 def read_bundle(folder: Path) -> Bundle:
@@ -138,9 +200,13 @@ def read_bundle(folder: Path) -> Bundle:
         raise BundleError(f"{images_path}: SHA-256 {digest[:16]}... does not match the manifest's "
                           f"{manifest.sha256[:16]}... (altered or truncated)")
     try:
+        check_npz(payload, str(images_path))  # a corrupt zip, or a header declaring terabytes, before reading
+    except ConfigError as err:
+        raise BundleError(str(err)) from None
+    try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as f:
             images, index = f["x_train"], f["index"]
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
         raise BundleError(f"{images_path}: not the arrays of a bundle ({err})") from None
     shape = [manifest.count, *manifest.image_shape]
     if images.dtype != np.uint8 or list(images.shape) != shape or index.shape != (manifest.count,) \

@@ -30,12 +30,14 @@ import torch
 
 from bench.config import ConfigError, added_field, require
 from bench.imagefolder import FolderSet
+from bench.readers import check_npz
 
 log = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 DOWNLOAD_TIMEOUT_S = 30  # a blocked network must fail, not hang
 FOLDER_PREFIX = "folder:"  # `name = "folder:/path/to/imagenet100"`
+MAX_SUBSET_SEED = 2**32 - 1  # as a grid's seeds (bench.grid.MAX_SEED)
 
 
 class DataUnavailable(RuntimeError):
@@ -95,6 +97,9 @@ class DataSpec:
                 f"only folder datasets are resized; {self.name!r} comes at its own size (leave image_size unset)")
         require(self.image_size is None or self.image_size >= MIN_IMAGE_SIZE, "data.image_size",
                 f"must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
+        # numpy's seeded generators take 0 to 2**32 - 1 as every seed of a grid; found here, at load.
+        require(0 <= self.subset_seed <= MAX_SUBSET_SEED, "data.subset_seed",
+                f"must be a whole number from 0 to {MAX_SUBSET_SEED}, got {self.subset_seed}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,14 @@ def poisoned_subset(labels: np.ndarray, ratio: float, classes: tuple[int, ...], 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
+def require_poisons_one(ratio: float, eligible: int, where: str) -> None:
+    """ConfigError where `ratio` of `eligible` training images (`poisoned_subset`'s floor) is no image
+    at all: such a cell would be a clean one recorded under its attack's name."""
+    if eligible and int(np.floor(ratio * eligible + 1e-9)) < 1:
+        raise ConfigError(f"{where}: poison_ratio {ratio:g} of the {eligible} training images that may be poisoned "
+                          f"poisons none; the smallest ratio that poisons one image is 1/{eligible} = {1 / eligible:.6g}")
+
+
 def _to_imageset(x: np.ndarray, y: np.ndarray, num_classes: int, size: int | None, seed: int, split: str) -> ImageSet:
     if size is not None and size > len(y):
         raise ConfigError(f"data.{split}_size: {size} is larger than the {split} split ({len(y)} images)")
@@ -251,6 +264,7 @@ def load_npz(path: Path):
         raise ConfigError(f"dataset {path}: is a folder, not an .npz file")
     if not path.is_file():
         raise DataUnavailable(f"dataset file {path} does not exist")
+    check_npz(path, f"dataset {path}")  # a corrupt zip, or a header declaring terabytes, before anything is read
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
@@ -285,6 +299,13 @@ def check_arrays(x_train, y_train, x_test, y_test, classes: tuple[str, ...] | No
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ConfigError(f"{where}: train images are {x_train.shape[1:]}, test images {x_test.shape[1:]}")
     num_classes = len(classes) if classes else int(max(y_train.max(), y_test.max())) + 1
+    # Before anything is sized by the class count (subsets, the model's last layer): a label of
+    # 10**9 would ask for 10**9 classes.
+    if num_classes > len(y_train):
+        named = f"the file names {num_classes} classes" if classes else \
+            f"labels up to {num_classes - 1} make {num_classes} classes"
+        raise ConfigError(f"{where}: {named}, more than the {len(y_train)} training images; labels must run from 0 "
+                          "to the class count - 1, with at most one class per training image")
     for split, y in (("train", y_train), ("test", y_test)):
         if y.min() < 0 or y.max() >= num_classes:
             raise ConfigError(f"{where}: y_{split} labels run from {y.min()} to {y.max()}; they must be 0 to "
@@ -315,9 +336,21 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+class UnreadableFile(ValueError):
+    """One file of a dataset's on-disk layout could not be read; `path` is the file."""
+
+    def __init__(self, path: Path, err: BaseException):
+        super().__init__(f"{type(err).__name__}: {err}")
+        self.path = path
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _ArraysOnly(f, encoding="latin1").load()  # latin1: the files were pickled by Python 2, as torchvision reads them
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()  # latin1: the files were pickled by Python 2, as torchvision reads them
+    # EOFError: an empty or truncated file (click would print only "Aborted!" for it).
+    except (OSError, EOFError, ValueError, IndexError, TypeError, pickle.UnpicklingError) as err:
+        raise UnreadableFile(path, err) from None
 
 
 def _read_cifar(folder: Path, train: list[str], test: list[str], label_key: str, meta: str, names_key: str):
@@ -339,11 +372,22 @@ def _read_svhn(root: Path):
     from scipy.io import loadmat  # scipy loads only for SVHN
 
     def split(name: str):
-        mat = loadmat(root / f"{name}_32x32.mat")
+        path = root / f"{name}_32x32.mat"
+        try:
+            mat = loadmat(path)
+        except (OSError, ValueError, TypeError, _mat_read_error()) as err:  # empty, truncated, not a .mat
+            raise UnreadableFile(path, err) from None
         y = mat["y"].astype(np.int64).reshape(-1)
         return np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2)), np.where(y == 10, 0, y)
 
     return (*split("train"), *split("test"), tuple(map(str, range(10))))
+
+
+def _mat_read_error() -> type:
+    """scipy's MatReadError, imported only when a read has failed (scipy loads only for SVHN)."""
+    from scipy.io.matlab import MatReadError
+
+    return MatReadError
 
 
 @dataclass(frozen=True)
@@ -405,7 +449,11 @@ def _load_torchvision(name: str):
             socket.setdefaulttimeout(previous)
     try:
         arrays = dataset.read(root)
-    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
+    except UnreadableFile as err:
+        raise ConfigError(f"dataset {name} in {root}: its files are not {dataset.title}'s torchvision layout "
+                          f"({err.path} is unreadable, {err}); remove it to download it again, or set "
+                          f"{dataset.env}=/path/to/{name}.npz") from None
+    except (OSError, KeyError, ValueError, IndexError, TypeError) as err:  # readable files of another structure
         raise ConfigError(f"dataset {name} in {root}: its files are not {dataset.title}'s torchvision layout "
                           f"({type(err).__name__}: {err})") from None
     return check_arrays(*arrays, f"dataset {name} in {root}")

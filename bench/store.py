@@ -23,15 +23,33 @@ from typing import Any, Iterator
 import numpy as np
 
 from bench.config import ConfigError
+from bench.readers import load_npy_bytes
 from bench.records import CellResult, RecordError
 
 log = logging.getLogger("bench")
+
+
+def umask() -> int:
+    """This process's umask, read without changing it where the kernel says it (Linux's
+    /proc/self/status), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a bundle, a report or a record is meant to be read as any file
+        # the user writes is: the mode open() would give it under their umask.
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -150,8 +168,11 @@ class Store:
             return CellResult.from_json(json.loads(path.read_text()))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecordError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecordError, OSError) as err:  # OSError: a folder, no permission
             log.warning("ignoring unreadable record %s (%s); the cell will run again", path, err)
+            return None
+        except RecursionError:  # JSON nested deeper than the parser goes: no record is
+            log.warning("ignoring unreadable record %s (nested too deeply to be a record); the cell will run again", path)
             return None
 
     def is_done(self, cell_id: str, fingerprint: str | None = None, inputs: str | None = None) -> bool:
@@ -243,8 +264,8 @@ class Store:
             if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
                 log.warning("cached poison %s does not match its hash (altered or truncated); generating it again", key)
                 return None
-            return np.load(io.BytesIO(payload), allow_pickle=False), meta
-        except (OSError, ValueError, json.JSONDecodeError) as err:
+            return load_npy_bytes(payload, str(data_path)), meta
+        except (OSError, ValueError, json.JSONDecodeError, RecursionError) as err:  # ConfigError: a bad header
             log.warning("cached poison %s is unreadable (%s); generating it again", key, err)
             return None
 
