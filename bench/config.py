@@ -51,8 +51,9 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None, owner: str):
     values = {name: coerce(value, hints[name], f"{owner}.{name}") for name, value in overrides.items()}
     try:
         return cls(**values)
-    except ConfigError as err:
-        raise ConfigError(f"{owner}.{err}") from None
+    except ConfigError as err:  # a check that names its field under `owner` already (data.train_size) keeps it
+        message = str(err)
+        raise ConfigError(message if message.startswith(f"{owner}.") else f"{owner}.{message}") from None
 
 
 def coerce(value: Any, type_: Any, where: str) -> Any:
@@ -93,12 +94,13 @@ def coerce(value: Any, type_: Any, where: str) -> Any:
         if isinstance(value, str):
             try:
                 value = parse_number(value)
-            except ValueError:
+            except (ValueError, ZeroDivisionError):
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if type_ is int:
-            if float(value) != int(value):
+            # NaN and infinity (TOML's nan, inf) are no whole number; int() of them would raise.
+            if not math.isfinite(value) or float(value) != int(value):
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
             return int(value)
         return float(value)

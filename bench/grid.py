@@ -65,9 +65,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.cell import CellSpec, cell_label
 from bench.config import ConfigError, as_dict, build_config, coerce
-from bench.data import DataSpec
+from bench.data import DataSpec, require_poisons_one
+from bench.readers import require_memory
 from bench.plugin_files import load_plugin_files
 from bench.registry import ARCHS, ATTACKS, COMPOSE, REGISTRIES, defense_parts
 from bench.robust import AutoAttackConfig, RobustConfig
@@ -255,6 +258,9 @@ def parse_grid(raw: dict, name: str, base: Path | None = None) -> Grid:
                     raise
                 raise ConfigError(f"grid {name}: defenses: {defense!r} runs {plugin!r}: {err}") from None
     _check_distinct(grid, lists)
+    if data.train_size is not None and not grid.poison_classes:  # else known once the data is loaded (preflight)
+        for ratio in grid.poison_ratios:
+            require_poisons_one(ratio, data.train_size, f"grid {name}")
     return grid
 
 
@@ -436,12 +442,31 @@ def _arch_arguments(arch: str, overrides: dict, owner: str | None = None) -> dic
     owner = owner or plain
     hints = typing.get_type_hints(ARCHS.get(arch))
     arguments = {k: coerce(v, hints.get(k, Any), f"{owner}.{k}") for k, v in overrides.items()}
+    size = _model_bytes(arch, arguments)
+    if size is not None:  # before the model is built for real: a width of 10**6 asks for terabytes
+        settings = ", ".join(f"{k} = {v}" for k, v in arguments.items()) or "its defaults"
+        require_memory(size, f"{owner}: the model of {settings}")
     try:
         ARCHS.create(arch, arguments)  # checks the names against the signature, and that the model builds
     except ConfigError as err:
         message = str(err)
         raise ConfigError(owner + message[len(plain):] if message.startswith(plain) else f"{owner}.{message}") from None
     return arguments
+
+
+def _model_bytes(arch: str, arguments: dict) -> int | None:
+    """The bytes of an architecture's parameters and buffers, counted on the meta device (nothing
+    allocated); None where it cannot be built there (the real build then says why)."""
+    try:
+        with torch.device("meta"):
+            model = ARCHS.create(arch, arguments)
+    except RuntimeError as err:
+        if "overflow" in str(err):  # torch's "Storage size calculation overflowed": past 2**63 bytes
+            return 2**63
+        return None
+    except Exception:  # bad arguments, or an architecture that computes while it builds
+        return None
+    return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 @dataclass(frozen=True)

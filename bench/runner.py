@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.context import RunContext
-from bench.data import DataSpec, Dataset, load_dataset, poisoned_subset
+from bench.data import DataSpec, Dataset, load_dataset, poisoned_subset, require_poisons_one
 from bench.environment import provenance
 from bench.cell import CellSpec
 from bench.config import ConfigError, as_dict, require
@@ -302,6 +302,10 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
         labels = data.train.labels.numpy()
         for classes in {c.poison_classes for c in cells if c.data == spec and c.poison_classes}:
             poisoned_subset(labels, 1.0, classes, 0)  # a ConfigError names the class and the allowed range
+        for ratio, classes in {(c.poison_ratio, c.poison_classes) for c in cells if c.data == spec and c.partial}:
+            eligible = int(np.isin(labels, classes).sum()) if classes else len(labels)
+            require_poisons_one(ratio, eligible, f"dataset {spec.name}")
+        _check_analysis_sizes([c for c in cells if c.data == spec], len(data.test), spec.name)
         for cell in archs.values():
             model = ARCHS.create(cell.arch, cell.arch_config, num_classes=data.train.num_classes).eval()
             try:
@@ -315,6 +319,16 @@ def preflight(cells: list[CellSpec]) -> dict[DataSpec, str]:
         for cell in attacks.values():  # an attack's files against the data (external's bundle manifest)
             ATTACKS.create(cell.attack, cell.attack_config).check_inputs(data.train)
     return fingerprints
+
+
+def _check_analysis_sizes(cells: list[CellSpec], test_images: int, data: str) -> None:
+    """Each analysis's `test_size` against the test split, before training rather than after it."""
+    for cell in cells:
+        for table, config in (("robust", cell.robust), ("autoattack", cell.autoattack)):
+            size = (config or {}).get("test_size")
+            if table in cell.analysis and size is not None and size > test_images:
+                raise ConfigError(f"{table}.test_size: {size} is more than the {test_images} test images of {data}; "
+                                  f"allowed: 1 to {test_images}, or unset for all of them")
 
 
 def input_fingerprint(cell: CellSpec) -> str | None:
