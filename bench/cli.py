@@ -173,7 +173,8 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
 @click.option("--rows", default="attack", show_default=True, help="Table rows: attack, defense, arch, dataset, recipe, poison_ratio.")
 @click.option("--columns", default="defense", show_default=True, help="Table columns: another of the same factors.")
 @click.option("--curves", default=None,
-              help="Cells whose training curves are drawn, as a pandas query, e.g. \"defense == 'none' and seed == 0\" "
+              help="Cells whose training curves are drawn: comparisons of columns with values joined by 'and', e.g. "
+                   "\"defense == 'none' and seed == 0\" or \"attack in [em, ops]\" "
                    "(default: every attack under the first defense, first arch and seed).")
 @click.option("--compare", default=None, metavar="SOURCES",
               help="Put each cell beside the published number for it: 'published' (every source in bench/published) "

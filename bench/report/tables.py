@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import re
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Callable, Iterable, Mapping
@@ -476,7 +478,8 @@ def effort_cells(records: Iterable[CellResult], metric: str = "test_acc_last", o
 
 # --- training curves -----------------------------------------------------------------------------
 def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | None, orders: dict) -> tuple[pd.DataFrame, str]:
-    """Test accuracy per epoch (%) of the cells `query` selects (a pandas query over tidy's columns), and a title.
+    """Test accuracy per epoch (%) of the cells `query` selects (`select_cells`: comparisons over tidy's
+    columns joined by `and`), and a title.
 
     Default: every attack under the first defense, on the first architecture, dataset, recipe and seed.
     """
@@ -484,11 +487,7 @@ def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | No
     if cells.empty:
         return pd.DataFrame(), ""
     if query:
-        try:
-            chosen = cells.query(query)
-        except Exception as err:  # pandas raises many kinds for a bad expression
-            raise ValueError(f"--curves: cannot evaluate {query!r} over the columns "
-                             f"{', '.join(cells.columns)} ({type(err).__name__}: {err})") from None
+        chosen = select_cells(cells, query)
     else:
         chosen = cells
         for factor in ("defense", "arch", "dataset", "recipe"):
@@ -510,6 +509,94 @@ def histories_frame(records: list[CellResult], df: pd.DataFrame, query: str | No
             if "test_acc" in h:
                 rows.append({"label": label, "attack": cell.attack, "epoch": h["epoch"], "test_acc": 100 * h["test_acc"]})
     return pd.DataFrame(rows, columns=["label", "attack", "epoch", "test_acc"]), title
+
+
+# --- choosing cells: `--curves "defense == 'none' and seed == 0"`, parsed, never evaluated ---------
+QUERY_TOKEN = re.compile(r"""\s*(?:(?P<text>'[^']*'|"[^"]*")|(?P<number>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"""
+                         r"|(?P<op>==|!=|<=|>=|<|>|=|\[|\]|,)|(?P<word>[A-Za-z_][A-Za-z0-9_]*))")
+QUERY_OPS = {"==": operator.eq, "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+             ">": operator.gt, ">=": operator.ge}
+QUERY_FORM = ("clauses `column op value` joined by `and` or commas, op one of ==, !=, <, <=, >, >=, "
+              "or `column in [value, ...]`; a value is a number or text ('none', or a bare word)")
+
+
+def select_cells(cells: pd.DataFrame, query: str) -> pd.DataFrame:
+    """The rows of `cells` every clause of `query` holds for. The text is parsed into comparisons of
+    a column with literal values: no name in it reaches Python (pandas' own query could)."""
+    try:
+        clauses = _parse_query(query)
+    except ValueError as err:
+        raise ValueError(f"--curves: cannot evaluate {query!r}: {err}; write {QUERY_FORM}") from None
+    mask = pd.Series(True, index=cells.index)
+    for column, op, values in clauses:
+        if column not in cells.columns:
+            raise ValueError(f"--curves: {column!r} is not a column; allowed: {', '.join(cells.columns)}")
+        try:
+            held = cells[column].isin(values) if op == "in" else QUERY_OPS[op](cells[column], values[0])
+        except TypeError as err:  # `attack < 3`: an order between text and a number
+            raise ValueError(f"--curves: cannot compare {column} {op} {values[0]!r} ({err})") from None
+        mask &= held.fillna(False).astype(bool)
+    return cells[mask]
+
+
+def _parse_query(query: str) -> list[tuple[str, str, list]]:
+    tokens = _query_tokens(query)
+    clauses, i = [], 0
+    while i < len(tokens):
+        if clauses:
+            if tokens[i] not in (("word", "and"), ("op", ",")):
+                raise ValueError(f"expected `and` between clauses, got {tokens[i][1]!r}")
+            i += 1
+        if i + 1 >= len(tokens) or tokens[i][0] != "word":
+            raise ValueError("a clause is a column, an operator and a value")
+        column, (kind, op) = tokens[i][1], tokens[i + 1]
+        if (kind, op) == ("word", "in"):
+            values, i = _query_list(tokens, i + 2)
+        elif kind == "op" and op in QUERY_OPS:
+            if i + 2 >= len(tokens):
+                raise ValueError(f"no value after {column} {op}")
+            values, i = [_query_value(tokens[i + 2])], i + 3
+        else:
+            raise ValueError(f"{op!r} after {column} is not an operator")
+        clauses.append((column, op, values))
+    if not clauses:
+        raise ValueError("no clause")
+    return clauses
+
+
+def _query_tokens(query: str) -> list[tuple[str, str]]:
+    tokens, position, end = [], 0, len(query.rstrip())
+    while position < end:
+        match = QUERY_TOKEN.match(query, position)
+        if not match:
+            raise ValueError(f"unexpected {query[position:].strip()[:20]!r}")
+        tokens.append((match.lastgroup, match.group(match.lastgroup)))
+        position = match.end()
+    return tokens
+
+
+def _query_list(tokens: list, i: int) -> tuple[list, int]:
+    if i >= len(tokens) or tokens[i] != ("op", "["):
+        raise ValueError("`in` takes a list: [value, ...]")
+    values, i = [], i + 1
+    while i < len(tokens) and tokens[i] != ("op", "]"):
+        if tokens[i] != ("op", ","):
+            values.append(_query_value(tokens[i]))
+        i += 1
+    if i >= len(tokens):
+        raise ValueError("a list without its closing ]")
+    return values, i + 1
+
+
+def _query_value(token: tuple[str, str]):
+    kind, text = token
+    if kind == "text":
+        return text[1:-1]
+    if kind == "number":
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    if kind == "word":
+        return {"True": True, "False": False}.get(text, text)
+    raise ValueError(f"expected a value, got {text!r}")
 
 
 # --- beside the published numbers (bench.published) ----------------------------------------------
