@@ -109,7 +109,7 @@ PAPER_RESNET = "He et al., Deep Residual Learning for Image Recognition, CVPR 20
 PAPER_VGG = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, ICLR 2015"
 
 
-@register_arch("resnet10", paper=PAPER_RESNET)
+@register_arch("resnet10", display="ResNet-10", paper=PAPER_RESNET)
 def resnet10(num_classes: int = 10,
              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
              ) -> Classifier:
@@ -117,7 +117,7 @@ def resnet10(num_classes: int = 10,
     return _resnet(BasicBlock, [1, 1, 1, 1], num_classes, width)
 
 
-@register_arch("resnet18", paper=PAPER_RESNET)
+@register_arch("resnet18", display="ResNet-18", paper=PAPER_RESNET)
 def resnet18(num_classes: int = 10,
              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
              ) -> Classifier:
@@ -125,7 +125,7 @@ def resnet18(num_classes: int = 10,
     return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
-@register_arch("resnet26", paper=PAPER_RESNET)
+@register_arch("resnet26", display="ResNet-26", paper=PAPER_RESNET)
 def resnet26(num_classes: int = 10,
              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
              ) -> Classifier:
@@ -133,7 +133,7 @@ def resnet26(num_classes: int = 10,
     return _resnet(BasicBlock, [3, 3, 3, 3], num_classes, width)
 
 
-@register_arch("resnet34", paper=PAPER_RESNET)
+@register_arch("resnet34", display="ResNet-34", paper=PAPER_RESNET)
 def resnet34(num_classes: int = 10,
              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
              ) -> Classifier:
@@ -141,7 +141,7 @@ def resnet34(num_classes: int = 10,
     return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, width)
 
 
-@register_arch("resnet50", paper=PAPER_RESNET)
+@register_arch("resnet50", display="ResNet-50", paper=PAPER_RESNET)
 def resnet50(num_classes: int = 10,
              width: int = 64,  # channels of the first stage (the paper's 64); every later layer keeps its ratio to it
              ) -> Classifier:
@@ -183,14 +183,14 @@ def _register_vgg(name: str, depth: int) -> None:
 
     build.__doc__ = (f"VGG-{depth} with batch norm for 32x32 inputs; 8*width-d features (512 at the paper's width 64).")
     build.__name__ = name
-    register_arch(name, paper=PAPER_VGG)(build)
+    register_arch(name, display=f"VGG-{depth}", paper=PAPER_VGG)(build)
 
 
 for _name, _depth in (("vgg11", 11), ("vgg13", 13), ("vgg16", 16), ("vgg19", 19)):
     _register_vgg(_name, _depth)
 
 
-@register_arch("tiny_cnn", paper="")
+@register_arch("tiny_cnn", display="Tiny CNN", paper="")
 def tiny_cnn(num_classes: int = 10,
              width: int = 32,  # channels of the first conv; the other three have 2x, 4x and 4x
              ) -> Classifier:
@@ -221,7 +221,7 @@ def _global_pool() -> list[nn.Module]:
     return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
 
 
-@register_arch("densenet121", paper="Huang et al., Densely Connected Convolutional Networks, CVPR 2017")
+@register_arch("densenet121", display="DenseNet-121", paper="Huang et al., Densely Connected Convolutional Networks, CVPR 2017")
 def densenet121(num_classes: int = 10) -> Classifier:
     """DenseNet-121 (growth 32, blocks 6-12-24-16) with the CIFAR stem; 1024-d features.
 
@@ -268,7 +268,7 @@ class InvertedResidual(nn.Module):
 MOBILENETV2_CIFAR = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-@register_arch("mobilenetv2", paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018")
+@register_arch("mobilenetv2", display="MobileNetV2", paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018")
 def mobilenetv2(num_classes: int = 10) -> Classifier:
     """MobileNetV2 (width 1.0) for 32x32 inputs, as APBench's `mobilenetv2` (kuangliu/pytorch-cifar); 1280-d features.
 
@@ -324,7 +324,7 @@ def _wide_resnet(depth: int, widen: int, num_classes: int) -> Classifier:
     return Classifier(body, in_planes, num_classes)
 
 
-@register_arch("wrn34_10", paper="Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016")
+@register_arch("wrn34_10", display="WRN-34-10", paper="Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016")
 def wrn34_10(num_classes: int = 10) -> Classifier:
     """WRN-34-10: the wide ResNet of adversarial-training papers (Madry et al., TRADES); 640-d features.
 
@@ -334,7 +334,7 @@ def wrn34_10(num_classes: int = 10) -> Classifier:
     return _wide_resnet(34, 10, num_classes)
 
 
-@register_arch("vit_small", paper="Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
+@register_arch("vit_small", display="ViT-S", paper="Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
                                   "Recognition at Scale, ICLR 2021")
 def vit_small(num_classes: int = 10,
               image_size: int = 32,  # side in pixels of the input images, a multiple of the 4-pixel patches

@@ -124,11 +124,14 @@ def grid_overrides(command):
               help="slurm: minutes per task.")
 @click.option("--dry-run", is_flag=True, help="List the cells (done, failed, pending), the poisons to generate and a "
                                                "cost estimate from recorded timings; run nothing.")
+@click.option("--rehearse", is_flag=True, help="Run each distinct combination of the grid once at toy scale (a few "
+                                                "dozen images, one epoch, smallest presets) in a scratch folder, a "
+                                                "line each; the results folder is not touched. Exits 1 if any failed.")
 @grid_overrides
 @plugin_files
 def run(grid_name: str, out: str, device: str, executor: str, retries: int, cells_per_gpu: int, workers: int | None,
         compile_: bool, ray_address: str | None, slurm_partition: str | None, slurm_timeout: int, dry_run: bool,
-        overrides) -> None:
+        rehearse: bool, overrides) -> None:
     """Run every cell of a grid that has no finished record yet."""
     from bench.data import DataUnavailable
     from bench.environment import pick_device
@@ -142,6 +145,12 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
     options = {"local": {"workers": workers, "cells_per_gpu": cells_per_gpu},
                "ray": {"address": ray_address, "cells_per_gpu": cells_per_gpu},
                "slurm": {"partition": slurm_partition, "timeout_min": slurm_timeout}}[executor]
+    if rehearse and (dry_run or executor != "local"):
+        raise click.UsageError("--rehearse runs on this machine, in a scratch folder: not with --dry-run, "
+                               "and only with --executor local")
+    if rehearse:
+        _rehearse(grid_name, device, overrides, make_executor("local", **options))
+        return
     try:
         grid = load_grid(grid_name, overrides)
         torch_device = pick_device(device)
@@ -159,6 +168,30 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
     click.echo(f"grid {grid.name}: {counts['done']} cells run, {counts['skipped']} already done, "
                f"{counts['failed']} failed{elsewhere}, in {time.perf_counter() - start:.0f} s; results in {out}/records")
     if counts["failed"]:
+        sys.exit(1)
+
+
+def _rehearse(grid_name: str, device: str, overrides, executor) -> None:
+    """`bench run --rehearse`: a line per combination as it finishes, a summary, exit 1 if any failed."""
+    from bench.data import DataUnavailable
+    from bench.environment import pick_device
+    from bench.rehearse import rehearse
+
+    start = time.perf_counter()
+    cells_log = logging.getLogger("bench")
+    level = cells_log.level
+    if not cells_log.isEnabledFor(logging.DEBUG):  # a line per combination says it all; -v shows the cells' own log
+        cells_log.setLevel(logging.CRITICAL)
+    try:
+        outcomes = rehearse(grid_name, pick_device(device), overrides, executor=executor, echo=click.echo)
+    except (ConfigError, DataUnavailable) as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        cells_log.setLevel(level)
+    failed = [o for o in outcomes if not o.passed]
+    click.echo(f"rehearsal of {grid_name}: {len(outcomes) - len(failed)} of {len(outcomes)} combinations passed, "
+               f"{len(failed)} failed, in {time.perf_counter() - start:.0f} s")
+    if failed:
         sys.exit(1)
 
 
@@ -281,10 +314,10 @@ def list_(kind: str | None, pattern: str) -> None:
     from bench.grid import shipped_grids
     from bench.registry import REGISTRIES
 
-    rows = {}  # kind -> [(name, description)]
+    rows = {}  # kind -> [(name, what reports call it, description)]
     for k in [kind] if kind else ["attacks", "defenses", "archs", "grids"]:
         if k == "grids":
-            rows[k] = [(name, tomllib.loads(res.read_text()).get("description", ""))
+            rows[k] = [(name, "", tomllib.loads(res.read_text()).get("description", ""))
                        for name, res in sorted(shipped_grids().items()) if fnmatch.fnmatchcase(name, pattern)]
             continue
         registry = REGISTRIES[k]

@@ -303,7 +303,7 @@ class ContrastiveVictim(Classifier):
 PAPER = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"
 
 
-@register_arch("simclr", paper=PAPER)
+@register_arch("simclr", display="SimCLR", paper=PAPER)
 def simclr(num_classes: int = 10,
            encoder: str = "resnet18",  # the registered arch pre-trained and probed
            width: int = 0,  # the encoder's width; 0 = that arch's default

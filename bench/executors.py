@@ -323,9 +323,10 @@ def make_executor(name: str, **options):
 class GridProgress:
     """A bar over cells (done/total, rate, time left) with a live line for the running cell; log lines off a terminal."""
 
-    def __init__(self, grid_name: str, total: int, show: bool):
+    def __init__(self, grid_name: str, total: int, show: bool, on_record: Callable[[CellResult], None] | None = None):
         self.bar = tqdm(total=total, desc=f"grid {grid_name}", unit="cell", disable=not show, dynamic_ncols=True)
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "elsewhere": 0}
+        self.on_record = on_record
 
     def started(self, cell: CellSpec) -> None:
         self.bar.set_postfix_str(cell.label)
@@ -338,6 +339,8 @@ class GridProgress:
         status = "elsewhere" if record is None else "skipped" if record.skipped else record.status
         self.counts[status] += 1
         self.bar.update(1)
+        if record is not None and self.on_record is not None:
+            self.on_record(record)
 
     def close(self) -> None:
         self.bar.close()
@@ -352,15 +355,17 @@ def pending_cells(cells: list[CellSpec], store: Store) -> list[CellSpec]:
 
 
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,
-             executor=None, retries: int = 1, compile: bool = False) -> dict[str, int]:
+             executor=None, retries: int = 1, compile: bool = False, cells: list[CellSpec] | None = None,
+             on_record: Callable[[CellResult], None] | None = None) -> dict[str, int]:
     """Run every cell of `grid` that has no `done` record on its data. Returns counts of done/failed/skipped,
     and `elsewhere`: cells another process (a second `bench run` on the same folder) was running.
 
     The data and architectures are checked first (`bench.runner.preflight`): a bad dataset is one error.
 
-    `executor` is one of `bench.executors` (default: in this process on `device`).
+    `executor` is one of `bench.executors` (default: in this process on `device`). `cells` (default:
+    all of the grid's) are the ones to run; `on_record` gets each cell's record as it finishes.
     """
-    cells = grid.cells()
+    cells = grid.cells() if cells is None else cells
     pending = pending_cells(cells, store)
     skipped = len(cells) - len(pending)
     executor = executor or InProcess()
@@ -371,7 +376,7 @@ def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | No
     store.check_writable()
     settings = WorkerSettings(store, device, retries, compile, loaded_plugin_files())
     show = sys.stderr.isatty() if progress is None else progress
-    bar = GridProgress(grid.name, len(pending), show)
+    bar = GridProgress(grid.name, len(pending), show, on_record)
     try:
         executor.run(grid.name, pending, settings, bar)
     finally:

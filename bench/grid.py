@@ -170,6 +170,13 @@ def shipped_grids() -> dict[str, Any]:
 
 def load_grid(name_or_path: str, overrides: GridOverrides | None = None) -> Grid:
     """A shipped grid by name, or a user's grid file by path, with command-line `overrides` applied."""
+    raw, name, base = read_grid(name_or_path)
+    return parse_grid(overrides.apply(raw, name) if overrides else raw, name, base)
+
+
+def read_grid(name_or_path: str) -> tuple[dict, str, Path | None]:
+    """A grid's TOML as a dict, unchecked, with its name and the folder its `plugins` paths are
+    relative to (None for a shipped grid: the working directory); `parse_grid` checks it."""
     shipped = shipped_grids()
     if name_or_path in shipped:
         text, name = shipped[name_or_path].read_text(), name_or_path
@@ -187,8 +194,7 @@ def load_grid(name_or_path: str, overrides: GridOverrides | None = None) -> Grid
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"grid {name}: not valid TOML: {err}") from None
-    base = Path(name_or_path).resolve().parent if name_or_path not in shipped else None
-    return parse_grid(overrides.apply(raw, name) if overrides else raw, name, base)
+    return raw, name, Path(name_or_path).resolve().parent if name_or_path not in shipped else None
 
 
 def parse_grid(raw: dict, name: str, base: Path | None = None) -> Grid:

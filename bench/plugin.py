@@ -18,7 +18,8 @@ class Plugin:
     cite: ClassVar[str] = ""  # BibTeX key(s) of `paper`, comma-separated, as in \cite{a,b}; see bench.citations
     bibtex: ClassVar[str] = ""  # BibTeX entries for keys bench.citations does not hold (third-party plugins)
     # Named config overrides, chosen in a grid with `preset = NAME`: "cpu" holds small settings for
-    # the CPU grids and the tests. `bench bench` reads its own presets (see bench.perf).
+    # the CPU grids and the tests; "tiny", where "cpu" is too big for a few dozen images, those of a
+    # rehearsal (`bench run --rehearse`, bench.rehearse). `bench bench` reads its own presets (see bench.perf).
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config):

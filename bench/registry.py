@@ -28,6 +28,7 @@ class Entry:
     obj: Any
     summary: str  # first line of the docstring
     paper: str  # citation in words, "" for plain fixtures
+    display: str = ""  # the name tables and figures show (`MI-UE`, `ISS-Gray`); "" shows `name`
     # Where it came from, for records and errors: {} for a module of this project (or one imported by
     # hand), {"file": ..., "sha256": ...} for a plugin file, {"package": ..., "entry_point": ...} for an
     # installed package's entry point.
@@ -69,12 +70,18 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
-    def register(self, name: str, *, paper: str | None = None, origin: dict | None = None) -> Callable[[Any], Any]:
+    def register(self, name: str, *, display: str | None = None, paper: str | None = None,
+                 origin: dict | None = None) -> Callable[[Any], Any]:
+        """Register under `name`, the one name grids, records and `--set` use; `display` is what a report
+        shows for it (the paper's spelling: `MI-UE`, `ResNet-18`), `name` itself where not given."""
+        if display is not None and not (isinstance(display, str) and display.strip()):
+            raise ValueError(f"{self.kind} {name!r}: display must be a non-empty string, got {display!r}")
+
         def decorate(obj: Any) -> Any:
             loading = _LOADING[-1] if _LOADING and origin is None else None
             where = origin if origin is not None else {k: v for k, v in (loading or {}).items() if k != "_added"}
             if name in self._entries and self._entries[name].obj is not obj:
-                new = origin_text(Entry(name, obj, "", "", where))
+                new = origin_text(Entry(name, obj, "", "", origin=where))
                 raise PluginClash(f"{self.kind} {name!r} is registered twice: by {new} and by "
                                   f"{origin_text(self._entries[name])}; rename one of them")
             if self.base is not None and not (inspect.isclass(obj) and issubclass(obj, self.base)):
@@ -84,7 +91,7 @@ class Registry:
             if inspect.isclass(obj):
                 obj.name = name
             self._entries[name] = Entry(name, obj, summary, paper if paper is not None else getattr(obj, "paper", ""),
-                                        where)
+                                        display or "", where)
             if loading is not None:
                 loading["_added"].append((self, name))
             return obj
@@ -129,6 +136,14 @@ class Registry:
                 f"unknown {self.kind} {name!r}{hint}; known {self.kind}s: {', '.join(sorted(self._entries))}"
             )
         return self._entries[name]
+
+    def display(self, name: str) -> str:
+        """What a report shows for `name`: its declared display name, each part's for a composition
+        (`jpeg+cutout` -> `JPEG + Cutout`), `name` itself for a plugin that declares none or is not installed."""
+        self._load()
+        parts = name.split(COMPOSE) if self.kind == "defense" else [name]
+        shown = [self._entries[p].display or p if p in self._entries else p for p in parts]
+        return " + ".join(shown)
 
     def get(self, name: str) -> Any:
         return self.entry(name).obj

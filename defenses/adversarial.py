@@ -25,7 +25,7 @@ class ATConfig:
         require(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
 
 
-@register_defense("at")
+@register_defense("at", display="AT")
 class AdversarialTraining(Defense):
     """PGD adversarial training (Madry et al., ICLR 2018).
 

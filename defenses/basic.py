@@ -17,7 +17,7 @@ class NoConfig:
     pass
 
 
-@register_defense("none")
+@register_defense("none", display="No defense")
 class NoDefense(Defense):
     """Standard training on the (poisoned) data."""
 
@@ -32,7 +32,7 @@ class JPEGConfig:
         require(1 <= self.quality <= 100, "quality", f"must be in 1..100, got {self.quality}")
 
 
-@register_defense("jpeg")
+@register_defense("jpeg", display="JPEG")
 class JPEG(Defense):
     """JPEG-compress the whole training set once (Liu et al., ICML 2023, ISS).
 

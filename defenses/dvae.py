@@ -114,7 +114,7 @@ class DisentangleVAE(nn.Module):
         return rec, mu, log_var, perturbation
 
 
-@register_defense("dvae")
+@register_defense("dvae", display="D-VAE")
 class DVAE(Defense):
     """D-VAE purification of the whole training set (Yu et al., ICML 2024).
 
@@ -157,7 +157,9 @@ class DVAE(Defense):
     paper = "Yu et al., Purify Unlearnable Examples via Rate-Constrained Variational Autoencoders, ICML 2024"
     cite = "yu2024purify"
     # About 75 s a stage on 5,000 CIFAR-10 images with one thread of this project's 2-core EPYC.
-    presets = {"cpu": {"width": 16, "latent_dim": 64, "epochs": 2, "perturbation_from": 1, "batch_size": 64}}
+    # tiny: a rehearsal's few dozen images (bench.rehearse), in batches small enough that each stage steps.
+    presets = {"cpu": {"width": 16, "latent_dim": 64, "epochs": 2, "perturbation_from": 1, "batch_size": 64},
+               "tiny": {"width": 16, "latent_dim": 64, "epochs": 2, "perturbation_from": 1, "batch_size": 16}}
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cfg = self.config

@@ -20,7 +20,7 @@ class EarlyStopConfig:
         require(self.val_size >= 1, "val_size", f"must be at least 1, got {self.val_size}")
 
 
-@register_defense("early_stop")
+@register_defense("early_stop", display="Early stopping")
 class EarlyStop(Defense):
     """Early stopping on a clean validation split (Prechelt, Early Stopping - But When?, 1998).
 
@@ -44,7 +44,8 @@ class EarlyStop(Defense):
     Config = EarlyStopConfig
     paper = "Prechelt, Early Stopping - But When?, Neural Networks: Tricks of the Trade, 1998"
     cite = "prechelt1998early"
-    presets = {"cpu": {"val_size": 200}}
+    # tiny: a rehearsal's few dozen images (bench.rehearse), one held out per class.
+    presets = {"cpu": {"val_size": 200}, "tiny": {"val_size": 10}}
 
     def holdout(self, labels: torch.Tensor) -> torch.Tensor:
         if self.config.val_size >= len(labels):

@@ -25,7 +25,7 @@ class CutoutConfig:
         require(self.size >= 1, "size", f"must be at least 1 pixel, got {self.size}")
 
 
-@register_defense("cutout")
+@register_defense("cutout", display="Cutout")
 class Cutout(Defense):
     """Cutout: zero one square hole per image (DeVries & Taylor, arXiv 1708.04552, 2017).
 
@@ -103,7 +103,7 @@ class _LabelMixing(Defense):
         return torch.distributions.Beta(alpha, alpha).sample((n,))
 
 
-@register_defense("mixup")
+@register_defense("mixup", display="Mixup")
 class Mixup(_LabelMixing):
     """Mixup: train on convex combinations of image pairs and of their labels (Zhang et al., ICLR 2018).
 
@@ -150,7 +150,7 @@ class CutMixConfig:
         require(0 <= self.p <= 1, "p", f"must be a probability in [0, 1], got {self.p}")
 
 
-@register_defense("cutmix")
+@register_defense("cutmix", display="CutMix")
 class CutMix(_LabelMixing):
     """CutMix: paste a box from another image, labels mixed by area (Yun et al., ICCV 2019).
 

@@ -25,7 +25,7 @@ class GrayConfig:
     both_train_test: bool = False  # convert the test images too (ISS's `--ISS_both_train_test`, default False there)
 
 
-@register_defense("iss_gray")
+@register_defense("iss_gray", display="ISS-Gray")
 class ISSGrayscale(Defense):
     """ISS grayscale: train on 3-channel grayscale images (Liu et al., ICML 2023).
 
@@ -70,7 +70,7 @@ def pil_luma(images: torch.Tensor) -> torch.Tensor:
     return luma.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
-@register_defense("iss_jpeg")
+@register_defense("iss_jpeg", display="ISS-JPEG")
 class ISSJPEG(JPEG):
     """ISS JPEG: compress the training set once at quality 10 (Liu et al., ICML 2023).
 
@@ -92,7 +92,7 @@ class BDRConfig:
         require(1 <= self.bits <= 8, "bits", f"must be in 1..8, got {self.bits}")
 
 
-@register_defense("bdr")
+@register_defense("bdr", display="BDR")
 class BitDepthReduction(Defense):
     """Bit-depth reduction of the training set (Xu et al., NDSS 2018; ISS and APBench's BDR row).
 
@@ -120,7 +120,7 @@ class GaussianConfig:
         require(self.sigma > 0, "sigma", f"must be positive, got {self.sigma}")
 
 
-@register_defense("gaussian")
+@register_defense("gaussian", display="Gaussian")
 class GaussianSmoothing(Defense):
     """Gaussian smoothing of the training set (APBench's Gaussian row, Qin et al., 2023).
 

@@ -67,7 +67,7 @@ def plasma(shape: tuple[int, int, int, int], roughness: torch.Tensor, device: to
     return (maps / total)[..., :h, :w]
 
 
-@register_defense("ueraser")
+@register_defense("ueraser", display="UEraser")
 class UEraser(Defense):
     """UEraser: erase unlearnable shortcuts by adversarial augmentation (Qin et al., 2023; APBench).
 
@@ -174,7 +174,7 @@ class UEraserJPEGConfig(UEraserConfig):
                 f"must be a range (low, high) with 1 <= low <= high <= 100, got {(lo, hi)}")
 
 
-@register_defense("ueraser_jpeg")
+@register_defense("ueraser_jpeg", display="UEraser-JPEG")
 class UEraserJPEG(UEraser):
     """UEraser with a random JPEG first: APBench's `UEraser_jpeg`, its UEraser against TAP and AR.
 

@@ -11,7 +11,7 @@ class ClasswiseNoiseConfig:
     eps: float = 8 / 255  # L-inf budget in [0, 1] pixel units
 
 
-@register_attack("classwise_noise")
+@register_attack("classwise_noise", display="Class-wise noise")
 class ClasswiseNoise(Attack):
     """One uniform L-inf noise pattern per class, shared by all images of the class."""
 

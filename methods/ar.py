@@ -43,7 +43,7 @@ class ARConfig:
         return 10.0 if num_classes <= 10 else 3.0  # params-classes-10-mr-10.pt and params-classes-100-mr-3.pt
 
 
-@register_attack("ar")
+@register_attack("ar", display="AR")
 class AutoregressivePerturbation(Attack):
     """Model-free, sample-wise: a fresh sample of its class's autoregressive process on every image.
 

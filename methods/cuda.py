@@ -35,7 +35,7 @@ class CUDAConfig:
         require(self.filters in FILTER_FORMS, "filters", f"must be one of {', '.join(FILTER_FORMS)}, got {self.filters!r}")
 
 
-@register_attack("cuda")
+@register_attack("cuda", display="CUDA")
 class ConvolutionBasedUnlearnable(Attack):
     """Model-free, class-wise: every image convolved with its class's random filter.
 

@@ -118,7 +118,7 @@ class _SurrogateLoop:
         return cursor
 
 
-@register_attack("em")
+@register_attack("em", display="EM")
 class ErrorMinimizing(_SurrogateLoop, Attack):
     """Sample-wise error-minimising noise: min-min bilevel optimisation against a surrogate.
 
@@ -195,7 +195,7 @@ def stratified_subset(labels: torch.Tensor, fraction: float, g: torch.Generator)
     return torch.cat(chosen).sort().values
 
 
-@register_attack("em_classwise")
+@register_attack("em_classwise", display="EM (class-wise)")
 class ErrorMinimizingClasswise(_SurrogateLoop, Attack):
     """Class-wise error-minimising noise: one L-inf pattern per class, min-min optimised.
 

@@ -32,7 +32,7 @@ class ExternalConfig:
         require(math.isfinite(self.eps) and self.eps >= 0, "eps", f"must be a finite number >= 0, got {self.eps}")
 
 
-@register_attack("external")
+@register_attack("external", display="External")
 class External(Attack):
     """Poisoned training images from a file: a bundle, an .npz (`x_train`) or a folder of PNGs by index.
 

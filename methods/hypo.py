@@ -31,7 +31,7 @@ class HYPOConfig(CleanSurrogateConfig):
             require(getattr(self, field) >= 1, field, f"must be at least 1, got {getattr(self, field)}")
 
 
-@register_attack("hypo")
+@register_attack("hypo", display="HYPO")
 class HypocriticalPerturbations(Attack):
     """Perturbations that make a fixed clean model even more right about each training image.
 

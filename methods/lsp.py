@@ -28,7 +28,7 @@ class LSPConfig:
         require(self.patch_size >= 1, "patch_size", f"must be at least 1, got {self.patch_size}")
 
 
-@register_attack("lsp")
+@register_attack("lsp", display="LSP")
 class LinearlySeparablePerturbation(Attack):
     """Model-free, sample-wise: a synthetic point per image from a linearly separable mixture.
 

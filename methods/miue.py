@@ -100,7 +100,7 @@ class MIUEConfig(SurrogateConfig):
         require_sgd(self)
 
 
-@register_attack("miue")
+@register_attack("miue", display="MI-UE")
 class MutualInformationUE(Attack):
     """Noise that collapses each class's features, lowering I(clean features; poisoned features).
 

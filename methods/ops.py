@@ -17,7 +17,7 @@ class OPSConfig:
     pass  # one pixel per image; the search has no free parameters
 
 
-@register_attack("ops")
+@register_attack("ops", display="OPS")
 class OnePixelShortcut(Attack):
     """Model-free, class-wise: one pixel per class, set to the colour that stands out most.
 

@@ -63,7 +63,7 @@ def pgd_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: f
     return (x.detach() + adv).clamp(0, 1)
 
 
-@register_attack("rem")
+@register_attack("rem", display="REM")
 class RobustErrorMinimizing(Attack):
     """Robust error-minimising noise: min-min-max, so the poison survives adversarial training.
 

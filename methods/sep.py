@@ -70,7 +70,7 @@ def alignment_gradient(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, t
     return grad
 
 
-@register_attack("sep")
+@register_attack("sep", display="SEP")
 class SelfEnsembleProtection(Attack):
     """Targeted feature alignment against the checkpoints of one clean training run.
 

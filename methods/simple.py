@@ -16,7 +16,7 @@ class CleanConfig:
     pass
 
 
-@register_attack("clean")
+@register_attack("clean", display="Clean")
 class Clean(Attack):
     """The unpoisoned training set: the baseline row of every table."""
 
@@ -28,7 +28,7 @@ class Clean(Attack):
         return Poison(data.images.clone(), "linf", 0.0)
 
 
-@register_attack("random_noise")
+@register_attack("random_noise", display="Random noise")
 class RandomNoise(Attack):
     """Uniform L-inf noise, a fresh draw per image: the control for 'is it just noise?'.
 

@@ -61,7 +61,7 @@ def shift_flip(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Ten
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-@register_attack("tap")
+@register_attack("tap", display="TAP")
 class TargetedAdversarialPoisoning(Attack):
     """Class-targeted adversarial examples of a clean model, used as poisons.
 

@@ -13,7 +13,7 @@ PACKAGES = ("bench", "methods", "defenses")
 # Top to bottom, as in docs/architecture.md; reports and bench.perf sit beside the executors.
 LAYERS = {
     "commands": ["bench.cli", "bench.api"],
-    "executors": ["bench.executors", "bench.report", "bench.figures", "bench.citations", "bench.perf"],
+    "executors": ["bench.executors", "bench.rehearse", "bench.report", "bench.figures", "bench.citations", "bench.perf"],
     "grids and plans": ["bench.grid", "bench.plan"],
     "one cell": ["bench.runner", "bench.publish"],
     "plugins": ["methods", "defenses", "bench.archs", "bench.contrastive"],
