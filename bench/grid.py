@@ -194,6 +194,8 @@ def read_grid(name_or_path: str) -> tuple[dict, str, Path | None]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"grid {name}: not valid TOML: {err}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"grid {name}: not valid TOML: arrays or tables nested too deeply") from None
     return raw, name, Path(name_or_path).resolve().parent if name_or_path not in shipped else None
 
 

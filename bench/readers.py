@@ -116,10 +116,10 @@ def _to_rgb(image, path: Path, where: str):
 
 # --- .npy and .npz -----------------------------------------------------------------------------
 
-def npy_header(fp: IO[bytes], size: int, where: str) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(fp: IO[bytes], size: int, where: str, in_memory: bool = True) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype an .npy stream declares, read from its header only, checked against the
-    `size` bytes the stream holds (header included) and this machine's memory; `fp` is left after
-    the header."""
+    `size` bytes the stream holds (header included) and, for an array to be held `in_memory` (not
+    memory-mapped), this machine's memory; `fp` is left after the header."""
     start = fp.tell()
     try:
         version = np.lib.format.read_magic(fp)
@@ -139,7 +139,8 @@ def npy_header(fp: IO[bytes], size: int, where: str) -> tuple[tuple[int, ...], n
     if nbytes > held:
         raise ConfigError(f"{where}: its header declares a {dtype} array of shape {shape} ({gigabytes(nbytes)}), "
                           f"the file holds {gigabytes(max(held, 0))}")
-    require_memory(nbytes, f"{where} (a {dtype} array of shape {shape})")
+    if in_memory:
+        require_memory(nbytes, f"{where} (a {dtype} array of shape {shape})")
     return shape, dtype
 
 
@@ -153,8 +154,7 @@ def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     """An .npy file, its header checked first (`npy_header`; a memory-mapped one is not held in
     memory, so only its size against the file's); never unpickled."""
     with open(path, "rb") as f:
-        if mmap_mode is None:
-            npy_header(f, os.fstat(f.fileno()).st_size, str(path))
+        npy_header(f, os.fstat(f.fileno()).st_size, str(path), in_memory=mmap_mode is None)
     return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
 
 
