@@ -217,7 +217,8 @@ def _rehearse(grid_name: str, device: str, overrides, executor) -> None:
 @plugin_files
 def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str, columns: str, curves: str | None,
            compare: str | None, tolerance: float) -> None:
-    """Tables (LaTeX, CSV, Markdown), the MI analysis and figures from the stored records; prints the Markdown."""
+    """Tables (LaTeX, CSV, Markdown), the MI analysis and figures from the stored records; prints the main
+    tables and where every file went."""
     from bench.published import select_sources
     from bench.report import TableLayout, parse_formats, write_report
     from bench.store import Store
@@ -251,8 +252,8 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
                             tolerance=tolerance, **orders)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(done.markdown)
-    click.echo("wrote " + ", ".join(str(p) for p in done.paths.values()))
+    click.echo(done.summary)
+    click.echo(done.files_text())
 
 
 def _orders_of_record_grids(records) -> dict:

@@ -1,12 +1,14 @@
 """Figures for a paper, from the tidy table of stored records (and cached poisons for the gallery).
 
-One style for every figure: matplotlib's `tableau-colorblind10` cycle, a marker per attack so lines
-read in greyscale too, `cividis` for the heatmap (perceptually uniform and colour-blind safe), and
-each attack keeps its colour and marker across figures. Each function returns a matplotlib
+One style for every figure: matplotlib's `tab10` colours (ten distinct hues; `tableau-colorblind10`
+has three greys that read as one), a marker per attack so lines read in greyscale too, `cividis` for
+the heatmap (perceptually uniform and colour-blind safe) over the range of its own values, and each
+attack keeps its colour and marker across figures. Each function returns a matplotlib
 `Figure` built without pyplot (no global state, no display needed); `save` writes it as PDF and PNG.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -14,20 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.style
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-CYCLE = "tableau-colorblind10"
-STYLE = [CYCLE, {
+from bench.store import atomic_write_bytes
+
+STYLE = [{
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
     "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.4, "lines.markersize": 4,
     "pdf.fonttype": 42,  # TrueType in the PDF, so the text stays editable in a paper's figure tools
 }]
-COLOURS = matplotlib.style.library[CYCLE]["axes.prop_cycle"].by_key()["color"]
+COLOURS = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
 MARKERS = "osD^v<>pPX*h"
 PNG_DPI = 200
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
@@ -46,12 +50,14 @@ class AttackStyle:
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
-    """`stem`.pdf and `stem`.png; returns both paths."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """`stem`.pdf and `stem`.png, each drawn in memory and written atomically (a kill or a full disk leaves the
+    previous file, never an empty one); returns both paths."""
     paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
     with matplotlib.style.context(STYLE):
         for path in paths:
-            fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
+            drawn = io.BytesIO()
+            fig.savefig(drawn, format=path.suffix[1:], dpi=PNG_DPI, bbox_inches="tight")
+            atomic_write_bytes(path, drawn.getvalue())
     return paths
 
 
@@ -62,26 +68,42 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, 
     return fig, axes
 
 
+HEAT_STEP = 5.0  # the heatmap's range runs between multiples of this (points of accuracy)
+
+
+def heat_range(values: np.ndarray) -> tuple[float, float]:
+    """The colour range of a heatmap: its values' own range, widened to multiples of HEAT_STEP (a fixed 0-100
+    would show 23% and 44% in two shades of one grey)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 100.0
+    low, high = HEAT_STEP * math.floor(finite.min() / HEAT_STEP), HEAT_STEP * math.ceil(finite.max() / HEAT_STEP)
+    return low, max(high, low + HEAT_STEP)
+
+
 def accuracy_heatmap(means: dict[str, pd.DataFrame], colorbar_label: str = ACCURACY_LABEL) -> Figure:
-    """One panel per table (title -> attacks x defenses of mean accuracy in %), annotated."""
+    """One panel per table (title -> attacks x defenses of mean accuracy in %), annotated, coloured over the
+    range of all its panels' values (`heat_range`), so panels compare with each other."""
     panels = [(name, table) for name, table in means.items() if not table.empty]
     if not panels:
         raise ValueError("no accuracy to plot")
     height = sum(0.35 * len(t.index) + 0.9 for _, t in panels)
     width = max(0.75 * len(t.columns) + 2.2 for _, t in panels)
     fig, axes = _figure(len(panels), 1, width, height)
+    low, high = heat_range(np.concatenate([t.to_numpy(dtype=float).ravel() for _, t in panels]))
     with matplotlib.style.context(STYLE):
         for ax, (name, table) in zip(axes[:, 0], panels):
             values = table.to_numpy(dtype=float)
-            image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=0, vmax=100, aspect="auto")
+            image = ax.imshow(np.ma.masked_invalid(values), cmap="cividis", vmin=low, vmax=high, aspect="auto")
             ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns], rotation=30, ha="right")
             ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
             ax.grid(False)
             ax.set_title(name)
             for (r, c), v in np.ndenumerate(values):
                 if not math.isnan(v):
-                    # cividis runs dark to light: dark text on the light upper half.
-                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="black" if v > 60 else "white")
+                    # cividis runs dark to light: dark text on the light upper half of the range.
+                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > (low + high) / 2 else "white")
             fig.colorbar(image, ax=ax, label=colorbar_label, shrink=0.9)
     return fig
 
@@ -167,8 +189,8 @@ def arch_family(arch: str) -> str:
     return re.sub(r"\d+$", "", arch)
 
 
-MI_LABELS = {"mi_cca": "I(Z_clean; Z_poisoned), CCA (nats)", "mi_gaussian": "I(Z_clean; Z_poisoned), Gaussian (nats)",
-             "mi_ksg": "I(Z_clean; Z_poisoned), KSG (nats)"}
+# MI is I(Z_clean; Z_poisoned) (bench.mi); the axis says which estimator, short enough not to run into a title.
+MI_LABELS = {"mi_cca": "MI, CCA (nats)", "mi_gaussian": "MI, Gaussian (nats)", "mi_ksg": "MI, KSG (nats)"}
 
 
 def mi_panels(cells: pd.DataFrame) -> list[tuple[str, str]]:
@@ -230,30 +252,43 @@ def mi_against_depth(cells: pd.DataFrame, style: AttackStyle, title: str = "") -
 
 def mi_by_attack(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
     """MI (each estimator its own panel) and test accuracy per attack, as bars: one bar per attack and
-    architecture, hatched by architecture where there are several, with the std over seeds."""
+    architecture, hatched by architecture where there are several, with the std over seeds.
+
+    The baseline rows (`baseline` True: the clean poison, where MI is the estimator's ceiling rather than
+    a measurement of an attack) are dashed reference lines, one per architecture, not bars.
+    """
     if cells.empty:
         raise ValueError("no MI analysis to plot")
+    baseline = cells["baseline"].astype(bool) if "baseline" in cells else pd.Series(False, index=cells.index)
+    references, cells = cells[baseline], cells[~baseline]
     attacks = list(dict.fromkeys(cells.attack))
-    archs = list(dict.fromkeys(cells.arch))
-    panels = mi_panels(cells)
+    archs = list(dict.fromkeys([*cells.arch, *references.arch]))
+    panels = mi_panels(pd.concat([cells, references]))
     width = 0.8 / len(archs)
-    panel_width = max(2.6, 0.22 * len(attacks) * len(archs) + 0.6)  # room for every bar's label
-    fig, axes = _figure(1, len(panels), panel_width * len(panels), 2.6)
+    panel_width = max(2.2, 0.3 * len(attacks) * len(archs) + 0.8)  # room for every bar's label
+    fig, axes = _figure(1, len(panels), panel_width * len(panels), 2.8)
     hatches = ["", "//", "..", "xx", "\\\\", "oo", "++"]
+    dashes = ["--", ":", "-.", (0, (5, 1))]
     with matplotlib.style.context(STYLE):
         for ax, (metric, label) in zip(axes[0], panels):
             for j, arch in enumerate(archs):
                 part = cells[cells.arch == arch].set_index("attack").reindex(attacks)
                 x = np.arange(len(attacks)) + (j - (len(archs) - 1) / 2) * width
                 std = part.get(f"{metric}_std")
-                ax.bar(x, part[metric], width, yerr=None if std is None or std.isna().all() else std, capsize=2,
-                       color=[style(a)["color"] for a in attacks], hatch=hatches[j % len(hatches)],
-                       edgecolor="black", linewidth=0.4, label=arch)
+                if len(attacks):
+                    ax.bar(x, part[metric], width, yerr=None if std is None or std.isna().all() else std, capsize=2,
+                           color=[style(a)["color"] for a in attacks], hatch=hatches[j % len(hatches)],
+                           edgecolor="black", linewidth=0.4, label=arch if len(archs) > 1 else None)
+                for _, ref in references[references.arch == arch].iterrows():
+                    ax.axhline(ref[metric], color="0.35", linewidth=1, linestyle=dashes[j % len(dashes)],
+                               label=f"{ref.attack} (reference)" + (f", {arch}" if len(archs) > 1 else ""))
             ax.set_xticks(range(len(attacks)), attacks, rotation=40, ha="right")
             ax.set_ylabel(label)
             ax.grid(axis="x", visible=False)
-        if len(archs) > 1:
-            axes[0, 0].legend(frameon=False, loc="best")
+        # One legend below the panels (architectures' hatches, the reference lines), so it covers no bar.
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
         fig.suptitle("; ".join(t for t in (title, archs[0] if len(archs) == 1 else "") if t))
     return fig
 
@@ -263,7 +298,7 @@ def mi_chain(cells: pd.DataFrame, style: AttackStyle) -> Figure:
     if cells.empty:
         raise ValueError("no MI analysis to plot")
     lead = lead_mi(cells)
-    mi_label = MI_LABELS[lead].replace("I(Z_clean; Z_poisoned), ", "MI, ")
+    mi_label = MI_LABELS[lead]
     links = (("intra_class_cosine", "cond_cov_ratio", "intra-class cosine similarity", "conditional covariance ratio"),
              ("cond_cov_ratio", lead, "conditional covariance ratio", mi_label),
              (lead, "test_acc_last", mi_label, ACCURACY_LABEL))

@@ -149,6 +149,6 @@ def test_a_grid_with_autoattack_records_it_and_the_report_shows_it_beside_pgd(tm
     assert "autoattack_acc" in ROBUST_METRICS and len(rows) == 2 and set(rows.unit) == {"%"}
     md = write_report(store.records(), tmp_path / "reports", "g", grid.attacks, grid.defenses, formats=("md",)).markdown
     section = md.split("### Robust accuracy")[1]
-    assert "| attack | jpeg clean (%) | jpeg robust (%) | jpeg AutoAttack (%) |" in section
+    assert "| attack | JPEG clean (%) | JPEG robust (%) | JPEG AutoAttack (%) |" in section
     assert "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) at Linf 8/255, fp32, on 20 test images" in section
     assert f"{100 * records['jpeg/clean'].analysis['autoattack_acc']:.2f}" in section

@@ -170,7 +170,7 @@ def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
         for defense in smoke["defenses"]:  # the MI table names the defense: the smoke grid has several
             assert re.search(rf"^\| {attack}\b.* / tiny_cnn / {defense} \|", report, re.M), f"no MI row for {attack}"
     assert "### Mutual information (MI-UE analysis)" in report
-    mi_figures = sorted((out / "reports" / "smoke_small_figures").glob("mi_attacks_*.png"))
+    mi_figures = sorted((out / "reports" / "smoke_small_figures").glob("mi_by_attack_*.png"))
     assert len(mi_figures) == len(smoke["defenses"])  # MI against attack, one figure per defense
     tex = (out / "reports" / "smoke_small.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "random\\_noise" in tex

@@ -202,9 +202,9 @@ def test_report_without_grid_orders_defenses_as_the_grid_of_the_records(tmp_path
     result = invoke("report", "--results", str(store.root), "--format", "md")
     assert result.exit_code == 0, result.output
     header = next(l for l in result.stdout.splitlines() if l.startswith("| attack |"))
-    assert [c.strip() for c in header.strip("|").split("|")][1:] == ["none", "jpeg", "iss_gray"]
-    rows = [l.split("|")[1].strip() for l in result.stdout.splitlines() if re.match(r"\| (clean|ops)\b", l)]
-    assert rows[:2] == ["clean", "ops"]  # the records carry no poison, so no budget
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == ["No defense", "JPEG", "ISS-Gray"]
+    rows = [l.split("|")[1].strip() for l in result.stdout.splitlines() if re.match(r"\| (Clean|OPS)\b", l)]
+    assert rows[:2] == ["Clean", "OPS"]  # the records carry no poison, so no budget
 
 
 def test_poison_list_prints_budgets_as_reports_do(tmp_path):

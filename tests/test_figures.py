@@ -12,7 +12,7 @@ import stored_results as sr
 from bench import figures
 from bench.report import analysis_cells, tidy, write_report
 
-FIGURES = ("heatmap", "curves", "gallery", "mi_depth", "mi_attacks", "mi_chain")
+FIGURES = ("accuracy_heatmap", "training_curves", "poison_gallery", "mi_by_depth", "mi_by_attack", "mi_chain")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_records_from_before_the_cca_estimator_still_draw_with_the_estimators_th
     assert [ax.get_ylabel() for ax in fig.axes] == [figures.MI_LABELS["mi_gaussian"], figures.MI_LABELS["mi_ksg"],
                                                     figures.ACCURACY_LABEL]
     report = write_report(old, tmp_path / "r", "g", grid.attacks, formats="fig,md", arch_order=grid.archs, store=store)
-    assert "mi_depth.png" in report.paths and "MI CCA" not in report.markdown
+    assert "mi_by_depth.png" in report.paths and "MI CCA" not in report.markdown
 
 
 def test_the_report_refuses_an_mi_figure_that_mixes_measurement_settings(stored, tmp_path):
@@ -108,7 +108,7 @@ def test_the_report_refuses_an_mi_figure_that_mixes_measurement_settings(stored,
     mixed = [*records[:first], replace(records[first], analysis={**records[first].analysis, "n_images": 400.0}),
              *records[first + 1:]]
     report = write_report(mixed, tmp_path / "r", "g", grid.attacks, formats="fig", arch_order=grid.archs, store=store)
-    assert not any(kind.startswith("mi_") for kind in report.paths) and "heatmap.png" in report.paths
+    assert not any(kind.startswith("mi_") for kind in report.paths) and "accuracy_heatmap.png" in report.paths
     assert any("not drawn, the records measured MI differently (n_images 200.0 / 400.0)" in n for n in report.notes)
     assert " / setup 2 |" in write_report(mixed, tmp_path / "t", "g", formats="md").markdown  # the table keeps both
 
@@ -150,7 +150,7 @@ def test_gallery_degrades_with_a_clear_note(stored, tmp_path):
     _, poisoned, notes = gallery_images(moved, store, grid.attacks)
     assert poisoned == {} and "clean images of" in notes[0] and "gone.npz does not exist" in notes[0]
     report = write_report(moved, tmp_path / "r", "g", formats="fig", store=store)
-    assert "gallery.png" not in report.paths and "heatmap.png" in report.paths and report.notes == tuple(notes)
+    assert "poison_gallery.png" not in report.paths and "accuracy_heatmap.png" in report.paths and report.notes == tuple(notes)
 
 
 def test_training_curves_for_the_cells_a_query_names(stored, tmp_path):

@@ -168,10 +168,10 @@ def test_the_report_writes_the_ratio_table_figure_and_columns(partial_records, t
     grid, records = partial_records
     report = write_report(records, tmp_path, "p", grid.attacks, grid.defenses, formats=("csv", "md", "latex", "fig"))
     assert "### Partial poisoning" in report.markdown
-    assert "| random_noise (Linf 8/255) | **70.00 ± 1.41** | **55.00 ± 1.41** | **30.00 ± 1.41** |" in report.markdown
-    assert "| clean | 80.00 ± 1.41 | 80.00 ± 1.41 | 80.00 ± 1.41 |" in report.markdown
+    assert "| Random noise (Linf 8/255) | **70.00 ± 1.41** | **55.00 ± 1.41** | **30.00 ± 1.41** |" in report.markdown
+    assert "| Clean | 80.00 ± 1.41 | 80.00 ± 1.41 | 80.00 ± 1.41 |" in report.markdown
     assert "poison ratio 20%;" in report.markdown and ", poisoned 20%\n" in report.markdown  # captions and titles
-    assert {"ratio.pdf", "ratio.png"} <= {p.name for p in report.paths.values()}
+    assert {"accuracy_by_poison_ratio.pdf", "accuracy_by_poison_ratio.png"} <= {p.name for p in report.paths.values()}
     csv = report.paths["csv"].read_text().splitlines()
     assert "poison_ratio,poison_classes" in csv[0]
     assert "tab:p-ratio-1" in report.paths["tex"].read_text()

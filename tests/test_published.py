@@ -221,9 +221,9 @@ def test_the_report_shows_the_comparison_as_markdown_csv_and_latex(apbench_recor
     md = report.markdown
     assert "### Beside the published numbers" in md and "#### APBench (Qin et al., 2023)" in md
     assert "15 of 18 cells comparable, 2 beyond ±3 points." in md  # all but the three cutmix cells
-    assert re.search(r"^\| em \(Linf 8/255\) / cutout \| EM / cutout \| 23\.79 ± 1\.41, 2 seeds \| 18\.79 \| \*\*\+5\.00\*\* \|",
+    assert re.search(r"^\| EM \(Linf 8/255\) / Cutout \| EM / cutout \| 23\.79 ± 1\.41, 2 seeds \| 18\.79 \| \*\*\+5\.00\*\* \|",
                      md, re.M)
-    assert re.search(r"^\| em \(Linf 8/255\) / none \| EM / std \| [^|]+ \| 20\.78 \| \+1\.00 \|", md, re.M)
+    assert re.search(r"^\| EM \(Linf 8/255\) / No defense \| EM / std \| [^|]+ \| 20\.78 \| \+1\.00 \|", md, re.M)
     assert "has a number for our" not in md  # APBench has every defense of this store
     csv = report.paths["published"].read_text().splitlines()
     assert csv[0].startswith("source,dataset,arch,recipe,attack,budget,defense,seeds,ours,") and len(csv) == 1 + 18

@@ -46,7 +46,7 @@ def test_old_records_feed_status_costs_and_reports(old_store, tmp_path):
     df = tidy(records.values())
     assert set(df.attack) == {"em", "clean"} and set(df.cell_id) == {r.cell_id for r in records.values() if r.done}
     report = write_report(records.values(), tmp_path / "r", "old", formats="md,csv")
-    assert "em (Linf 8/255)" in report.markdown and "MI CCA (nats)" in report.markdown
+    assert "EM (Linf 8/255)" in report.markdown and "MI CCA (nats)" in report.markdown
 
 
 def test_constructors_write_the_fields_of_their_kind_only():

@@ -105,9 +105,9 @@ def test_bad_layout_format_and_query_name_the_option_and_the_choices(stored, tmp
 def test_caption_states_recipe_budgets_and_seeds(stored, tmp_path):
     report = tables_only(stored, tmp_path / "r")
     caption = report.markdown.split("\n")[2]
-    assert "clean test accuracy (%, last epoch)".capitalize() in caption and "arch resnet18" in caption
-    assert "cpu_smoke*: 3 epochs of SGD (lr 0.05, momentum 0.9, weight decay 0.0005, batch 128, cosine schedule)" in caption
-    assert "budgets: random_noise Linf 8/255, ops L0 1 px" in caption
+    assert "clean test accuracy (%, last epoch)".capitalize() in caption and "arch ResNet-18" in caption
+    assert "cpu_smoke* (preset cpu_smoke, changed by the grid): 3 epochs of SGD (lr 0.05, momentum 0.9, weight decay 0.0005, batch 128, cosine schedule)" in caption
+    assert "budgets: Random noise Linf 8/255, OPS L0 1 px" in caption
     assert "mean ± std over 2 seeds;" in caption and "(n=" not in caption
     assert ("bold: lowest (clean baseline aside), and below every other attack by Welch's one-sided t-test at 0.05; "
             "†: not significantly above the lowest." in caption)
@@ -265,22 +265,22 @@ def test_latex_is_bold_only_where_the_test_separates_and_daggers_the_ties():
 def test_the_report_ranks_the_attacks_after_the_tables_in_markdown_and_latex(stored, tmp_path):
     report = tables_only(stored, tmp_path / "r")
     md, tex = report.markdown, report.paths["tex"].read_text()
-    assert md.index("resnet18, cpu_smoke") < md.index("### Ranking of attacks") < md.index("### Mutual information")
+    assert md.index("ResNet-18, cpu_smoke") < md.index("### Ranking of attacks") < md.index("### Mutual information")
     ranking = md[md.index("### Ranking of attacks"):]
     # Under none ops is 50 points below random_noise, under jpeg 10 points above: each is first once.
-    assert "| attack | none | jpeg | mean rank |" in ranking
-    assert "| random_noise (Linf 8/255) | 2 | 1 | 1.50 |" in ranking and "| ops (L0 1 px) | 1 | 2 | 1.50 |" in ranking
-    assert "| clean |" not in ranking
+    assert "| attack | No defense | JPEG | mean rank |" in ranking
+    assert "| Random noise (Linf 8/255) | 2 | 1 | 1.50 |" in ranking and "| OPS (L0 1 px) | 1 | 2 | 1.50 |" in ranking
+    assert "| Clean |" not in ranking
     assert [f"tab:t-rank-{i}" in tex for i in (1, 2, 3)] == [True] * 3
 
 
 def test_latex_cites_every_plugin_paper_and_writes_their_bib(stored, tmp_path):
     report = tables_only(stored, tmp_path / "r")
     tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
-    # 3 archs, their 3 rankings and the MI table
+    # 3 archs, their 3 rankings and the MI table (of the one defense with MI)
     assert tex.count("\\toprule") == 3 + 3 + 1 and "\\midrule" in tex and "\\bottomrule" in tex
-    assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
-    assert "ops ($\\ell_0$ 1 px)~\\cite{wu2023onepixel}" in tex and "jpeg~\\cite{liu2023image}" in tex
+    assert "Random noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
+    assert "OPS ($\\ell_0$ 1 px)~\\cite{wu2023onepixel}" in tex and "JPEG~\\cite{liu2023image}" in tex
     assert re.search(r"\\textbf\{[\d.]+ \$\\pm\$ [\d.]+\}", tex)
     cited = {k for group in re.findall(r"\\cite\{([^}]*)\}", tex) for k in group.split(",")}
     in_bib = set(re.findall(r"@\w+\{([^,]+),", bib))
@@ -305,13 +305,13 @@ def test_a_report_on_plugins_no_longer_installed_renders_without_their_citations
     # Each plugin's citation is looked up once for the whole report.
     assert sorted(looked_up) == sorted({(kind, n) for r in moved if r.done for kind, n in (("attack", r.attack),
                                                                                           ("defense", r.defense))})
-    assert "| gone_attack (L0 1 px) | " in report.markdown and "| attack | none | gone_defense |" in report.markdown
-    assert "| gone_attack (L0 1 px) / vgg11 |" in report.markdown  # the MI table
+    assert "| gone_attack (L0 1 px) | " in report.markdown and "| attack | No defense | gone_defense |" in report.markdown
+    assert "| gone_attack (L0 1 px) / VGG-11 |" in report.markdown  # the MI table
     tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
     assert "gone\\_attack ($\\ell_0$ 1 px) &" in tex and "& gone\\_defense \\\\" in tex  # shown, not cited
-    assert "random\\_noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
+    assert "Random noise ($\\ell_\\infty$ 8/255)~\\cite{huang2021unlearnable}" in tex
     assert set(re.findall(r"@\w+\{([^,]+),", bib)) == {"huang2021unlearnable"}  # neither wu2023onepixel nor liu2023image
-    for kind in ("heatmap", "curves", "gallery", "mi_depth", "mi_attacks", "mi_chain"):
+    for kind in ("accuracy_heatmap", "training_curves", "poison_gallery", "mi_by_depth", "mi_by_attack", "mi_chain"):
         assert report.paths[f"{kind}.png"].stat().st_size > 1000, kind
     assert report.notes == ()
 
@@ -325,7 +325,7 @@ def test_generated_latex_compiles_with_pdflatex(stored, tmp_path):
     table, _ = marked({**SEPARATED, **OVERLAPPING, ("tap", "none"): [39.5, 40.5]})
     (out / "ties.tex").write_text("\n".join([to_latex(table, caption(table, "test_acc_last", {}), "tab:ties", {}),
                                              *ranking_section([table], "test_acc_last", "ties")[1]]))
-    (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+    (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
                                  "\\input{t.tex}\n\\input{ties.tex}\n\\bibliographystyle{plain}\n\\bibliography{t}\n"
                                  "\\end{document}\n")
     latex = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"]
@@ -342,9 +342,9 @@ def test_generated_latex_compiles_with_pdflatex(stored, tmp_path):
 def test_markdown_and_csv_hold_the_same_numbers(stored, tmp_path):
     report = tables_only(stored, tmp_path / "r")
     csv = pd.read_csv(report.paths["csv"])
-    row = next(l for l in report.markdown.splitlines() if l.startswith("| ops (L0 1 px) |"))
+    row = next(l for l in report.markdown.splitlines() if l.startswith("| OPS (L0 1 px) |"))
     shown = float(row.split("|")[3].strip().strip("*").split(" ± ")[0])  # the jpeg column of the resnet18 table
-    cells = csv[(csv.attack == "ops") & (csv.defense == "jpeg") & (csv.arch == "resnet18") & (csv.metric == "test_acc_last")]
+    cells = csv[(csv.attack_plugin == "ops") & (csv.defense_plugin == "jpeg") & (csv.arch_plugin == "resnet18") & (csv.metric == "test_acc_last")]
     assert shown == pytest.approx(cells.value.mean(), abs=0.005)
 
 
@@ -353,7 +353,7 @@ def test_mi_section_shows_the_chain_and_the_estimators_error(stored, tmp_path):
     md = report.markdown
     assert "### Mutual information (MI-UE analysis)" in md
     value = (sr.mi("ops", "vgg11", 0) + sr.mi("ops", "vgg11", 1)) / 2
-    assert re.search(rf"^\| ops \(L0 1 px\) / vgg11 \| [^|]+ \| {value:.3f} ± ", md, re.M)
+    assert re.search(rf"^\| OPS \(L0 1 px\) / VGG-11 \| [^|]+ \| {value:.3f} ± ", md, re.M)
     assert "Estimator error on correlated Gaussians with known MI (cca: largest |error|" in md
     calibration = pd.read_csv(report.paths["mi_calibration"])
     assert set(calibration.estimator) == {"cca", "gaussian", "ksg"} and set(calibration.dims) == {1, 4, 8}
@@ -432,7 +432,7 @@ def test_cli_writes_only_the_formats_asked_for(stored):
     written = sorted(p.name for p in (store.root / "reports").iterdir())
     assert written == ["all.csv", "all.md", "all_mi_calibration.csv"]
     # Without a grid there is no grid order: attacks sort by name.
-    assert "| defense | clean | ops (L0 1 px) | random_noise (Linf 8/255) |" in done.output
+    assert "| defense | Clean | OPS (L0 1 px) | Random noise (Linf 8/255) |" in done.output
     bad = runner.invoke(main, ["report", "--out", str(store.root), "--format", "latex,docx"])
     assert bad.exit_code != 0 and "--format: unknown format 'docx'; allowed: latex, csv, md, fig" in bad.output
 
@@ -471,14 +471,14 @@ def test_two_variants_of_one_plugin_are_two_columns_under_their_names_and_cite_i
     assert stored["at_4"].spec["defense_config"]["eps"] == pytest.approx(4 / 255) and "variants" not in stored["at"].spec
     # The report needs the records only, not the grid file.
     report = write_report(store.records(), tmp_path / "r", "radii", formats=("md", "csv", "latex"))
-    assert "| attack | at | at_4 |" in report.markdown
+    assert "| attack | AT | at_4 |" in report.markdown
     # One seed and one attack beside the baseline: nothing to test, nothing marked.
-    assert re.search(r"^\| ops \(L0 1 px\) \| 60\.00 \| 40\.00 \|$", report.markdown, re.M), report.markdown
+    assert re.search(r"^\| OPS \(L0 1 px\) \| 60\.00 \| 40\.00 \|$", report.markdown, re.M), report.markdown
     tex, bib = report.paths["tex"].read_text(), report.paths["bib"].read_text()
-    assert "at~\\cite{madry2018towards} & at\\_4~\\cite{madry2018towards}" in tex
+    assert "AT~\\cite{madry2018towards} & at\\_4~\\cite{madry2018towards}" in tex
     assert re.findall(r"@\w+\{([^,]+),", bib) == ["madry2018towards", "wu2023onepixel"]  # each entry once
     csv = pd.read_csv(report.paths["csv"])
-    assert set(zip(csv.defense, csv.defense_plugin)) == {("at", "at"), ("at_4", "at")}
+    assert set(zip(csv.defense, csv.defense_plugin)) == {("AT", "at"), ("at_4", "at")}
 
 
 def test_a_report_of_a_grid_shows_the_grids_names_for_cells_run_under_others(tmp_path):
@@ -494,7 +494,7 @@ def test_a_report_of_a_grid_shows_the_grids_names_for_cells_run_under_others(tmp
                        'recipe = "cpu_smoke"\n[variants.at_half]\nplugin = "at"\neps = "4/255"\nstep_size = "0.8/255"\n')
     done = CliRunner().invoke(main, ["report", "--grid", str(renamed), "--out", str(store.root), "--format", "md"])
     assert done.exit_code == 0, done.output
-    assert "| attack | at | at_half |" in done.output and "at_4" not in done.output
+    assert "| attack | AT | at_half |" in done.output and "at_4" not in done.output
 
 
 def test_records_under_one_name_with_other_settings_are_told_apart_not_averaged(tmp_path):
@@ -512,13 +512,13 @@ def test_records_under_one_name_with_other_settings_are_told_apart_not_averaged(
 
     both = runs(8, 0.30) + runs(16, 0.50)
     report = write_report(both, tmp_path / "r", "widths", formats=("md",), layout=TableLayout("arch", "defense"))
-    assert re.search(r"^\| tiny_cnn \(width 8\) \| 30\.00 \|$", report.markdown, re.M), report.markdown
-    assert re.search(r"^\| tiny_cnn \(width 16\) \| 50\.00 \|$", report.markdown, re.M)
+    assert re.search(r"^\| Tiny CNN \(width 8\) \| 30\.00 \|$", report.markdown, re.M), report.markdown
+    assert re.search(r"^\| Tiny CNN \(width 16\) \| 50\.00 \|$", report.markdown, re.M)
     assert "one seed: no test, nothing marked." in report.markdown  # one seed each: not bold, and why
     assert "40.00" not in report.markdown, "the two widths are not averaged"
     # One width alone keeps its plain label, as every report did before.
     alone = write_report(runs(8, 0.30), tmp_path / "a", "w8", formats=("md",), layout=TableLayout("arch", "defense"))
-    assert re.search(r"^\| tiny_cnn \| 30\.00 \|$", alone.markdown, re.M), alone.markdown
+    assert re.search(r"^\| Tiny CNN \| 30\.00 \|$", alone.markdown, re.M), alone.markdown
 
 
 def effort_records(with_effort: bool = True):
@@ -566,4 +566,4 @@ def test_the_report_writes_the_effort_table_and_figure(tmp_path):
     assert "### Efficacy against effort" in text
     assert re.search(r"\| miue_x3 \(Linf 8/255\) \| miue \| 36\.0 \| 3\.3% \| 30\.0 \| 25\.00 ± 1\.00 \| 3 \|", text)
     assert "tab:e-effort" in (tmp_path / "e.tex").read_text()
-    assert report.paths["effort.png"].stat().st_size > 0
+    assert report.paths["accuracy_by_effort.png"].stat().st_size > 0

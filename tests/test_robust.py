@@ -195,7 +195,7 @@ def test_a_grid_with_the_robust_analysis_records_it_and_the_report_shows_it(tmp_
                           formats=("md", "csv", "latex"))
     md = report.markdown
     assert "### Robust accuracy" in md and "PGD-2 at Linf 8/255 in steps of 4/255 from a random start, fp32" in md
-    assert "| attack | jpeg clean (%) | jpeg robust (%) |" in md and "none robust" not in md
+    assert "| attack | JPEG clean (%) | JPEG robust (%) |" in md and "No defense robust" not in md
     assert f"{100 * jpeg_clean.analysis['robust_acc']:.2f}" in md.split("### Robust accuracy")[1]
     assert "tab:g-robust" in report.paths["tex"].read_text()
     assert "Mutual information" not in md, "robust records alone make no MI section"

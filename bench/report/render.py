@@ -89,13 +89,23 @@ def cell_text(table: SummaryTable, bold: str = "{}", tied: str = "{}") -> pd.Dat
 
 
 # --- captions ------------------------------------------------------------------------------------
+def sentence(text: str) -> str:
+    """`text` as a sentence: its first letter upper case (the rest kept: `MI-UE`, `Linf`), a full stop after."""
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if not text or text.endswith(".") else ".")
+
+
 def recipe_description(spec: dict) -> str:
-    """The recipe in words, for captions: 'cpu_smoke*: 8 epochs of SGD (lr 0.05, ...)'."""
+    """The recipe in words, for captions: 'cpu_smoke* (preset cpu_smoke, changed by the grid): 8 epochs of SGD
+    (lr 0.05, ...)'."""
     r = spec["recipe"]
     schedule = r["schedule"] + (f" x{r['gamma']:g} at {', '.join(f'{m:g}' for m in r['milestones'])} of training"
                                 if r["schedule"] == "multistep" else "")
     clip = f", gradient clipping {r['grad_clip']:g}" if r.get("grad_clip") else ""
-    return (f"{spec['recipe_name']}: {r['epochs']} epochs of SGD (lr {r['lr']:g}, momentum {r['momentum']:g}, "
+    name = spec["recipe_name"]
+    if name.endswith("*"):  # bench.grid: a preset the grid changed (`recipe = {preset = ..., epochs = 8}`)
+        name += f" (preset {name[:-1]}, changed by the grid)"
+    return (f"{name}: {r['epochs']} epochs of SGD (lr {r['lr']:g}, momentum {r['momentum']:g}, "
             f"weight decay {r['weight_decay']:g}, batch {r['batch_size']}, {schedule} schedule{clip})")
 
 
@@ -145,22 +155,31 @@ def marks_text(table: SummaryTable) -> str:
     return "; ".join(p for p in (text, untested) if p)
 
 
-def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
-    """Plain-text caption: what, on what, the recipe, the budgets, the seeds, what bold and the dagger mean.
+def caption_head(table: SummaryTable, metric: str) -> str:
+    """A table's short caption, what it shows and on what: 'Clean test accuracy (%, last epoch), arch Tiny CNN'."""
+    group = group_text(table)
+    return METRIC_WORDS[metric].capitalize() + (f", {group}" if group else "")
+
+
+def caption_note(table: SummaryTable, recipes: dict[str, str]) -> str:
+    """The details under a table: the recipe, the budgets, the seeds, what bold and the dagger mean.
 
     `recipes` maps a recipe label (tidy's `recipe` column) to its description in words.
     """
-    group = group_text(table)
     recipe_text = "; ".join(recipes[r] for r in table.keys("recipe") if r in recipes)
     budget_text = ", ".join(f"{a} {' and '.join(b for b in budgets if b)}" for a, budgets in table.budgets.items()
                             if any(budgets))
     seeds, marks = seeds_text(table), marks_text(table)
     if marks.startswith("one seed: ") and seeds.startswith("one seed"):  # said once: 'one seed: no test, ...'
         seeds, marks = marks + seeds[len("one seed"):], ""
-    parts = [METRIC_WORDS[metric].capitalize() + (f", {group}" if group else ""),
-             f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
+    parts = [f"recipe {recipe_text}" if recipe_text else "", f"budgets: {budget_text}" if budget_text else "",
              seeds, marks]
-    return "; ".join(p for p in parts if p) + "."
+    return "; ".join(p for p in parts if p)
+
+
+def caption(table: SummaryTable, metric: str, recipes: dict[str, str]) -> str:
+    """Plain-text caption, its head and its note in one sentence (Markdown's paragraph above a table)."""
+    return "; ".join(p for p in (caption_head(table, metric), caption_note(table, recipes)) if p) + "."
 
 
 # --- Markdown and LaTeX --------------------------------------------------------------------------
@@ -194,27 +213,64 @@ def cited_labels(index: pd.Index, citations: dict) -> list[str]:
     return out
 
 
-def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict) -> str:
+def to_latex(table: SummaryTable, caption_text: str, label: str, citations: dict, note: str = "") -> str:
     """booktabs LaTeX of `table`, each plugin cited after its row or column label (`cited_labels`)."""
-    body = cell_text(table, tied="{}" + DAGGER).map(latex_text)
+    plain = cell_text(table, tied="{}" + DAGGER)
+    body = plain.map(latex_text)
     body = body.where(table.marks() != "best", r"\textbf{" + body + "}")
+    plain.index, plain.columns = index_labels(table.mean.index), index_labels(table.mean.columns)
     body.index, body.columns = cited_labels(table.mean.index, citations), cited_labels(table.mean.columns, citations)
-    return _booktabs(body, caption_text, label)
+    return _booktabs(body, plain, caption_text, label, note)
 
 
-def frame_to_latex(frame: pd.DataFrame, caption_text: str, label: str) -> str:
+def frame_to_latex(frame: pd.DataFrame, caption_text: str, label: str, note: str = "") -> str:
     """A plain table (no bold, no citations) in the same booktabs style."""
-    body = frame.astype(str).map(latex_text)
+    plain = frame.astype(str)
+    body = plain.map(latex_text)
     body.index = [latex_text(i) for i in body.index]
     body.columns = [latex_text(c) for c in body.columns]
-    return _booktabs(body, caption_text, label)
+    return _booktabs(body, plain, caption_text, label, note)
 
 
-def _booktabs(body: pd.DataFrame, caption_text: str, label: str) -> str:
-    """Every table's LaTeX (`body` already LaTeX): booktabs rules, caption and label, floated at the top,
-    labels left, numbers right."""
-    return body.style.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
-                               position_float="centering", column_format="l" + "r" * len(body.columns))
+# How wide a table may be before it needs more room, in characters of 10 pt text (about 5 pt each): a
+# column of a two-column paper holds about 48, a one-column page about 70. A table wider than a column
+# floats as `table*` (both columns); one wider than the page is scaled down to it by graphicx.
+COLUMN_CHARS = 48
+CITE_CHARS = 4  # what `~\cite{key}` prints, `[12]`
+TEXT_COLUMN_CHARS = 36  # a column of words longer than this wraps in a paragraph column of that width
+TEXT_COLUMN = r"p{0.3\linewidth}"
+FIT_TO_WIDTH = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+
+
+def column_chars(plain: pd.DataFrame, cited: bool) -> list[int]:
+    """The printed width of each column of a table (its label column first), in characters: the longest of its
+    header and cells, and the space between columns."""
+    cite = CITE_CHARS if cited else 0
+    widths = [max([len(str(plain.index.name or ""))] + [len(str(i)) + cite for i in plain.index])]
+    for column in plain.columns:
+        texts = [len(str(v)) for v in plain[column]]
+        widths.append(max([len(str(column)) + cite] + texts))
+    return [min(w, TEXT_COLUMN_CHARS) + 2 for w in widths]
+
+
+def _booktabs(body: pd.DataFrame, plain: pd.DataFrame, caption_text: str, label: str, note: str = "") -> str:
+    """Every table's LaTeX (`body` already LaTeX, `plain` the same text unescaped, for its width): booktabs
+    rules, a short caption, label and `note` (the details) under the table, floated at the top; labels
+    left, numbers right, long text in paragraph columns; `table*` where wider than a column, scaled to the
+    page where wider than that."""
+    widths = column_chars(plain, cited=body.index.astype(str).str.contains(r"\\cite").any())
+    text_columns = [w > TEXT_COLUMN_CHARS for w in (
+        max([len(str(c))] + [len(str(v)) for v in plain[c]]) for c in plain.columns)]
+    column_format = "l" + "".join(TEXT_COLUMN if wide else "r" for wide in text_columns)
+    latex = body.style.to_latex(hrules=True, caption=latex_text(caption_text), label=label, position="t",
+                                position_float="centering", column_format=column_format,
+                                environment="table*" if sum(widths) > COLUMN_CHARS else None)
+    latex = latex.replace("\\begin{tabular}", FIT_TO_WIDTH + "\n\\begin{tabular}", 1)
+    latex = latex.replace("\\end{tabular}\n", "\\end{tabular}}\n", 1)
+    if note:
+        end = "\\end{table*}" if "\\begin{table*}" in latex else "\\end{table}"
+        latex = latex.replace(end, f"\\par\\smallskip{{\\footnotesize {latex_text(note)}\\par}}\n{end}", 1)
+    return latex
 
 
 def table_sections(tables: list[SummaryTable], metric: str, recipes: dict[str, str], citations: dict,
@@ -225,8 +281,24 @@ def table_sections(tables: list[SummaryTable], metric: str, recipes: dict[str, s
         text = caption(table, metric, recipes)
         shown = labelled(cell_text(table, "**{}**", "{}" + DAGGER))
         md += [f"### {group_title(table)}", "", text, "", to_markdown(shown, table.layout.rows), ""]
-        tex.append(to_latex(table, text, f"tab:{name}-{i + 1}", citations))
+        tex.append(to_latex(table, caption_head(table, metric) + ".", f"tab:{name}-{i + 1}", citations,
+                            sentence(caption_note(table, recipes))))
     return md or ["No finished cells yet.\n"], tex
+
+
+def terminal_summary(tables: list[SummaryTable], metric: str) -> list[str]:
+    """What `bench report` prints: each table of `metric` and its ranking under its title, what the marks mean
+    said once; the captions, the other sections and the figures stay in the files."""
+    if not tables:
+        return ["No finished cells yet."]
+    lines = [f"{METRIC_WORDS[metric].capitalize()}; {seeds_text(tables[0])}.", ""]
+    for table in tables:
+        lines += [f"### {group_title(table)}", "", to_markdown(labelled(cell_text(table, "**{}**", "{}" + DAGGER)),
+                                                              table.layout.rows), ""]
+        if table.layout.rows == "attack" and len(table.contenders()) > 1:
+            lines += [to_markdown(ranking_table(table), "rank"), ""]
+    marks = marks_text(tables[0])
+    return lines + ([sentence(marks), ""] if marks else [])
 
 
 # --- the ranking of attacks ----------------------------------------------------------------------
@@ -249,6 +321,11 @@ def ranking_table(table: SummaryTable) -> pd.DataFrame:
 
 def ranking_caption(table: SummaryTable, metric: str) -> str:
     """What a rank is, on what, and where it could not be tested (there the means alone rank)."""
+    return "; ".join(ranking_caption_parts(table, metric)) + "."
+
+
+def ranking_caption_parts(table: SummaryTable, metric: str) -> list[str]:
+    """`ranking_caption`'s head (what, on what) and its details, as a list."""
     columns = table.layout.columns.replace("_", " ")
     group = group_text(table)
     how = (f"1 + the number of attacks significantly below it ({TEST_WORDS} at {SIGNIFICANCE:g}, uncorrected, "
@@ -257,7 +334,7 @@ def ranking_caption(table: SummaryTable, metric: str) -> str:
              f"{how}, = after a rank another attack shares",
              f"mean rank over the {columns}s{baseline_aside(table)}",
              one_seed_text(table, "ranked by mean alone")]
-    return "; ".join(p for p in parts if p) + "."
+    return [p for p in parts if p]
 
 
 def ranking_section(tables: list[SummaryTable], metric: str, name: str) -> tuple[list[str], list[str]]:
@@ -270,7 +347,8 @@ def ranking_section(tables: list[SummaryTable], metric: str, name: str) -> tuple
     for i, table in enumerate(ranked):
         text, frame = ranking_caption(table, metric), ranking_table(table)
         md += [f"#### {group_title(table)}", "", text, "", to_markdown(frame, "attack"), ""]
-        tex.append(frame_to_latex(frame, text, f"tab:{name}-rank-{i + 1}"))
+        head, *details = ranking_caption_parts(table, metric)
+        tex.append(frame_to_latex(frame, head + ".", f"tab:{name}-rank-{i + 1}", sentence("; ".join(details))))
     return md, tex
 
 
@@ -330,17 +408,30 @@ def calibration_summary(table: pd.DataFrame) -> str:
     return text
 
 
+MI_GROUPS = ["dataset", "recipe", "defense"]  # one MI table (and one set of MI figures) per value of these
+MI_HEAD = "Mutual information between clean and poisoned features (nats), with the chain it explains"
+
+
 def mi_section(cells: pd.DataFrame, calibration: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
-    """Markdown lines and the LaTeX table of the MI analysis (`tables.analysis_cells`), with a summary of the
-    estimators' calibration at the records' settings."""
+    """Markdown lines and the LaTeX tables of the MI analysis (`tables.analysis_cells`), one per dataset, recipe
+    and defense (a table of every defense's rows would not fit a page), with a summary of the estimators'
+    calibration at the records' settings."""
     if cells.empty:
         return [], []
-    table = analysis_table(cells)
+    parts = list(cells.groupby(MI_GROUPS, sort=False))
+    md, tex = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, ""], []
+    for i, (key, part) in enumerate(parts):
+        table = analysis_table(part)
+        where = ", ".join(f"{factor} {value}" for factor, value in zip(MI_GROUPS, key))
+        if len(parts) > 1:
+            md += [f"#### {where}", ""]
+        md += [to_markdown(table, table.index.name), ""]
+        tex.append(frame_to_latex(table, f"{MI_HEAD}; {where}.", f"tab:{name}-mi" + (f"-{i + 1}" if len(parts) > 1 else ""),
+                                  MI_CAPTION))
     # The calibration's rows (one per estimator, case, dims and rho) stay in <name>_mi_calibration.csv;
-    # the Markdown, which the terminal prints too, keeps its summary.
-    md = ["### Mutual information (MI-UE analysis)", "", MI_CAPTION, "", to_markdown(table, table.index.name), "",
-          calibration_summary(calibration) + f" Every case: `{name}_mi_calibration.csv`.", ""]
-    return md, [frame_to_latex(table, MI_CAPTION, f"tab:{name}-mi")]
+    # the Markdown keeps its summary.
+    md += [calibration_summary(calibration) + f" Every case: `{name}_mi_calibration.csv`.", ""]
+    return md, tex
 
 
 # --- robust accuracy -----------------------------------------------------------------------------
@@ -415,7 +506,7 @@ def robust_section(cells: pd.DataFrame, name: str) -> tuple[list[str], list[str]
         text += (" Every attack's robust accuracy bounds the true one from above; PGD's is the looser bound, "
                  "AutoAttack's is expected at or below it on the same images.")
     md = ["### Robust accuracy", "", text, "", to_markdown(table, table.index.name), ""]
-    return md, [frame_to_latex(table, text, f"tab:{name}-robust")]
+    return md, [frame_to_latex(table, "Robust beside clean test accuracy (%).", f"tab:{name}-robust", text)]
 
 
 # --- efficacy against effort ----------------------------------------------------------------------
@@ -448,7 +539,7 @@ def effort_section(cells: pd.DataFrame, name: str, metric: str = "test_acc_last"
         return [], []
     table = effort_table(cells, metric)
     md = ["### Efficacy against effort", "", EFFORT_NOTE, "", to_markdown(table, table.index.name), ""]
-    return md, [frame_to_latex(table, EFFORT_NOTE, f"tab:{name}-effort")]
+    return md, [frame_to_latex(table, "Efficacy against generation effort.", f"tab:{name}-effort", EFFORT_NOTE)]
 
 
 # --- beside the published numbers ----------------------------------------------------------------
@@ -527,7 +618,7 @@ def comparison_section(frame: pd.DataFrame, sources, tolerance: float, unmatched
         md += [f"- {note}" for note in source.notes] + ([""] if source.notes else [])
         latex = comparison_text(part, shared, bold="{}*")
         marked = f" Differences marked * are beyond ±{tolerance:g} points." if beyond else ""
-        tex.append(frame_to_latex(latex, f"{source.title} beside ours. {summary}{marked}", f"tab:{name}-{source.id}"))
+        tex.append(frame_to_latex(latex, f"{source.title} beside ours.", f"tab:{name}-{source.id}", f"{summary}{marked}"))
     missing = [f"{kind}s {', '.join(names)}" for kind, names in unmatched.items() if names]
     if missing:
         md += [f"No table compared here has a number for our {' or '.join(missing)}.", ""]

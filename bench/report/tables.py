@@ -58,7 +58,9 @@ ROBUST_SETUP_KEYS = ("robust_eps", "robust_step_size", "robust_steps", "robust_r
 FACTORS = ("dataset", "arch", "recipe", "attack", "defense", "poison_ratio")
 POISON_COLUMNS = ("poison_ratio", "poison_classes")  # tidy's key of the poison_ratio factor
 FULL_POISON = (1.0, "")  # the whole training set poisoned: what every record without partial poisoning has
-BASELINE_ATTACKS = ("clean",)  # the reference row: shown, never marked or ranked
+# The reference row, shown and never marked or ranked: the plugin under its registered name and as reports
+# show it (its display name, `bench.report.write.displayed`).
+BASELINE_ATTACKS = ("clean", "Clean")
 PLUGIN_FACTORS = ("attack", "defense", "arch")  # the factors a grid may name by a variant of their plugin
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +19,8 @@ from bench.citations import Citation, bibliography, citation
 from bench.config import ConfigError, comma_choices
 from bench.published import PublishedSource
 from bench.records import CellResult
+from bench.registry import ARCHS, ATTACKS, DEFENSES
+from bench.store import atomic_write_bytes
 from bench.report import render
 from bench.report.tables import (BASELINE_ATTACKS, DEFAULT_TOLERANCE, EFFORT_GROUPS, METRICS, MI_METRICS, TableLayout, analysis_cells,
                                  compare_published, effort_cells, histories_frame, mi_setup, ordered, ratio_curves, ratio_tables,
@@ -40,6 +43,17 @@ class Report:
     paths: dict  # kind -> Path of every file written
     markdown: str
     notes: tuple[str, ...]  # what was skipped and why
+    summary: str = ""  # what the terminal shows: the metric's tables and their rankings, in Markdown
+
+    def files_text(self) -> str:
+        """Where each kind of file went, a line each; the figures as their folder and their names."""
+        lines = [f"{label}: {self.paths[kind]}" for kind, label in
+                 (("md", "report"), ("tex", "LaTeX"), ("bib", "BibTeX"), ("csv", "CSV"),
+                  ("mi_calibration", "MI calibration"), ("published", "published comparison")) if kind in self.paths]
+        figures = [p for p in self.paths.values() if p.suffix == ".png"]
+        if figures:
+            lines.append(f"figures (PDF and PNG): {figures[0].parent}/ {', '.join(p.stem for p in figures)}")
+        return "\n".join(lines)
 
 
 def plugin_citations(df: pd.DataFrame) -> dict[tuple[str, str], Citation]:
@@ -54,6 +68,40 @@ def plugin_citations(df: pd.DataFrame) -> dict[tuple[str, str], Citation]:
                 found[kind, plugin] = citation(kind, plugin)
             out[kind, name] = found[kind, plugin]
     return out
+
+
+STALE_SECONDS = 60  # a partial file older than this is no report being written now: one a killed run left
+
+
+def remove_stale_partials(*folders: Path) -> None:
+    """Take away the partial files (`.<name>.*.tmp`, `bench.store.atomic_write_bytes`) a killed or failed report
+    left in `folders`: every report file is written beside its final name and renamed, so they are never read."""
+    now = time.time()
+    for folder in folders:
+        for partial in folder.glob(".*.tmp") if folder.is_dir() else ():
+            try:
+                if now - partial.stat().st_mtime > STALE_SECONDS:
+                    partial.unlink()
+            except OSError:  # gone already, or not ours to remove: it is never read either way
+                pass
+
+
+SHOWN_FACTORS = {"attack": ATTACKS, "defense": DEFENSES, "arch": ARCHS}
+
+
+def shown_name(factor: str, name: str) -> str:
+    """What a report shows for a name in a grid's list: the plugin's display name (`miue` -> `MI-UE`,
+    `jpeg+cutout` -> `JPEG + Cutout`); a variant's name (not registered) as the grid wrote it."""
+    return SHOWN_FACTORS[factor].display(name)
+
+
+def displayed(record: CellResult) -> CellResult:
+    """`record` under the names a reader sees: each plugin's display name where the grid did not name a
+    variant of it. Every table, figure and the CSV's name columns read these; `<factor>_plugin` keeps the
+    registered name."""
+    variants = record.spec.get("variants", {})
+    shown = {f: variants.get(f) or shown_name(f, record.spec[f]) for f in SHOWN_FACTORS if f in record.spec}
+    return record.named(shown)
 
 
 def estimator_calibration(records: list[CellResult]) -> pd.DataFrame:
@@ -87,11 +135,13 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     formats = parse_formats(formats)
     if metric not in METRICS:
         raise ValueError(f"--metric: {metric!r} is not a metric; allowed: {', '.join(METRICS)}")
-    records = list(records)
+    records = [displayed(r) for r in records]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir, out_dir / f"{name}_figures")
     df = tidy(records)
-    orders = {"attack": list(attack_order or []), "defense": list(defense_order or []), "arch": list(arch_order or [])}
+    orders = {factor: [shown_name(factor, n) for n in order or []]
+              for factor, order in (("attack", attack_order), ("defense", defense_order), ("arch", arch_order))}
     done = [r for r in records if r.done]
     recipes = {recipe_label(r.spec): render.recipe_description(r.spec) for r in done}
     citations = plugin_citations(df)
@@ -113,8 +163,9 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     if compare:
         comparison = compare_published(done, compare, metric, tolerance)
         cmp_md, cmp_tex = render.comparison_section(comparison, compare, tolerance, unpublished(done, compare), name)
+    summary = "\n".join(render.terminal_summary(tables, metric)).rstrip() + "\n"
     md += rank_md + ratio_md + mi_md + robust_md + effort_md + cmp_md
-    tex = [f"% needs \\usepackage{{booktabs}}; cite keys resolve with {name}.bib", *tex, *rank_tex, *ratio_tex, *mi_tex,
+    tex = [f"% needs \\usepackage{{booktabs,graphicx}}; cite keys resolve with {name}.bib", *tex, *rank_tex, *ratio_tex, *mi_tex,
            *robust_tex, *effort_tex, *cmp_tex]
 
     paths: dict[str, Path] = {}
@@ -131,23 +182,23 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
 
     if "csv" in formats:
         paths["csv"] = out_dir / f"{name}.csv"
-        without_full_poison_columns(df).to_csv(paths["csv"], index=False)
+        atomic_write_bytes(paths["csv"], without_full_poison_columns(df).to_csv(index=False).encode())
         if not calibration.empty:
             paths["mi_calibration"] = out_dir / f"{name}_mi_calibration.csv"
-            calibration.to_csv(paths["mi_calibration"], index=False)
+            atomic_write_bytes(paths["mi_calibration"], calibration.to_csv(index=False).encode())
         if compare:
             paths["published"] = out_dir / f"{name}_published.csv"
-            comparison.to_csv(paths["published"], index=False)
+            atomic_write_bytes(paths["published"], comparison.to_csv(index=False).encode())
     if "md" in formats:
         paths["md"] = out_dir / f"{name}.md"
-        paths["md"].write_text(markdown)
+        atomic_write_bytes(paths["md"], markdown.encode())
     if "latex" in formats:
         paths["tex"], paths["bib"] = out_dir / f"{name}.tex", out_dir / f"{name}.bib"
-        paths["tex"].write_text("\n".join(tex))
-        paths["bib"].write_text(bibliography(citations.values()))
+        atomic_write_bytes(paths["tex"], "\n".join(tex).encode())
+        atomic_write_bytes(paths["bib"], bibliography(citations.values()).encode())
     for note in notes:
         log.warning(note)
-    return Report(paths, markdown, tuple(notes))
+    return Report(paths, markdown, tuple(notes), summary)
 
 
 def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, orders: dict, store, curves: str | None,
@@ -166,37 +217,49 @@ def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, ord
     heat = {render.group_title(t): render.labelled(t.mean)
             for t in summary_tables(df, "test_acc_last", TableLayout(), orders)}
     if heat:
-        emit("heatmap", figures.accuracy_heatmap(heat))
+        emit("accuracy_heatmap", figures.accuracy_heatmap(heat))
     if ratios:
-        emit("ratio", figures.accuracy_against_ratio({render.group_title(t): ratio_lines(t) for t in ratios}, style))
+        emit("accuracy_by_poison_ratio",
+             figures.accuracy_against_ratio({render.group_title(t): ratio_lines(t) for t in ratios}, style))
     if effort is not None and not effort.empty:
-        for key, part in effort.groupby(EFFORT_GROUPS, sort=False):
-            suffix = "" if effort[EFFORT_GROUPS].drop_duplicates().shape[0] == 1 else \
-                "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
-            emit(f"effort{suffix}", figures.accuracy_against_effort(part, style, ", ".join(key)))
+        for key, part, suffix in named_parts(effort, EFFORT_GROUPS):
+            emit(f"accuracy_by_effort{suffix}", figures.accuracy_against_effort(part, style, ", ".join(key)))
     histories, title = histories_frame(records, df, curves, orders)
     if not histories.empty:
-        emit("curves", figures.training_curves(histories, style, title))
+        emit("training_curves", figures.training_curves(histories, style, title))
     elif curves:
         notes.append(f"curves: no cell with a training history matches {curves!r}")
     clean, poisoned, gallery_notes = gallery_images(records, store, orders.get("attack"))
     notes += gallery_notes
     if poisoned:
-        emit("gallery", figures.gallery(clean, poisoned))
+        emit("poison_gallery", figures.gallery(clean, poisoned))
     if not cells.empty:
-        parts = list(cells.groupby(["dataset", "recipe", "defense"], sort=False))
-        for key, part in parts:
-            suffix = "" if len(parts) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "-", "-".join(key)).strip("-")
+        for key, part, suffix in named_parts(cells, render.MI_GROUPS):
             if part.mi_setup.nunique() > 1:
                 notes.append(f"MI figures for {', '.join(key)}: not drawn, the records measured MI differently "
                              f"({render.setup_differences(part.mi_setup)}); run them again with one setting")
                 continue
             title = ", ".join([*key[:2], f"defense {key[2]}"])
             if part.arch.nunique() > 1:
-                emit(f"mi_depth{suffix}", figures.mi_against_depth(part, style, title))
-            emit(f"mi_attacks{suffix}", figures.mi_by_attack(part, style, title))
+                emit(f"mi_by_depth{suffix}", figures.mi_against_depth(part, style, title))
+            emit(f"mi_by_attack{suffix}",
+                 figures.mi_by_attack(part.assign(baseline=part.attack.isin(BASELINE_ATTACKS)), style, title))
             emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
     return paths, notes
+
+
+def file_word(text: str) -> str:
+    """A label as part of a file name: 'ISS-Gray' -> 'iss_gray', 'cifar10 (2000)' -> 'cifar10_2000'."""
+    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
+
+
+def named_parts(frame: pd.DataFrame, groups: list[str]):
+    """(key, part, suffix) per value of `groups` in `frame`, in order: the suffix names, for the figure's file,
+    the values of the groups that differ between parts (`_iss_gray`), '' where there is one part."""
+    varying = [g for g in groups if frame[g].nunique() > 1]
+    for key, part in frame.groupby(groups, sort=False):
+        values = dict(zip(groups, key))
+        yield key, part, "".join("_" + file_word(values[g]) for g in varying)
 
 
 def ratio_lines(table) -> pd.DataFrame:
