@@ -21,6 +21,9 @@ import hashlib
 import io
 import json
 import math
+import os
+import re
+import shutil
 import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,7 +33,7 @@ import numpy as np
 
 from bench.config import ConfigError
 from bench.readers import check_npz
-from bench.store import atomic_write_bytes, atomic_write_json
+from bench.store import atomic_write_bytes, atomic_write_json, umask
 
 FORMAT = "unlearnable-bench poison bundle"
 VERSION = 1
@@ -149,10 +152,13 @@ class Bundle:
     manifest: Manifest
 
 
-def write_bundle(folder: Path, images: np.ndarray, index: np.ndarray, manifest: dict) -> Manifest:
+def write_bundle(folder: Path, images: np.ndarray, index: np.ndarray, manifest: dict, force: bool = False) -> Manifest:
     """Write `images` (uint8 NHWC) and `index` as a bundle; `manifest` holds every `Manifest` field
-    but the ones computed here (count, image shape, sha256). The manifest goes last, so a folder
-    whose export was interrupted has no manifest and is never read as a bundle."""
+    but the ones computed here (count, image shape, sha256).
+
+    The bundle is written whole in a folder beside `folder` and renamed into place, so an interrupted
+    export (a kill, a full disk) leaves what was there before. A `folder` that holds anything but this
+    same poison (another bundle, other files) is refused unless `force`."""
     images = np.ascontiguousarray(images)
     index = np.ascontiguousarray(index, dtype=np.int64)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(index):
@@ -164,10 +170,75 @@ def write_bundle(folder: Path, images: np.ndarray, index: np.ndarray, manifest: 
     full = Manifest(**manifest, count=len(images), image_shape=list(images.shape[1:]),
                     sha256=hashlib.sha256(payload).hexdigest())
     folder = Path(folder)
-    (folder / MANIFEST).unlink(missing_ok=True)
-    atomic_write_bytes(folder / IMAGES, payload)
-    atomic_write_json(folder / MANIFEST, full.to_json())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder)  # first: a bundle a killed export was replacing comes back, and is checked
+    _check_replaceable(folder, full.sha256, force)
+    staged = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        staged.mkdir()
+        atomic_write_bytes(staged / IMAGES, payload)
+        atomic_write_json(staged / MANIFEST, full.to_json())
+        staged.chmod(0o777 & ~umask())  # mkdir's mode under the umask, as a folder the user makes
+        if folder.exists():
+            previous = folder.parent / f".{folder.name}.replaced-{os.getpid()}"
+            shutil.rmtree(previous, ignore_errors=True)
+            folder.rename(previous)
+            staged.rename(folder)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            staged.rename(folder)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     return full
+
+
+def _check_replaceable(folder: Path, sha256: str, force: bool) -> None:
+    """Refuse to replace anything but the same poison at `folder`, unless `force`."""
+    if force or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is a file, not a bundle folder; pass --force to replace it")
+    held = [p.name for p in folder.iterdir()]
+    if not held:
+        return
+    try:
+        there = read_manifest(folder)
+    except BundleError:
+        raise BundleError(f"{folder} is not empty ({', '.join(sorted(held)[:3])}{', ...' if len(held) > 3 else ''}) "
+                          f"and holds no bundle; choose another folder, or pass --force to replace it") from None
+    if there.sha256 != sha256 or set(held) - {IMAGES, MANIFEST}:
+        raise BundleError(f"{folder} holds another bundle ({there.attack}, seed {there.seed}, on {there.dataset}, "
+                          f"sha256 {there.sha256[:16]}); choose another folder, or pass --force to replace it")
+
+
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.(partial|replaced)-(?P<pid>\d+)$")
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Take away the staging folders beside `folder` that a killed export left behind (`.NAME.partial-PID`,
+    `.NAME.replaced-PID` whose process is gone); a replaced bundle whose successor never arrived comes back."""
+    for path in sorted(folder.parent.glob(f".{folder.name}.*-*")):
+        match = PARTIAL.match(path.name)
+        if not (match and match["name"] == folder.name and not _alive(int(match["pid"]))):
+            continue
+        if match[2] == "replaced" and not folder.exists():
+            path.rename(folder)  # killed between its two renames: the bundle it was replacing comes back
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process's own leftovers, from an export that failed before
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_bundle(path: Path) -> bool:

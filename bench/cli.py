@@ -322,14 +322,17 @@ def list_(kind: str | None, pattern: str) -> None:
                        for name, res in sorted(shipped_grids().items()) if fnmatch.fnmatchcase(name, pattern)]
             continue
         registry = REGISTRIES[k]
-        rows[k] = [(name, registry.entry(name).summary + (f"  [{registry.entry(name).paper}]"
-                                                          if registry.entry(name).paper else ""))
-                   for name in registry.names(pattern)]
-    width = max((len(name) for listed in rows.values() for name, _ in listed), default=0)  # one column for all
+        rows[k] = []
+        for name in registry.names(pattern):
+            entry = registry.entry(name)
+            rows[k].append((name, entry.display, entry.summary + (f"  [{entry.paper}]" if entry.paper else "")))
+    # One column each for every kind: the name, the display name reports show, the summary.
+    width = max((len(name) for listed in rows.values() for name, _, _ in listed), default=0)
+    shown = max((len(display) for listed in rows.values() for _, display, _ in listed), default=0)
     for k, listed in rows.items():
         click.echo(f"{k}:")
-        for name, description in listed:
-            click.echo(f"  {name:<{width}}  {description}".rstrip())
+        for name, display, description in listed:
+            click.echo(f"  {name:<{width}}  {display:<{shown}}  {description}".rstrip())
 
 
 @main.command()
@@ -432,13 +435,15 @@ def poison_list(out: str) -> None:
 @click.argument("key")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @results_folder
+@click.option("--force", is_flag=True, help="Replace another bundle (or other files) in BUNDLE.")
 @_one_line
-def poison_export(key: str, bundle: Path, out: str) -> None:
-    """Write the cached poison KEY as a bundle in the folder BUNDLE: images and a manifest."""
+def poison_export(key: str, bundle: Path, out: str, force: bool) -> None:
+    """Write the cached poison KEY as a bundle in the folder BUNDLE: images and a manifest. BUNDLE may hold this
+    same poison already; anything else there is refused without --force."""
     from bench.publish import export_cached
     from bench.store import Store
 
-    manifest = export_cached(Store(out), key, bundle)
+    manifest = export_cached(Store(out), key, bundle, force=force)
     click.echo(f"wrote {bundle}: {manifest.count} images of {manifest.attack} (seed {manifest.seed}) on "
                f"{manifest.dataset}, {_budget_text(manifest.norm, manifest.budget)} claimed, "
                f"{_budget_text(manifest.norm, manifest.measured[manifest.norm])} measured, sha256 {manifest.sha256[:16]}")
@@ -457,14 +462,15 @@ def poison_export(key: str, bundle: Path, out: str) -> None:
 @click.option("--seed", type=int, default=None, help="The seed, where the release says.")
 @click.option("--em-noise", default="official", show_default=True, type=click.Choice(["official", "full"]),
               help="em-pt: official = what EM's loader trains on (the positive half of the noise); full = both signs.")
+@click.option("--force", is_flag=True, help="Replace another bundle (or other files) in BUNDLE.")
 @_one_line
 def poison_convert(source: Path, bundle: Path, attack: str, fmt: str, data: str, norm: str, eps: str,
-                   seed: int | None, em_noise: str) -> None:
+                   seed: int | None, em_noise: str, force: bool) -> None:
     """Convert a poison released as SOURCE into a bundle in the folder BUNDLE, checked against the clean data."""
     from bench.publish import convert_release
 
     manifest = convert_release(source, bundle, fmt=fmt, data=data, attack=attack, norm=norm, eps=_budget(eps),
-                               seed=seed, em_noise=em_noise)
+                               seed=seed, em_noise=em_noise, force=force)
     click.echo(f"wrote {bundle}: {manifest.count} images of {attack} on {data}, {_budget_text(norm, manifest.budget)} "
                f"claimed, {_budget_text(norm, manifest.measured[norm])} measured, sha256 {manifest.sha256[:16]}")
 

@@ -49,8 +49,8 @@ def cached_poisons(store: Store) -> list[CachedPoison]:
     return found
 
 
-def export_cached(store: Store, key: str, folder: Path) -> Manifest:
-    """Write the cached poison `key` of `store` as a bundle in `folder`."""
+def export_cached(store: Store, key: str, folder: Path, force: bool = False) -> Manifest:
+    """Write the cached poison `key` of `store` as a bundle in `folder` (another bundle there only with `force`)."""
     cached = store.load_poison(key)
     if cached is None:
         raise ConfigError(f"poison {key}: not in the cache of {store.root} (or altered); `bench poison list` shows what is")
@@ -75,11 +75,11 @@ def export_cached(store: Store, key: str, folder: Path) -> Manifest:
         "attack": meta["attack"], "attack_config": meta.get("attack_config", {}), "seed": meta.get("seed"),
         "dataset": data["name"], "clean_fingerprint": fingerprint(clean), "split_size": clean.split_size,
         "norm": meta["norm"], "budget": meta["budget"], "measured": measured_sizes(clean.images, poison.images),
-        "source": source, "provenance": _provenance(), "data_fingerprint": dataset.fingerprint})
+        "source": source, "provenance": _provenance(), "data_fingerprint": dataset.fingerprint}, force=force)
 
 
 def convert_release(path: Path, folder: Path, *, fmt: str, data: str, attack: str, norm: str, eps: float,
-                    seed: int | None = None, em_noise: str = "official") -> Manifest:
+                    seed: int | None = None, em_noise: str = "official", force: bool = False) -> Manifest:
     """Read a poison in a release format (methods.releases) against the clean training split of
     `data` and write it as a bundle in `folder`; a poison that breaks the claimed budget is refused."""
     if norm not in NORMS:
@@ -103,7 +103,7 @@ def convert_release(path: Path, folder: Path, *, fmt: str, data: str, attack: st
         "attack": attack, "attack_config": {}, "seed": seed, "dataset": data,
         "clean_fingerprint": fingerprint(clean), "split_size": clean.split_size, "norm": norm,
         "budget": eps, "measured": measured_sizes(clean.images, poisoned), "source": source,
-        "provenance": _provenance(), "data_fingerprint": None})
+        "provenance": _provenance(), "data_fingerprint": None}, force=force)
 
 
 @dataclass(frozen=True)

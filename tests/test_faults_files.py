@@ -1,0 +1,162 @@
+"""Nothing is lost: a full disk or a kill while writing a report or a bundle never leaves an empty or half-written
+file in place of a good one, the partial files a killed run left are taken away by the next, and an export never
+replaces another bundle unless asked."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import stored_results as sr
+from bench.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    return sr.build_under(tmp_path_factory.mktemp("stored"))
+
+
+def report_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_during_a_report_keeps_the_previous_files(stored, tmp_path, monkeypatch):
+    store, records, grid = stored
+    out = tmp_path / "reports"
+    write_report(records, out, "t", grid.attacks, grid.defenses, arch_order=grid.archs, store=store)
+    before = report_files(out)
+    assert before and all(before.values())
+
+    import bench.store
+
+    real = os.fsync
+    calls = {"n": 0}
+
+    def full_disk(fd):
+        calls["n"] += 1
+        if calls["n"] > 3:  # a few files in, the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(bench.store.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(records, out, "t", grid.attacks, grid.defenses, arch_order=grid.archs, store=store)
+    after = report_files(out)
+    assert set(after) == set(before) and all(after.values()), "no file is missing or empty"
+    # The tables are written after the figures: the previous report's, byte for byte (a figure written before
+    # the disk filled is a whole new one; a PDF carries its creation time, so it is not compared).
+    for name in ("t.md", "t.tex", "t.csv", "t.bib"):
+        assert after[name] == before[name], name
+    assert not list(out.rglob(".*.tmp")), "the failed write took its partial file away"
+
+
+def test_a_kill_during_a_report_leaves_whole_files_and_the_next_run_cleans_up(stored, tmp_path):
+    store, _, _ = stored
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", "from bench.cli import main; main()", "report", "--results", str(store.root)]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    out = store.root / "reports"
+    good = report_files(out)
+    # Again, killed while it draws: the figures come last, after the tables.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    figures = out / "all_figures"
+    deadline = time.time() + 120
+    start = {p: p.stat().st_mtime_ns for p in figures.glob("*.png")}
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_mtime_ns != start.get(p) for p in figures.glob("*.png")):
+            break  # the second run is writing figures now
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for name, data in report_files(out).items():
+        if not Path(name).name.startswith("."):
+            assert data, f"{name} is empty after a kill"
+            assert name in good
+    # A partial file a killed run left (here made by hand, aged past the grace period) goes with the next report.
+    stale = figures / ".accuracy_heatmap.png.abc123.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    assert not stale.exists() and not list(out.rglob(".*.tmp"))
+    assert set(report_files(out)) == set(good)
+
+
+# --- bundles ------------------------------------------------------------------------------------------
+def bundle_of(value: int, tmp_path: Path, name: str = "bundle", force: bool = False):
+    import numpy as np
+
+    from bench.bundles import write_bundle
+
+    images = np.full((4, 8, 8, 3), value, dtype=np.uint8)
+    return write_bundle(tmp_path / name, images, np.arange(4), {
+        "attack": f"a{value}", "attack_config": {}, "seed": value, "dataset": "d", "clean_fingerprint": "f",
+        "split_size": 4, "norm": "linf", "budget": 0.0, "measured": {"linf": 0.0, "l2": 0.0, "l0": 0.0},
+        "source": {}, "provenance": {}}, force=force)
+
+
+def test_an_export_never_replaces_another_bundle_unless_forced(tmp_path):
+    from bench.bundles import BundleError, read_bundle
+
+    first = bundle_of(1, tmp_path)
+    assert bundle_of(1, tmp_path).sha256 == first.sha256  # the same poison again: fine
+    with pytest.raises(BundleError, match=r"holds another bundle \(a1, seed 1, on d, sha256 .*--force"):
+        bundle_of(2, tmp_path)
+    assert read_bundle(tmp_path / "bundle").manifest.sha256 == first.sha256, "the first bundle is whole"
+    assert bundle_of(2, tmp_path, force=True).attack == "a2"
+    assert read_bundle(tmp_path / "bundle").manifest.attack == "a2"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "paper.tex").write_text("mine")
+    with pytest.raises(BundleError, match="is not empty .*paper.tex.* holds no bundle"):
+        bundle_of(1, tmp_path, "notes")
+    assert (tmp_path / "notes" / "paper.tex").read_text() == "mine"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging folder left"
+
+
+def test_a_full_disk_during_an_export_leaves_the_bundle_that_was_there(tmp_path, monkeypatch):
+    from bench.bundles import read_bundle
+    import bench.store
+
+    first = bundle_of(1, tmp_path)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bench.store.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        bundle_of(2, tmp_path, force=True)
+    monkeypatch.undo()
+    assert read_bundle(tmp_path / "bundle").manifest.sha256 == first.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_the_next_export_cleans_up_after_a_killed_one(tmp_path):
+    """Killed between its two renames: the bundle it was replacing comes back, its half-made one goes."""
+    from bench.bundles import BundleError, read_bundle
+
+    first = bundle_of(1, tmp_path)
+    dead = 2 ** 22 + 12345  # above the kernel's default pid_max: no process has it
+    (tmp_path / "bundle").rename(tmp_path / f".bundle.replaced-{dead}")
+    (tmp_path / f".bundle.partial-{dead}").mkdir()
+    with pytest.raises(BundleError, match="holds another bundle"):  # the restored bundle is protected too
+        bundle_of(2, tmp_path)
+    assert read_bundle(tmp_path / "bundle").manifest.sha256 == first.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_published_bundle_gets_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        bundle_of(1, tmp_path)
+    finally:
+        os.umask(old)
+    folder = tmp_path / "bundle"
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
