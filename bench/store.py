@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bench.config import ConfigError
-from bench.readers import load_npy_bytes
+from bench.readers import check_npz, load_npy_bytes
 from bench.records import CellResult, RecordError
 
 log = logging.getLogger("bench")
@@ -293,7 +294,8 @@ class Store:
 def _holds(path: Path, x_train: np.ndarray) -> bool:
     """Whether the .npz at `path` holds `x_train` as its x_train (False where it cannot be read)."""
     try:
+        check_npz(path, str(path))  # a corrupt zip or a header declaring terabytes: not these images
         with np.load(path, allow_pickle=False) as f:
             return "x_train" in f and np.array_equal(f["x_train"], x_train)
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):  # ConfigError is a ValueError
         return False

@@ -323,6 +323,15 @@ def test_record_files_that_are_not_records_are_skipped_and_reported(tmp_path):
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
 
 
+def test_a_corrupt_file_under_cache_inputs_is_written_again_not_a_crash(tmp_path):
+    store = Store(tmp_path / "out")
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    path = store.save_input(images)
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    assert store.save_input(images) == path
+    assert np.array_equal(np.load(path)["x_train"], images)
+
+
 # --- bundles ---------------------------------------------------------------------------------------
 
 def a_bundle(tmp_path: Path, tiny_npz: Path) -> Path:
