@@ -50,6 +50,7 @@ class FolderSet:
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
         """x_train, y_train, x_test, y_test (images as NHWC views of the mapped NCHW cache), classes."""
         classes, files = self.listing()
+        remove_abandoned(self.cache_root)  # every load: what a killed decode left never stays
         cache = self.cache_root / f"{self.root.name}-{self.image_size}px-{self.key(files)}"
         if not (cache / "classes.json").is_file():
             self.decode(classes, files, cache)
@@ -98,9 +99,8 @@ class FolderSet:
 
     def decode(self, classes: tuple[str, ...], files: dict[str, list[tuple[Path, int]]], cache: Path) -> None:
         """Every image decoded into `cache`, written beside it first and moved in place, so that an
-        interrupted decode leaves no cache that looks complete; what killed decodes left is removed first."""
+        interrupted decode leaves no cache that looks complete (and `load` removes what a killed one left)."""
         self.check_room(sum(len(files[split]) for split in SPLITS))
-        remove_abandoned(self.cache_root)
         partial = cache.with_name(cache.name + partial_suffix())
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

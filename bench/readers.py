@@ -162,15 +162,18 @@ def check_npz(source: Path | bytes, where: str) -> None:
     """Every array of an .npz (a path, or its bytes) checked from its header (`npy_header`) before
     any is read; a file that is not a zip, or a member that is not an .npy, is a ConfigError."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    total = 0
     try:
         with zipfile.ZipFile(stream) as archive:
             for member in archive.infolist():
                 if not member.filename.endswith(".npy"):
                     continue
                 with archive.open(member) as fp:
-                    npy_header(_Counting(fp), member.file_size, f"{where}: {member.filename}")
+                    shape, dtype = npy_header(_Counting(fp), member.file_size, f"{where}: {member.filename}")
+                total += math.prod(shape) * dtype.itemsize
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, zlib.error) as err:
         raise ConfigError(f"{where}: not a readable .npz (a zip of .npy arrays): {err}") from None
+    require_memory(total, f"{where} (its arrays together)")  # each fits alone, all of them are read
 
 
 class _Counting:

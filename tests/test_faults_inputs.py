@@ -446,6 +446,9 @@ def test_a_decode_killed_midway_leaves_a_partial_folder_that_the_next_run_remove
     alive.mkdir()
     x_train, *_ = FolderSet(folder, 8, caches).load()
     assert len(x_train) == 4 and not left.exists() and other_host.exists() and alive.exists()
+    left.mkdir()  # and a load that decodes nothing, its cache made, removes them too
+    FolderSet(folder, 8, caches).load()
+    assert not left.exists()
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
