@@ -123,12 +123,14 @@ def compile_cost(arch: str, data: ImageSet, epochs: int = 3, recipe: Recipe = SP
             "compiled": steady_and_first(True) if failure is None else {"unavailable": failure}}
 
 
-def full_cell(device: torch.device) -> dict:
-    """One 60-epoch ResNet-18 cell (the em60 recipe) on all of CIFAR-10, clean data: wall time and accuracy."""
-    data = load_dataset(DataSpec(), device)
+def full_cell(device: torch.device, data: DataSpec = DataSpec(), arch: str = "resnet18",
+              recipe: Recipe = RECIPES["em60"], on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """One 60-epoch ResNet-18 cell (the em60 recipe) on all of CIFAR-10, clean data: wall time and accuracy.
+    `data`, `arch` and `recipe` shrink it for a check that it runs; `on_epoch` gets each epoch's record."""
+    loaded = load_dataset(data, device)
     torch.manual_seed(0)
     start = time.perf_counter()
-    result = train_model(ARCHS.create("resnet18", num_classes=data.train.num_classes), data.train, data.test,
-                         RECIPES["em60"])
+    result = train_model(ARCHS.create(arch, num_classes=loaded.train.num_classes), loaded.train, loaded.test, recipe,
+                         on_epoch=on_epoch)
     return {"seconds": time.perf_counter() - start, "test_acc_last": result.test_acc_last,
             "images_per_second": result.images_per_second, "precision": result.precision}
