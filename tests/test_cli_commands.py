@@ -143,8 +143,13 @@ def test_list_aligns_its_columns_whatever_the_name_lengths():
         lines = [l for l in invoke("list").stdout.splitlines() if l.startswith("  ")]
     finally:
         ATTACKS._entries.pop(long)
-    starts = {len(l) - len(l[2:].split(" ", 1)[1].lstrip()) for l in lines}
-    assert len(starts) == 1 and starts.pop() == 2 + len(long) + 2, "every description starts in one column"
+    # Three columns for every kind: the name, the display name (none for a grid), the description.
+    from bench.registry import REGISTRIES
+
+    shown = max(len(r.display(n)) for r in REGISTRIES.values() for n in r.names())
+    at = 2 + len(long) + 2 + shown + 2
+    assert all(l[at - 2:at] == "  " and l[at] != " " for l in lines), "every description starts in one column"
+    assert any(l.startswith(f"  miue{' ' * (len(long) - 2)}MI-UE  ") for l in lines), "display names in their own column"
 
 
 # --- manners -----------------------------------------------------------------------------------------
