@@ -89,7 +89,7 @@ def test_each_loop_trains_its_model_for_one_window(loop):
 TINY_PLAN = Plan(("training", "jpeg", "defenses", "report"), (TrainingWindow("tiny_cnn", 32, 1, batch_size=32),),
                  num_workers=0, compile_arch="tiny_cnn", compile_images=0, jpeg_images=20, jpeg_repeats=1,
                  defense_images=20, generation_images=8, report_records=20, concurrent_arch="tiny_cnn",
-                 concurrent_images=64, concurrent_copies=(1, 2))
+                 concurrent_images=64, concurrent_copies=(1, 2), matmul_size=64)
 
 
 def use_tiny_plan(monkeypatch):
@@ -111,6 +111,43 @@ def test_bench_command_prints_every_figure(monkeypatch, tmp_path):
     figures = json.loads((tmp_path / "f.json").read_text())
     assert list(figures) == ["device", "torch", "training", "jpeg", "defenses", "report"]
     assert figures["training"]["tiny_cnn"]["ours"]["best"] > 0 and figures["report"] > 0
+    # Each loop's achieved FLOP/s beside the machine's limits: images/s x the counted FLOP per image.
+    training = figures["training"]
+    flops = training["tiny_cnn"]["flops"]
+    assert flops["achieved_best"]["ours"] == pytest.approx(training["tiny_cnn"]["ours"]["best"] * flops["per_image"])
+    assert set(training["limits"]["attainable"]) == {"fp32", "bf16"} and training["limits"]["cpu"]["cores"] >= 1
+    assert "GFLOP per image: ours" in result.output and "limits: " in result.output
+
+
+def test_peak_flops_follow_the_vector_units_the_flags_name():
+    from bench.perf.peak import flops_per_cycle, peak_flops
+
+    plain = {"cores": 2, "mhz": 2000.0, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}
+    assert flops_per_cycle(plain) == {"fp32": 32, "bf16": 0}  # AVX2: 8 lanes x 2 FLOP x 2 pipes; bf16 emulated
+    assert peak_flops(plain) == {"fp32": 2 * 2000e6 * 32, "bf16": None}
+    epyc = {**plain, "avx512f": True, "avx512_bf16": True}
+    assert flops_per_cycle(epyc) == {"fp32": 64, "bf16": 128}
+    assert flops_per_cycle({**epyc, "amx_bf16": True})["bf16"] == 1024
+    assert peak_flops({**epyc, "mhz": None}) == {"fp32": None, "bf16": None}
+
+
+def test_a_training_step_counts_three_forward_passes_of_flop():
+    """Backward of a convolution or a linear layer is two products of the forward's size, one where its input
+    needs no gradient (the first convolution, on the images): 3x the forward less that one product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.perf.peak import training_flops_per_image
+    from bench.registry import ARCHS
+
+    model = ARCHS.create("tiny_cnn", num_classes=10)
+    images = torch.rand(8, 3, 32, 32)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        model(images)
+    with torch.no_grad(), FlopCounterMode(display=False) as first_conv:
+        first(images)
+    expected = (3 * forward.get_total_flops() - first_conv.get_total_flops()) / 8
+    assert training_flops_per_image("tiny_cnn", batch=8) == expected
 
 
 def test_bench_only_runs_the_named_parts_and_refuses_unknown_ones(monkeypatch):

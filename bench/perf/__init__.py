@@ -8,6 +8,8 @@ load from other processes falls on both alike; each figure is the best and the m
 The modules, each importing only those listed before it:
 
     timing     clocks that wait for the device; contenders in alternation (`alternate`, `Windows`, `ratio`)
+    peak       the device's limits (peak FLOP/s from a CPU's cores, clock and vector units; the attainable
+               from large matrix products) and the FLOP of a training step per image, counted by torch
     inputs     what is measured on: CIFAR-10 images or random ones, synthetic records
     loops      our training loop and the conventional one (EM's, REM's, TAP's, APBench's), torch.compile's
                cost, one 60-epoch cell
@@ -32,6 +34,7 @@ its `cpu` preset on a CPU where it has one.
 from bench.perf.inputs import head, synthetic_records, synthetic_set, training_images
 from bench.perf.loops import (SPEED_RECIPE, ConventionalLoop, InMemoryCIFAR10, OurLoop, compile_cost,
                               conventional_transform, full_cell, training_throughput)
+from bench.perf.peak import attainable_flops, cpu_facts, limits, peak_flops, training_flops_per_image
 from bench.perf.parts import PARTS, Plan, TrainingWindow, device_name, parse_parts, plan_for, run_benchmarks
 from bench.perf.processes import concurrent_training, peak_memory
 from bench.perf.timing import Windows, alternate, ratio, seconds_of, synchronize, synchronized

@@ -13,6 +13,7 @@ import torch
 from bench.config import comma_choices
 from bench.perf.inputs import synthetic_records, synthetic_set, training_images
 from bench.perf.loops import SPEED_RECIPE, compile_cost, full_cell, training_throughput
+from bench.perf.peak import MATMUL_SIZE, limits, training_flops_per_image
 from bench.perf.processes import concurrent_training, peak_memory
 from bench.perf.timing import ratio
 from bench.perf.workloads import (ONE_STEP, defense_seconds, generation_attacks, generation_seconds, jpeg_speed,
@@ -46,6 +47,7 @@ class Plan:
     concurrent_arch: str = "resnet18"
     concurrent_images: int = 50_000
     concurrent_copies: tuple[int, ...] = (1, 2, 4)
+    matmul_size: int = MATMUL_SIZE  # the matrix products that measure the attainable FLOP/s
 
 
 def plan_for(device: torch.device, quick: bool = False) -> Plan:
@@ -62,7 +64,7 @@ def plan_for(device: torch.device, quick: bool = False) -> Plan:
                     (TrainingWindow("tiny_cnn", 1_024, 2), TrainingWindow("resnet18", 64, 1, batch_size=32)),
                     num_workers=0, compile_arch="tiny_cnn", compile_images=1_024, jpeg_images=2_000, jpeg_repeats=1,
                     defense_images=2_000, generation_images=64, report_records=200,
-                    concurrent_arch="tiny_cnn", concurrent_images=1_024, concurrent_copies=(1, 2))
+                    concurrent_arch="tiny_cnn", concurrent_images=1_024, concurrent_copies=(1, 2), matmul_size=512)
     # 0 workers on the CPU: on 2 cores the workers only take cores from training (slower here, measured).
     return Plan(("training", "compile", "jpeg", "defenses", "generation", "report"),
                 (TrainingWindow("tiny_cnn", 2_048, 5), TrainingWindow("resnet18", 256, 2)),
@@ -91,8 +93,10 @@ Echo = Callable[[str], None]
 
 
 def part_training(device: torch.device, plan: Plan, echo: Echo) -> dict:
-    figures = {}
-    echo(f"\ntraining, images/s (best / median of the timed windows; our loop: {precision(SPEED_RECIPE, device)}, "
+    ours_precision = precision(SPEED_RECIPE, device)
+    figures: dict = {"limits": limits(device, plan.matmul_size)}
+    echo_limits(figures["limits"], echo)
+    echo(f"\ntraining, images/s (best / median of the timed windows; our loop: {ours_precision}, "
          f"channels_last, uint8 data on the device, batched crop+flip; conventional: PIL per image, DataLoader with "
          f"{plan.num_workers} workers, fp32)")
     for window in plan.training:
@@ -102,10 +106,32 @@ def part_training(device: torch.device, plan: Plan, echo: Echo) -> dict:
         best, median = ratio(w["ours"], w["conventional"])
         figures[window.arch] = {k: {"best": v.best, "median": v.median} for k, v in w.items()}
         figures[window.arch]["ratio"] = {"best": best, "median": median}
+        flop = training_flops_per_image(window.arch, window.batch_size)
+        achieved = {"ours": w["ours"].best * flop, "conventional": w["conventional"].best * flop}
+        figures[window.arch]["flops"] = {"per_image": flop, "achieved_best": achieved,
+                                         "precision": {"ours": ours_precision, "conventional": "fp32"}}
         echo(f"  {window.arch:<9} batch {window.batch_size}, {window.images} images x {window.repeats}: "
              f"ours {w['ours'].best:,.0f} / {w['ours'].median:,.0f}   conventional {w['conventional'].best:,.0f} / "
              f"{w['conventional'].median:,.0f}   ratio {best:.2f}x / {median:.2f}x")
+        attainable = figures["limits"]["attainable"]
+        echo(f"  {'':<9} {flop / 1e9:.3f} GFLOP per image: ours {achieved['ours'] / 1e9:,.0f} GFLOP/s "
+             f"({100 * achieved['ours'] / attainable[ours_precision]:.0f}% of attainable {ours_precision}), conventional "
+             f"{achieved['conventional'] / 1e9:,.0f} ({100 * achieved['conventional'] / attainable['fp32']:.0f}% of fp32)")
     return figures
+
+
+def echo_limits(found: dict, echo: Echo) -> None:
+    """The device's limits in a line per precision: the peak (CPUs) and the attainable (matrix products)."""
+    cpu = found.get("cpu")
+    if cpu:
+        echo(f"\nlimits: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz']} MHz (as /proc/cpuinfo reports; "
+             f"turbo may run faster), GFLOP/s:")
+    else:
+        echo("\nlimits, GFLOP/s:")
+    for name, flops in found["attainable"].items():
+        peak = (found.get("peak") or {}).get(name)
+        peak_text = f"peak {peak / 1e9:,.0f} ({found['flops_per_cycle_per_core'][name]} FLOP/cycle/core), " if peak else ""
+        echo(f"  {name}: {peak_text}attainable {flops / 1e9:,.0f} (best {found['matmul_size']}-square matrix product)")
 
 
 def part_compile(device: torch.device, plan: Plan, echo: Echo) -> dict:
