@@ -157,7 +157,7 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
         if dry_run:
             from bench.plan import format_plan, plan_grid
 
-            click.echo(format_plan(plan_grid(grid, Store(out))))
+            click.echo(format_plan(plan_grid(grid, Store(out), _content(grid))))
             return
         start = time.perf_counter()
         counts = run_grid(grid, Store(out), torch_device, executor=make_executor(executor, **options),
@@ -169,6 +169,20 @@ def run(grid_name: str, out: str, device: str, executor: str, retries: int, cell
                f"{counts['failed']} failed{elsewhere}, in {time.perf_counter() - start:.0f} s; results in {out}/records")
     if counts["failed"]:
         sys.exit(1)
+
+
+def _content(grid):
+    """The run's own done-test for `bench run --dry-run` and `bench status --grid` (`content_of`: the
+    data loaded and fingerprinted, the attacks' files hashed); None, with a line saying so, where the
+    data cannot be loaded: records are then judged by their cell ids alone."""
+    from bench.executors import content_of
+
+    try:
+        return content_of(grid.cells())
+    except (ConfigError, _data_unavailable()) as err:
+        click.echo(f"note: grid {grid.name}: its data could not be loaded ({str(err).splitlines()[0]}); done records "
+                   "are counted as done without checking the data they were made on", err=True)
+        return None
 
 
 def _rehearse(grid_name: str, device: str, overrides, executor) -> None:
@@ -293,10 +307,11 @@ def status(grid_names: tuple[str, ...], out: str, overrides) -> None:
     records = records_by_cell(Store(out))
     try:
         if grid_names:
-            statuses = [grid_status(load_grid(name, overrides), records) for name in grid_names]
+            grids = [load_grid(name, overrides) for name in grid_names]
+            statuses = [grid_status(grid, records, _content(grid)) for grid in grids]
         else:
             statuses = store_status(records, {name: load_grid(name) for name in sorted(shipped_grids())})
-    except ConfigError as err:
+    except (ConfigError, _data_unavailable()) as err:
         raise click.ClickException(str(err)) from None
     if not statuses:
         click.echo(f"no records in {Path(out) / 'records'}")

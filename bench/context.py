@@ -25,6 +25,9 @@ class RunContext:
     # Least seconds between two generation checkpoints: a TAP checkpoint of all CIFAR-10 is 300 MB
     # and a batch takes seconds on a GPU, so writing after every batch would cost a third of the run.
     checkpoint_every_s: float = 60.0
+    # What this poison's generation state is made from (the runner's `work_stamp`: the data's
+    # fingerprint, the attack, its config and seed); a checkpoint with another stamp is not resumed.
+    stamp: str = ""
     # The whole clean training split, loaded on demand, for an attack that must check more than the
     # subset it poisons (external checks every image of a file); None outside a run.
     full_train: Callable[[], ImageSet] | None = None

@@ -346,12 +346,20 @@ class GridProgress:
         self.bar.close()
 
 
-def pending_cells(cells: list[CellSpec], store: Store) -> list[CellSpec]:
-    """The cells without a done record on their data and their attack's input files, after
-    `bench.runner.preflight` has checked the data and architectures (a ConfigError if not)."""
+def content_of(cells: list[CellSpec]) -> Callable[[CellSpec], tuple[str | None, str | None]]:
+    """cell -> (its data's fingerprint, its attack's input files' fingerprint), each taken once per
+    dataset and poison, after `bench.runner.preflight` has checked the data and architectures (a
+    ConfigError if not): what a record must have been made on to count as done, for the run and
+    for `bench run --dry-run` and `bench status` alike."""
     fingerprints = preflight(cells)
     inputs = {key: input_fingerprint(cell) for key, cell in {c.poison_key: c for c in cells}.items()}
-    return [c for c in cells if not store.is_done(c.cell_id, fingerprints[c.data], inputs[c.poison_key])]
+    return lambda cell: (fingerprints[cell.data], inputs[cell.poison_key])
+
+
+def pending_cells(cells: list[CellSpec], store: Store) -> list[CellSpec]:
+    """The cells without a done record on their data and their attack's input files (`content_of`)."""
+    content = content_of(cells)
+    return [c for c in cells if not store.is_done(c.cell_id, *content(c))]
 
 
 def run_grid(grid: Grid, store: Store, device: torch.device, progress: bool | None = None, *,

@@ -9,8 +9,9 @@ to a square: torchvision's `Resize(image_size)` then `CenterCrop(image_size)` on
 evaluation transform ImageNet users expect, done once; an image already that size is kept as it is.
 
 The decoded splits are stored as uint8 (N, 3, H, W) `.npy` files under the cache root, in a
-folder keyed by the image files' names, sizes and modification times and the size asked for, and
-memory-mapped when read: a second load reads no image and copies nothing into memory until the
+folder keyed by the image files' names, labels and content (the SHA-256 of every file's bytes, read
+again at every load: a file replaced by another of the same size and modification time gives
+another cache) and the size asked for, and memory-mapped when read: a second load reads no image and copies nothing into memory until the
 pages are touched, so a set larger than the memory trains from the page cache.
 """
 from __future__ import annotations
@@ -89,12 +90,15 @@ class FolderSet:
         return classes, files
 
     def key(self, files: dict[str, list[tuple[Path, int]]]) -> str:
-        """SHA-256 (16 hex digits) of every image's path, label, size and modification time, the size asked for and the decoder."""
+        """SHA-256 (16 hex digits) of every image's path, label and bytes, the size asked for and the
+        decoder: content, not sizes and times, decides which cache a folder gets. Files are read in
+        blocks by threads (reading is far cheaper than decoding), so no file is held whole."""
         digest = hashlib.sha256(f"{DECODE_VERSION}|{self.image_size}".encode())
-        for split in SPLITS:
-            for path, label in files[split]:
-                stat = path.stat()
-                digest.update(f"|{split}|{path.relative_to(self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        with ThreadPoolExecutor(_threads()) as pool:
+            for split in SPLITS:
+                paths = [path for path, _ in files[split]]
+                for (path, label), content in zip(files[split], pool.map(_file_sha256, paths)):
+                    digest.update(f"|{split}|{path.relative_to(self.root)}|{label}|{content}".encode())
         return digest.hexdigest()[:16]
 
     def decode(self, classes: tuple[str, ...], files: dict[str, list[tuple[Path, int]]], cache: Path) -> None:
@@ -162,6 +166,14 @@ class FolderSet:
             image = image.resize(resized, Image.Resampling.BILINEAR)
         left, top = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
         return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _class_folders(folder: Path) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ class CellState:
     cell: CellSpec
     status: str  # one of STATUSES
     error: dict | None = None  # a failed record's error: type, message (and traceback)
+    why: str = ""  # a pending cell with a done record: what changed since it was made
 
 
 def error_line(error: dict | None) -> str:
@@ -41,12 +42,23 @@ def records_by_cell(store: Store) -> dict[str, CellResult]:
     return {record.cell_id: record for record in store.records()}
 
 
-def cell_states(cells: Iterable[CellSpec], records: Mapping[str, CellResult]) -> list[CellState]:
+def cell_states(cells: Iterable[CellSpec], records: Mapping[str, CellResult],
+                content: Callable[[CellSpec], tuple[str | None, str | None]] | None = None) -> list[CellState]:
+    """Each cell's state from its record. With `content` (`bench.executors.content_of`: a cell's data
+    and input fingerprints), a done record made on other data or input files is pending, as the run
+    judges it (`CellResult.done_on`), and says why."""
     states = []
     for cell in cells:
         record = records.get(cell.cell_id)
         status = record.status if record is not None else "pending"  # CellResult holds done or failed only
-        states.append(CellState(cell, status, record.error if status == "failed" else None))
+        why = ""
+        if status == "done" and content is not None:
+            data, inputs = content(cell)
+            if not record.done_on(data):
+                status, why = "pending", "would rerun: data changed"
+            elif not record.done_on(data, inputs):
+                status, why = "pending", "would rerun: input files changed"
+        states.append(CellState(cell, status, record.error if status == "failed" else None, why))
     return states
 
 
@@ -247,10 +259,11 @@ class Plan:
         return estimate(self.states, self.poisons, self.timings)
 
 
-def plan_grid(grid: Grid, store: Store) -> Plan:
-    """What `bench run` would do for `grid` with this store; reads records and file names only."""
+def plan_grid(grid: Grid, store: Store, content: Callable[[CellSpec], tuple[str | None, str | None]] | None = None) -> Plan:
+    """What `bench run` would do for `grid` with this store; reads records and file names only, and
+    judges done records against `content` where given (`cell_states`)."""
     records = records_by_cell(store)
-    states = cell_states(grid.cells(), records)
+    states = cell_states(grid.cells(), records, content)
     return Plan(grid, states, poisons_to_generate(states, store), Timings.from_records(records.values()))
 
 
@@ -269,7 +282,7 @@ def format_plan(plan: Plan) -> str:
     lines = [f"grid {plan.grid.name}: {_n(len(plan.states), 'cell')}: "
              + ", ".join(f"{counts[s]} {s}" for s in STATUSES)]
     for state in plan.states:
-        error = f"  ({error_line(state.error)})" if state.error else ""
+        error = f"  ({error_line(state.error)})" if state.error else f"  ({state.why})" if state.why else ""
         lines.append(f"  {state.status:<8} {state.cell.cell_id}  {state.cell.label}{error}")
     lines.append(f"poisons to generate: {len(plan.poisons)}")
     lines += [f"  {cell.poison_key}  {cell.name('attack')} (seed {cell.seed})" for cell in plan.poisons]
@@ -323,15 +336,17 @@ class GridStatus:
     counts: dict[str, int | None]  # pending is None where the grid file is unknown (records only)
     failures: list[Failure]
     others: int = 0  # records naming this grid that it does not have as loaded (other overrides or versions)
+    rerun: int = 0  # pending cells whose done record was made on other data or input files
 
 
-def grid_status(grid: Grid, records: Mapping[str, CellResult]) -> GridStatus:
-    states = cell_states(grid.cells(), records)
+def grid_status(grid: Grid, records: Mapping[str, CellResult],
+                content: Callable[[CellSpec], tuple[str | None, str | None]] | None = None) -> GridStatus:
+    states = cell_states(grid.cells(), records, content)
     ids = {s.cell.cell_id for s in states}
     others = sum(1 for cell_id, r in records.items() if r.grid == grid.name and cell_id not in ids)
     failures = [Failure(s.cell.label, error_line(s.error), s.cell.cell_id, s.cell.to_dict())
                 for s in states if s.status == "failed"]
-    return GridStatus(grid.name, count(states), failures, others)
+    return GridStatus(grid.name, count(states), failures, others, sum(1 for s in states if s.why))
 
 
 def records_status(name: str, records: Mapping[str, CellResult]) -> GridStatus:
@@ -376,6 +391,9 @@ def format_status(status: GridStatus) -> str:
     counts = status.counts
     pending = "pending unknown (name its grid file with --grid)" if counts["pending"] is None else f"{counts['pending']} pending"
     lines = [f"grid {status.grid}: {counts['done']} done, {counts['failed']} failed, {pending}"]
+    if status.rerun:
+        lines.append(f"  ({status.rerun} of the pending have a done record made on other data or input files: "
+                     "would rerun: data changed)")
     if status.others:
         lines.append(f"  ({status.others} more records name this grid with other settings: run overrides or an older file)")
     by_label: dict[str, list[Failure]] = defaultdict(list)

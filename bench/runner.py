@@ -46,14 +46,15 @@ class PoisonSource:
     def __init__(self, store: Store, device: torch.device):
         self.store = store
         self.device = device
-        self._last: tuple[str, Poison, dict] | None = None
+        self._last: tuple[str, Poison, dict, str | None] | None = None
         self._failed: dict[str, BaseException] = {}
 
     def get(self, cell: CellSpec, data: Dataset) -> tuple[Poison, dict]:
         key = cell.poison_key
         if key in self._failed:
             raise self._failed[key]
-        if self._last and self._last[0] == key:
+        inputs = input_fingerprint(cell)  # the memory's poison only while its input files are unchanged
+        if self._last and self._last[0] == key and self._last[3] == inputs:
             return self._last[1], {**self._last[2], "cached": True}
         cached = self.store.load_poison(key) if cell.cacheable else None
         if cached is not None and not made_from(cached[1], data):
@@ -73,7 +74,7 @@ class PoisonSource:
                 raise
         # The budget is checked on every use, whoever made the poison and wherever it was stored.
         meta["measured"] = check_budget(data.train.images, poison)
-        self._last = (key, poison, meta)
+        self._last = (key, poison, meta, inputs)
         return poison, meta
 
     def forget_failure(self, key: str) -> None:
@@ -86,7 +87,8 @@ class PoisonSource:
         start = time.perf_counter()
         work_dir = self.store.root / "cache" / "work" / cell.poison_key
         ctx = RunContext(device=self.device, seed=cell.seed, cache_dir=self.store.root / "cache", work_dir=work_dir,
-                         full_train=lambda: load_dataset(replace(cell.data, train_size=None), self.device).train)
+                         full_train=lambda: load_dataset(replace(cell.data, train_size=None), self.device).train,
+                         stamp=work_stamp(cell, data))
         poison = attack(data.train, ctx)
         meta = {"key": cell.poison_key, "attack": cell.attack, "attack_config": cell.attack_config, "seed": cell.seed,
                 "norm": poison.norm, "budget": poison.budget, "generate_seconds": time.perf_counter() - start,
@@ -119,6 +121,13 @@ class PreparedSets:
         self._train: dict[str, torch.Tensor] = {}
         self._test: dict[str, torch.Tensor] = {}
         self._poison_key: str | None = None
+        self._content: tuple[torch.Tensor, str] | None = None  # the last training set hashed, and its hash
+
+    def content(self, images: torch.Tensor) -> str:
+        """`tensor_fingerprint` of `images`, hashed once for cells that share the same tensor."""
+        if self._content is None or self._content[0] is not images:
+            self._content = (images, tensor_fingerprint(images))
+        return self._content[1]
 
     def get(self, cell: CellSpec, defense, poison: Poison, data: Dataset,
             poisoned: dict | None = None, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +143,10 @@ class PreparedSets:
         # A partial cell's set is another set: its key adds the poisoned images (a full one's is unchanged).
         selection = {"poisoned": poisoned["indices_sha256"]} if poisoned else {}
         holdout = {"holdout": _signature(defense.stages("holdout"))} if kept is not None else {}
+        # The poison's content too: a poison generated again under the same key never gets the old defended set.
+        content = {"content": self.content(poison.images)} if train_stages else {}
         key = "prepared-" + canonical_hash({"poison": cell.poison_key, "stages": _signature(train_stages), **selection,
-                                            **holdout})
+                                            **holdout, **content})
         if not train_stages:
             train_images = images
         elif key in self._train:
@@ -149,7 +160,8 @@ class PreparedSets:
                 if cell.cacheable:
                     self.store.save_poison(key, train_images.cpu().numpy(), {
                         "kind": "prepared", "poison_key": cell.poison_key, "stages": _signature(train_stages),
-                        **selection, **holdout, "data_fingerprint": data.fingerprint})
+                        **selection, **holdout, "poison_fingerprint": content["content"],
+                        "data_fingerprint": data.fingerprint})
             self._train[key] = train_images
         test_stages = defense.stages("prepare_test")
         test_key = canonical_hash(_signature(test_stages))
@@ -160,6 +172,21 @@ class PreparedSets:
         else:
             test_images = self._test[test_key]
         return train_images, test_images
+
+
+def work_stamp(cell: CellSpec, data: Dataset) -> str:
+    """What a generation checkpoint is made from: the data's content, the attack, its config and seed.
+    A checkpoint carrying another stamp (the dataset replaced at the same path) is not resumed."""
+    return canonical_hash({"data_fingerprint": data.fingerprint, "attack": cell.attack,
+                           "attack_config": cell.attack_config, "seed": cell.seed})
+
+
+def tensor_fingerprint(images: torch.Tensor) -> str:
+    """SHA-256 (16 hex digits) of a tensor's dtype, shape and bytes: what a set holds, not its name."""
+    array = np.ascontiguousarray(images.cpu().numpy())
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
 
 
 def made_from(meta: dict, data: Dataset) -> bool:
@@ -359,6 +386,17 @@ def _strings(value) -> list[str]:
     return [s for item in value for s in _strings(item)] if isinstance(value, (list, tuple)) else []
 
 
+def changed_inputs(cell: CellSpec, before: str | None) -> str | None:
+    """One line where `cell`'s attack's input files hold other content now than `before` (replaced
+    while the cell ran); None where they are unchanged."""
+    now = input_fingerprint(cell)
+    if now == before:
+        return None
+    path = cell.attack_config.get("path", "its input files")
+    return (f"attack {cell.attack}: {path} changed during the run (fingerprint {before}, now {now}); "
+            "the cell is not recorded as done: run again")
+
+
 # Failures that a second try with the same seed would only repeat: recorded at once, not retried.
 DETERMINISTIC_FAILURES = (ConfigError, BudgetError, TrainingDiverged)
 MIN_OOM_BATCH = 16  # below this, running out of memory is the model's or the device's problem, not the batch's
@@ -451,8 +489,12 @@ class CellWorker:
 
     def _run_claimed(self, cell: CellSpec, grid_name: str, on_epoch) -> CellResult:
         start = time.perf_counter()
-        outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
+        # Before use: the record names what the cell was made on, and is checked against it at the end.
         fingerprint, inputs = self.fingerprint(cell.data), self.inputs(cell)
+        outcome, errors = self._attempts(lambda: self._train(cell, on_epoch), cell, f"cell {cell.cell_id} ({cell.label})")
+        changed = changed_inputs(cell, inputs) if outcome is not None else None
+        if changed is not None:  # a mix of two files' results is never recorded as done
+            outcome, errors = None, errors + [{"type": "InputChanged", "message": changed, "traceback": ""}]
         origins = plugin_origins(cell)  # only where a plugin is not built in, so other records keep their form
         env = {**self.env, "plugins": origins} if origins else self.env
         if outcome is None:

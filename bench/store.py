@@ -81,10 +81,12 @@ _CONTENT_HASHES: dict[tuple, str] = {}  # (path, what stat says of its files) ->
 
 def content_sha256(path: Path) -> str:
     """SHA-256 of a file, or of a folder's files and their names: what a file read by path holds.
-    Remembered while the files' sizes and modification times stay the same."""
+    Remembered while the files' inodes, sizes and modification and change times stay the same: a
+    file replaced by another of the same size and modification time (`cp -p`, `os.utime`) has a new
+    change time, which no program can set, so it is read again."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stats = tuple((str(f), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for f in files for s in [f.stat()])
     key = (str(path.resolve()), stats)
     if key not in _CONTENT_HASHES:
         digest = hashlib.sha256()

@@ -121,15 +121,18 @@ class Checkpoint:
     atomic write, so a crash can never leave a state and a hash that disagree. The state holds
     tensors, numbers and state dicts only and is read with `torch.load(weights_only=True)`, which
     refuses anything that would need pickle to run code. A state that fails either check is
-    reported and generation starts over.
+    reported and generation starts over, as does a state whose `stamp` (`RunContext.stamp`: the data's
+    fingerprint, the attack's config and seed) is not this run's: a dataset replaced at the same path
+    is never resumed on.
 
     `save` writes at most once every `every_s` seconds (0: every call); a kill loses at most that
     much work, and frequent cheap rounds do not pay for a write each.
     """
 
-    def __init__(self, work_dir: Path | None, every_s: float = 0.0):
+    def __init__(self, work_dir: Path | None, every_s: float = 0.0, stamp: str = ""):
         self.path = Path(work_dir) / "state.pt" if work_dir is not None else None
         self.every_s = every_s
+        self.stamp = stamp
         self._last_write = -math.inf
 
     def load(self, device: torch.device, keys: Iterable[str] = ()) -> dict | None:
@@ -146,6 +149,8 @@ class Checkpoint:
             missing = sorted(set(keys) - set(state))
             if missing:
                 raise ValueError(f"it lacks {', '.join(missing)} (written by another version)")
+            if state.pop("stamp", "") != self.stamp:
+                raise ValueError("it was made from other data or settings (its stamp is not this run's)")
             return state
         except Exception as err:  # altered, truncated, not weights-only, or another layout: start over
             log.warning("checkpoint %s is not usable (%s); generating from the start", self.path, err)
@@ -160,7 +165,7 @@ class Checkpoint:
             return
         self._last_write = time.monotonic()
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save({**state, "stamp": self.stamp}, buffer)
         payload = buffer.getvalue()
         atomic_write_bytes(self.path, hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 

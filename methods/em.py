@@ -75,7 +75,7 @@ class _SurrogateLoop:
         model = make_surrogate(c, data.num_classes, data.device, ctx.seed)
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         g = ctx.generator(data.device)
-        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s, ctx.stamp)
         state = checkpoint.load(data.device, (*SNAPSHOT_KEYS, "noise", "round", "cursor", "acc"))
         start, cursor, acc = 0, 0, 0.0
         if state is not None:

@@ -216,16 +216,30 @@ def _read_png_folder(folder: Path, expected_count: int) -> np.ndarray:
     return np.stack(images)
 
 
+ORDER_BLOCK = 512  # consecutive images judged together by check_order
+ORDER_CHUNK = 4096  # images compared at a time: memory stays bounded on a set of any size
+
+
 def check_order(clean: torch.Tensor, poisoned: torch.Tensor, path: Path) -> None:
-    """A poison in the dataset's order sits much closer to its own clean image than to another's."""
-    n = min(len(clean), 512)
+    """A poison in the dataset's order sits much closer to its own clean image than to another's:
+    judged over every block of ORDER_BLOCK consecutive images of the file, so a part shuffled
+    anywhere in it is refused, not only one in its first images."""
+    n = len(clean)
     if n < 2:
         return
-    c, p = clean[:n].float(), poisoned[:n].float()
-    matched = (p - c).abs().mean().item()
-    shifted = (p - c.roll(1, dims=0)).abs().mean().item()
-    if matched > 0.5 * shifted:
-        raise ConfigError(
-            f"external poison {path}: images do not follow the dataset's order (mean |poison - clean| is "
-            f"{matched:.1f}/255 against {shifted:.1f}/255 for mismatched pairs)"
-        )
+    matched, shifted = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, ORDER_CHUNK):  # per image: mean |poison - own clean| and |poison - previous clean|
+        rows = torch.arange(start, min(start + ORDER_CHUNK, n), device=clean.device)
+        p, c, prev = poisoned[rows].to(torch.int16), clean[rows].to(torch.int16), clean[rows - 1].to(torch.int16)
+        matched[start : start + len(rows)] = (p - c).abs().flatten(1).double().mean(1).cpu()
+        shifted[start : start + len(rows)] = (p - prev).abs().flatten(1).double().mean(1).cpu()
+    blocks = [(a, min(a + ORDER_BLOCK, n)) for a in range(0, n, ORDER_BLOCK)]
+    if len(blocks) > 1 and blocks[-1][1] - blocks[-1][0] < 2:
+        blocks[-2:] = [(blocks[-2][0], n)]  # a last block of one image joins the one before it
+    for a, b in blocks:
+        m, sh = matched[a:b].mean().item(), shifted[a:b].mean().item()
+        if m > 0.5 * sh:
+            raise ConfigError(
+                f"external poison {path}: images {a} to {b - 1} do not follow the dataset's order (mean |poison - "
+                f"clean| is {m:.1f}/255 against {sh:.1f}/255 for mismatched pairs)"
+            )

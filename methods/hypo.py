@@ -68,7 +68,7 @@ class HypocriticalPerturbations(Attack):
         c = self.config
         images, labels, device = data.images, data.labels, data.device
         model, _ = clean_surrogate(c, data, ctx, clean_recipe(c), "hypo")
-        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s, ctx.stamp)
         state = checkpoint.load(device, ("delta", "batch"))
         delta, next_batch = DeltaStore(images.shape, c.eps, device), 0
         if state is not None:

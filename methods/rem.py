@@ -120,7 +120,7 @@ class RobustErrorMinimizing(Attack):
         opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         deltas = DeltaStore(images.shape, c.eps, device)
         g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s, ctx.stamp)
         state = checkpoint.load(device, (*SNAPSHOT_KEYS, "delta", "step", "order"))
         start, order = 0, []
         if state is not None:

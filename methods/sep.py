@@ -144,7 +144,7 @@ class SelfEnsembleProtection(Attack):
         members = self.ensemble(data, ctx)
         means = [class_means(m, images, labels, num_classes) for m in members]
         g = ctx.generator(device)
-        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s, ctx.stamp)
         state = checkpoint.load(device, ("delta", "batch", "rng"))
         delta, next_batch = DeltaStore(images.shape, c.eps, device), 0
         if state is not None:

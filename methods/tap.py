@@ -109,7 +109,7 @@ class TargetedAdversarialPoisoning(Attack):
         def target_loss(m, x, y):
             return F.cross_entropy(m(x), y)
 
-        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s)
+        checkpoint = Checkpoint(ctx.work_dir, ctx.checkpoint_every_s, ctx.stamp)
         state = checkpoint.load(device, ("best", "current", "best_loss", "trial", "batch", "trial_loss", "rng"))
         best, current = DeltaStore(images.shape, c.eps, device), DeltaStore(images.shape, c.eps, device)
         best_loss, trial, next_batch, trial_loss = float("inf"), 0, 0, 0.0
