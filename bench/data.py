@@ -229,18 +229,19 @@ def _load_arrays(spec: DataSpec):
     return _load_torchvision_cached(name)
 
 
-def _file_state(path: Path) -> tuple[str, int, int]:
-    """(path, modification time, size): the cache key of a file's arrays, so a file replaced at the
-    same path is read again by a process that had read the old one."""
+def _file_state(path: Path) -> tuple[str, int, int, int, int]:
+    """(path, modification time, size, inode, change time): the cache key of a file's arrays, so a
+    file replaced at the same path is read again by a process that had read the old one, one of the
+    same size and modification time (`cp -p`) too: its change time is new, and no program sets it."""
     try:
         stat = path.stat()
-        return str(path), stat.st_mtime_ns, stat.st_size
+        return str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns
     except OSError:
-        return str(path), 0, -1  # load_npz names the problem
+        return str(path), 0, -1, 0, 0  # load_npz names the problem
 
 
 @functools.lru_cache(maxsize=2)
-def _load_npz_cached(path: str, mtime_ns: int, size: int):
+def _load_npz_cached(path: str, mtime_ns: int, size: int, inode: int, ctime_ns: int):
     return load_npz(Path(path))
 
 

@@ -1,10 +1,12 @@
-"""What a grid would do and where it stands, read from the grid and the store alone.
+"""What a grid would do and where it stands, read from the grid and the store (and the fingerprints
+a run would judge records by, where the caller hands them in: `bench.executors.content_of`).
 
 `bench run --dry-run` and `bench status` are thin printers over these pure functions: which cells
-are done, failed or pending (from the records), which poisons a run would generate (from the
-poison cache's files, never loading the arrays), and what the rest would cost, from the timings
-that earlier records carry: those of the same data, arch and defense where there are some, else
-those of the same arch scaled by training images and epochs (`Timings.train_estimate`).
+are done, failed or pending (from the records; a done record on other data or input files is
+pending), which poisons a run would generate (from the poison cache's files, never loading the
+arrays), and what the rest would cost, from the timings that earlier records carry: those of the
+same data, arch and defense where there are some, else those of the same arch scaled by training
+images and epochs (`Timings.train_estimate`).
 """
 from __future__ import annotations
 
@@ -392,8 +394,8 @@ def format_status(status: GridStatus) -> str:
     pending = "pending unknown (name its grid file with --grid)" if counts["pending"] is None else f"{counts['pending']} pending"
     lines = [f"grid {status.grid}: {counts['done']} done, {counts['failed']} failed, {pending}"]
     if status.rerun:
-        lines.append(f"  ({status.rerun} of the pending have a done record made on other data or input files: "
-                     "would rerun: data changed)")
+        lines.append(f"  {_n(status.rerun, 'pending cell')} with a done record made on other data or input files "
+                     "(would rerun: data changed)")
     if status.others:
         lines.append(f"  ({status.others} more records name this grid with other settings: run overrides or an older file)")
     by_label: dict[str, list[Failure]] = defaultdict(list)

@@ -7,8 +7,10 @@ up to `retries` times and then recorded as failed with its error and traceback, 
 on; CUDA running out of memory halves the batch (and the learning rate with it) instead of failing.
 Poisons are generated once per (data, attack, config, seed), cached on disk under that key, and
 reused by every defense, architecture, recipe and poison ratio. A set-level defense (JPEG, grayscale,
-...) runs once per training set the same way: its output is cached under the poison key (with the
-images a partial cell poisons) and the configs of the defense stages that act on the set.
+...) runs once per training set the same way: its output is cached under the poison key and the
+SHA-256 of the training images (with the images a partial cell poisons) and the configs of the
+defense stages that act on the set. A cell's data and input files are fingerprinted before use and
+its record names them; input files that changed while it ran fail the cell instead.
 """
 from __future__ import annotations
 
@@ -107,8 +109,9 @@ class PoisonSource:
 class PreparedSets:
     """Training and test sets after a defense's set-level stages, computed once per poison.
 
-    Keyed by the poison key (and, for a partial cell, the hash of the images it poisons) and the
-    (name, config) of every stage that acts on the set, in order, so `jpeg`, `jpeg+cutout` and
+    Keyed by the poison key and the SHA-256 of the training images it is made from (a poison
+    generated again under the same key gets its own set), for a partial cell the hash of the
+    images it poisons, and the (name, config) of every stage that acts on the set, in order, so `jpeg`, `jpeg+cutout` and
     `jpeg+at` share one compressed set; where the defense holds out a validation split (`kept`
     marks the rows left), the held-out rows leave the set before any stage sees it, and the key names the holdout stage
     too (keys without one are unchanged). Training sets are kept in

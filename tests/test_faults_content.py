@@ -132,7 +132,8 @@ def test_a_folder_image_replaced_with_the_same_size_and_mtime_is_decoded_again_a
     assert "0 done, 0 failed, 1 pending" in dry.output and "would rerun: data changed" in dry.output
     status = CliRunner().invoke(main, ["status", "--grid", str(tmp_path / "g.toml"), "--results", str(store.root)])
     assert status.exit_code == 0, status.output
-    assert "0 done, 0 failed, 1 pending" in status.output and "would rerun: data changed" in status.output
+    assert "0 done, 0 failed, 1 pending" in status.output
+    assert "1 pending cell with a done record made on other data or input files (would rerun: data changed)" in status.output
     counts = run_grid(grid, store, CPU, progress=False)
     assert counts == {"done": 1, "failed": 0, "skipped": 0}
     assert store.read_record(cell.cell_id).data_fingerprint == new.fingerprint
@@ -154,6 +155,19 @@ def test_dry_run_and_status_count_a_record_on_other_data_as_pending(tmp_path, ti
     (state,) = cell_states([cell], records, content_of([cell]))
     assert state.status == "pending" and state.why == "would rerun: data changed"
     assert "pending" in format_plan(plan_grid(grid, store, content_of([cell]))).splitlines()[1]
+
+
+def test_an_npz_dataset_rewritten_with_the_same_size_and_mtime_is_read_again_in_the_same_process(tmp_path, tiny_npz):
+    data = tmp_path / "data.npz"
+    data.write_bytes(tiny_npz.read_bytes())
+    spec = DataSpec(name=str(data))
+    before = load_dataset(spec)
+    arrays = dict(np.load(data))
+    arrays["x_train"] = 255 - arrays["x_train"]
+    rewrite_in_place(data, npz_bytes(tmp_path, **arrays))
+    after = load_dataset(spec)
+    assert after.fingerprint != before.fingerprint
+    assert torch.equal(after.train.images, 255 - before.train.images)
 
 
 # 3. A defended set cached under a poison key whose poison was generated again ----------------------
