@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.config import ConfigError
 from bench.readers import bombs_refused, gigabytes, load_npy, read_rgb, require_memory
+from bench.store import content_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # any case
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
@@ -92,12 +93,14 @@ class FolderSet:
     def key(self, files: dict[str, list[tuple[Path, int]]]) -> str:
         """SHA-256 (16 hex digits) of every image's path, label and bytes, the size asked for and the
         decoder: content, not sizes and times, decides which cache a folder gets. Files are read in
-        blocks by threads (reading is far cheaper than decoding), so no file is held whole."""
+        blocks by threads (reading is far cheaper than decoding), so no file is held whole; a
+        process reads a file once while its inode, size and times stay the same
+        (`bench.store.content_sha256`: a replacement has a new change time, which no program sets)."""
         digest = hashlib.sha256(f"{DECODE_VERSION}|{self.image_size}".encode())
         with ThreadPoolExecutor(_threads()) as pool:
             for split in SPLITS:
                 paths = [path for path, _ in files[split]]
-                for (path, label), content in zip(files[split], pool.map(_file_sha256, paths)):
+                for (path, label), content in zip(files[split], pool.map(content_sha256, paths)):
                     digest.update(f"|{split}|{path.relative_to(self.root)}|{label}|{content}".encode())
         return digest.hexdigest()[:16]
 
@@ -166,14 +169,6 @@ class FolderSet:
             image = image.resize(resized, Image.Resampling.BILINEAR)
         left, top = round((resized[0] - size) / 2), round((resized[1] - size) / 2)
         return np.asarray(image.crop((left, top, left + size, top + size)))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _class_folders(folder: Path) -> tuple[str, ...]:

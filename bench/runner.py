@@ -138,6 +138,7 @@ class PreparedSets:
         where it is partial; `kept` the mask of the rows left to train on where a defense holds some out."""
         if cell.poison_key != self._poison_key:  # cells are grouped by poison: drop the last poison's sets
             self._train.clear()
+            self._content = None  # nor keep the last poison alive for its hash
             self._poison_key = cell.poison_key
         images, labels = poison.images, data.train.labels
         if kept is not None:
