@@ -77,7 +77,7 @@ def test_readme_plugin_is_short_and_works_from_outside(tmp_path, tiny_npz):
         "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in entry_points.items()))
     env = {"PYTHONPATH": str(site)}
     listing = bench("list", "attacks", env=env).stdout
-    assert re.search(r"classwise_noise\s+One uniform L-inf noise pattern per class", listing)
+    assert re.search(r"classwise_noise\s+Class-wise noise\s+One uniform L-inf noise pattern per class", listing)
     grid = write_grid(tmp_path / "g.toml", tiny_npz, ["clean", "classwise_noise"])
     bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"), env=env)
     done = {r["spec"]["attack"]: r for r in records(tmp_path / "out")}
@@ -164,16 +164,23 @@ def test_smoke_grid_end_to_end_on_a_small_real_subset(tmp_path, cifar10_npz):
     assert all(0 <= r["metrics"]["test_acc_last"] <= 1 and len(r["history"]) == 3 for r in done)
     assert {r["poison"]["norm"] for r in done} == {"linf", "l2", "l0"}
     assert all(r["analysis"]["mi_cca"] >= 0 and r["analysis"]["n_images"] == 1000 for r in done)
-    report = bench("report", "--grid", str(grid), "--out", str(out)).stdout
-    for attack in smoke["attacks"]:
-        assert re.search(rf"^\| {attack}\b", report, re.M), f"no row for {attack}"
-        for defense in smoke["defenses"]:  # the MI table names the defense: the smoke grid has several
-            assert re.search(rf"^\| {attack}\b.* / tiny_cnn / {defense} \|", report, re.M), f"no MI row for {attack}"
-    assert "### Mutual information (MI-UE analysis)" in report
+    printed = bench("report", "--grid", str(grid), "--out", str(out)).stdout
+    report = (out / "reports" / "smoke_small.md").read_text()
+    assert f"report: {out / 'reports' / 'smoke_small.md'}" in printed
+    from bench.registry import ATTACKS, DEFENSES
+
+    for attack in map(ATTACKS.display, smoke["attacks"]):
+        assert re.search(rf"^\| {re.escape(attack)}\b", printed, re.M), f"no row for {attack}"
+    # The MI analysis: a table per defense (the smoke grid has several), a row per attack in each.
+    mi = report[report.index("### Mutual information (MI-UE analysis)"):]
+    for defense in map(DEFENSES.display, smoke["defenses"]):
+        part = mi[mi.index(f", defense {defense}\n"):]
+        for attack in map(ATTACKS.display, smoke["attacks"]):
+            assert re.search(rf"^\| {re.escape(attack)}\b.* / Tiny CNN \|", part, re.M), f"no MI row for {attack}"
     mi_figures = sorted((out / "reports" / "smoke_small_figures").glob("mi_by_attack_*.png"))
     assert len(mi_figures) == len(smoke["defenses"])  # MI against attack, one figure per defense
     tex = (out / "reports" / "smoke_small.tex").read_text()
-    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "random\\_noise" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "Random noise" in tex
     csv = (out / "reports" / "smoke_small.csv").read_text().splitlines()
     assert len(csv) == 1 + n_cells * (3 + 6)  # one row per cell and metric: 3 accuracies, 6 MI-analysis values
 
@@ -379,7 +386,7 @@ def test_third_party_plugins_that_collide_are_skipped_with_a_warning_and_every_c
     install_fake_package(site, "second_pkg", "second", COLLIDING, {"unique_one": "second:Impostor"})
     env = {"PYTHONPATH": str(site)}
     listing = bench("list", "attacks", env=env)
-    assert re.search(r"^  em\s+Sample-wise error-minimising noise", listing.stdout, re.M), "the built-in keeps its name"
+    assert re.search(r"^  em\s+EM\s+Sample-wise error-minimising noise", listing.stdout, re.M), "the built-in keeps its name"
     assert "shadowing_pkg 0.1" in listing.stderr and "'em' is already methods.em." in listing.stderr
     assert "must be a class that subclasses Plugin" in listing.stderr and "'loose'" in listing.stderr
     # Two third-party plugins with one name: the first found keeps it, the other is named and skipped.
