@@ -293,7 +293,7 @@ def mi_by_attack(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Fi
     return fig
 
 
-def mi_chain(cells: pd.DataFrame, style: AttackStyle) -> Figure:
+def mi_chain(cells: pd.DataFrame, style: AttackStyle, title: str = "") -> Figure:
     """The MI-UE argument link by link, one point per (attack, arch): cosine -> covariance -> MI -> accuracy."""
     if cells.empty:
         raise ValueError("no MI analysis to plot")
@@ -310,6 +310,8 @@ def mi_chain(cells: pd.DataFrame, style: AttackStyle) -> Figure:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
         axes[0, 0].legend(frameon=False, loc="best")
+        if title:
+            fig.suptitle(title)
     return fig
 
 

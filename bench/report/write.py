@@ -244,7 +244,7 @@ def write_figures(records: list[CellResult], df: pd.DataFrame, folder: Path, ord
                 emit(f"mi_by_depth{suffix}", figures.mi_against_depth(part, style, title))
             emit(f"mi_by_attack{suffix}",
                  figures.mi_by_attack(part.assign(baseline=part.attack.isin(BASELINE_ATTACKS)), style, title))
-            emit(f"mi_chain{suffix}", figures.mi_chain(part, style))
+            emit(f"mi_chain{suffix}", figures.mi_chain(part, style, title))
     return paths, notes
 
 
