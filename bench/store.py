@@ -119,6 +119,10 @@ class Claim:
         self.release()
 
 
+class RecordNotWritten(ConfigError):
+    """A record the results folder could not take (a full disk): said in one line, and the grid stops."""
+
+
 @dataclass(frozen=True)
 class Store:
     """The results folder: `records/<cell_id>.json` and `cache/poisons/<key>.{npy,json}`.
@@ -162,7 +166,14 @@ class Store:
             atomic_write_json(kept, old.to_json())
             log.warning("cell %s: its record on other data or input files (%s) is kept as %s", old.cell_id,
                         old.content_label(), kept)
-        atomic_write_json(self.record_path(record.cell_id), record.to_json())
+        path = self.record_path(record.cell_id)
+        try:
+            atomic_write_json(path, record.to_json())
+        except OSError as err:  # a full disk, a read-only or vanished folder: every later record would fail too
+            raise RecordNotWritten(f"cell {record.cell_id} ({record.spec.get('attack')} / {record.spec.get('defense')} / "
+                                   f"seed {record.spec.get('seed')}): its record could not be written to {path} "
+                                   f"({err.strerror or err}); the grid stops here, every record written before is "
+                                   f"whole: free space (or make {self.records_dir} writable) and run again") from None
 
     def read_record(self, cell_id: str) -> CellResult | None:
         """The stored record of `cell_id`; None where there is none or it cannot be read as one."""

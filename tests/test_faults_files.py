@@ -160,3 +160,38 @@ def test_a_published_bundle_gets_the_users_umask(tmp_path):
     folder = tmp_path / "bundle"
     assert folder.stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
+
+
+# --- records ------------------------------------------------------------------------------------------
+def test_a_full_disk_on_a_record_stops_the_grid_with_one_line_and_keeps_every_record_before(tmp_path, tiny_npz,
+                                                                                           monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    import bench.store
+    from bench.cli import main
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'attacks = ["clean", "random_noise"]\ndefenses = ["none"]\narchs = ["tiny_cnn"]\n'
+                    f'seeds = [0, 1]\nrecipe = {{preset = "cpu_smoke", epochs = 1, batch_size = 64}}\n'
+                    f'[data]\nname = "{tiny_npz}"\n[config.tiny_cnn]\nwidth = 8\n')
+    real = bench.store.atomic_write_json
+    written = []
+
+    def fills_up(path, obj):
+        if Path(path).parent.name == "records" and len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, obj)
+        if Path(path).parent.name == "records":
+            written.append(path)
+
+    monkeypatch.setattr(bench.store, "atomic_write_json", fills_up)
+    done = CliRunner().invoke(main, ["run", "--grid", str(grid), "--results", str(tmp_path / "results")])
+    assert done.exit_code == 1, (done.output, done.stderr, done.exception)
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("Error: cell ") and "could not be written" in message and "No space left" in message
+    assert "Traceback" not in done.output
+    records = sorted((tmp_path / "results" / "records").glob("*.json"))
+    assert len(records) == 2 and all(json.loads(p.read_text())["status"] == "done" for p in records)
+    assert not list((tmp_path / "results" / "records").glob(".*.tmp"))
