@@ -119,6 +119,9 @@ class Claim:
         self.release()
 
 
+STALE_PARTIAL_SECONDS = 300  # a partial file this old is no write in progress (a cached poison takes seconds)
+
+
 class RecordNotWritten(ConfigError):
     """A record the results folder could not take (a full disk): said in one line, and the grid stops."""
 
@@ -153,6 +156,22 @@ class Store:
             os.unlink(probe)
         except OSError as err:
             raise ConfigError(f"--results {self.root}: results cannot be written there ({err.strerror or err})") from None
+        self.remove_stale_partials()
+
+    def remove_stale_partials(self, older_than: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+        """Take away the partial files (`.NAME.*.tmp`, `atomic_write_bytes`) a killed run left in the records and
+        caches: none is ever read, and one older than `older_than` seconds is no write of a run still going."""
+        removed = []
+        now = time.time()
+        for folder in (self.records_dir, self.root / "cache"):
+            for partial in folder.rglob(".*.tmp") if folder.is_dir() else ():
+                try:
+                    if now - partial.stat().st_mtime > older_than:
+                        partial.unlink()
+                        removed.append(partial)
+                except OSError:  # gone already, or not ours: never read either way
+                    pass
+        return removed
 
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:

@@ -195,3 +195,22 @@ def test_a_full_disk_on_a_record_stops_the_grid_with_one_line_and_keeps_every_re
     records = sorted((tmp_path / "results" / "records").glob("*.json"))
     assert len(records) == 2 and all(json.loads(p.read_text())["status"] == "done" for p in records)
     assert not list((tmp_path / "results" / "records").glob(".*.tmp"))
+
+
+def test_the_next_run_removes_the_partial_files_a_killed_one_left_in_the_store(tmp_path):
+    from bench.store import STALE_PARTIAL_SECONDS, Store
+
+    store = Store(tmp_path / "results")
+    store.check_writable()
+    old = store.records_dir / ".abc.json.x1y2.tmp"
+    fresh = store.records_dir / ".def.json.z3w4.tmp"
+    cached = store.poisons_dir / ".key.npy.q5.tmp"
+    cached.parent.mkdir(parents=True)
+    for path in (old, fresh, cached):
+        path.write_bytes(b"half")
+    aged = time.time() - STALE_PARTIAL_SECONDS - 60
+    for path in (old, cached):
+        os.utime(path, (aged, aged))
+    store.check_writable()  # what run_grid asks before any work
+    assert not old.exists() and not cached.exists()
+    assert fresh.exists(), "a partial file young enough to be another run's write in progress is left"
