@@ -329,7 +329,7 @@ def gallery(clean: np.ndarray, poisoned: dict[str, np.ndarray]) -> Figure:
     if not poisoned:
         raise ValueError("no poisoned images to show")
     k = len(clean)
-    rows = [("clean", clean / 255)]
+    rows = [("Clean", clean / 255)]
     for attack, images in poisoned.items():
         delta = images.astype(np.float64) - clean.astype(np.float64)
         rows += [(attack, images / 255), (f"{attack}\nperturbation", np.stack([amplified(d) for d in delta]))]

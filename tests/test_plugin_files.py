@@ -137,8 +137,8 @@ def test_the_example_grid_runs_end_to_end_and_plugins_work_on_the_commands(tmp_p
     assert done[("classwise_noise", "none")]["poison"]["measured"] <= 8 / 255 + 1e-6
     assert done[("classwise_noise", "none")]["provenance"]["plugins"]["attack classwise_noise"]["file"] == str(EXAMPLE)
     listing = bench("list", "attacks", "--plugins", "examples/my_attacks.py").stdout
-    assert re.search(r"classwise_noise\s+One uniform L-inf noise pattern per class", listing)
+    assert re.search(r"classwise_noise\s+Class-wise noise\s+One uniform L-inf noise pattern per class", listing)
     report = bench("report", "--results", str(out), "--format", "md", "--plugins", "examples/my_attacks.py", env=env)
-    assert "classwise_noise" in report.stdout
+    assert "| Class-wise noise (Linf 8/255) |" in report.stdout  # its display name, from the plugin file
     missing = bench("list", "--plugins", "nope.py", check=False)
     assert missing.returncode != 0 and "--plugins 'nope.py'" in missing.stderr and "Traceback" not in missing.stderr
