@@ -266,6 +266,10 @@ def report(grid_name: str | None, out: str, formats: str, metric: str, rows: str
                             tolerance=tolerance, **orders)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # a full disk, a read-only folder: every file written is whole, the rest the last report's
+        raise click.ClickException(f"report: could not write {err.filename or Path(out) / 'reports'} "
+                                   f"({err.strerror or err}); each file there is whole, this report's or the "
+                                   f"previous one's: free space and run it again") from None
     click.echo(done.summary)
     click.echo(done.files_text())
 

@@ -214,3 +214,40 @@ def test_the_next_run_removes_the_partial_files_a_killed_one_left_in_the_store(t
     store.check_writable()  # what run_grid asks before any work
     assert not old.exists() and not cached.exists()
     assert fresh.exists(), "a partial file young enough to be another run's write in progress is left"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs, where the machine lets this process mount one (root on Linux); skipped elsewhere."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_during_bench_report_is_one_line_and_keeps_the_previous_report(stored, small_disk):
+    import shutil
+
+    store, _, _ = stored
+    results = small_disk / "results"
+    shutil.copytree(store.root / "records", results / "records")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", "from bench.cli import main; main()", "report", "--results", str(results),
+               "--format", "md,csv,latex"]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    before = report_files(results / "reports")
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # the disk fills up to its last bytes
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("Error: report: could not write") and "No space left" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert report_files(results / "reports") == before, "the previous report, whole"
