@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.config import ConfigError
 from bench.readers import check_npz
-from bench.store import atomic_write_bytes, atomic_write_json, umask
+from bench.store import atomic_write_bytes, atomic_write_json, process_alive, umask
 
 FORMAT = "unlearnable-bench poison bundle"
 VERSION = 1
@@ -230,14 +230,8 @@ def remove_stale_partials(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's own leftovers, from an export that failed before
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """`process_alive`, except that this process's own leftovers (an export that failed before) count as gone."""
+    return pid != os.getpid() and process_alive(pid)
     return True
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from bench.config import ConfigError
 from bench.readers import bombs_refused, gigabytes, load_npy, read_rgb, require_memory
-from bench.store import content_sha256
+from bench.store import content_sha256, process_alive
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # any case
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
@@ -219,18 +219,11 @@ def remove_abandoned(cache_root: Path) -> list[Path]:
     for partial in cache_root.glob(f"*{PARTIAL}*") if cache_root.is_dir() else []:
         owner = partial.name.rsplit(PARTIAL, 1)[1]
         host, _, pid = owner.rpartition("-")
-        if not pid.isdigit() or (host and host != socket.gethostname()) or _alive(int(pid)):
+        if not pid.isdigit() or (host and host != socket.gethostname()) or process_alive(int(pid)):
             continue
         shutil.rmtree(partial, ignore_errors=True)
         removed.append(partial)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
     return True

@@ -119,6 +119,33 @@ class Claim:
         self.release()
 
 
+def remove_partial_files(folders, older_than: float) -> list[Path]:
+    """Take away the partial files (`.NAME.*.tmp`, `atomic_write_bytes`) under `folders` older than `older_than`
+    seconds: none is ever read, and one that old is no write still going, only what a killed run left."""
+    removed = []
+    now = time.time()
+    for folder in map(Path, folders):
+        for partial in folder.rglob(".*.tmp") if folder.is_dir() else ():
+            try:
+                if now - partial.stat().st_mtime > older_than:
+                    partial.unlink()
+                    removed.append(partial)
+            except OSError:  # gone already, or not ours: never read either way
+                pass
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 STALE_PARTIAL_SECONDS = 300  # a partial file this old is no write in progress (a cached poison takes seconds)
 
 
@@ -159,19 +186,8 @@ class Store:
         self.remove_stale_partials()
 
     def remove_stale_partials(self, older_than: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-        """Take away the partial files (`.NAME.*.tmp`, `atomic_write_bytes`) a killed run left in the records and
-        caches: none is ever read, and one older than `older_than` seconds is no write of a run still going."""
-        removed = []
-        now = time.time()
-        for folder in (self.records_dir, self.root / "cache"):
-            for partial in folder.rglob(".*.tmp") if folder.is_dir() else ():
-                try:
-                    if now - partial.stat().st_mtime > older_than:
-                        partial.unlink()
-                        removed.append(partial)
-                except OSError:  # gone already, or not ours: never read either way
-                    pass
-        return removed
+        """Take away the partial files a killed run left in the records and caches (`remove_partial_files`)."""
+        return remove_partial_files((self.records_dir, self.root / "cache"), older_than)
 
     # --- records -------------------------------------------------------------------------
     def record_path(self, cell_id: str) -> Path:

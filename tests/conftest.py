@@ -54,3 +54,12 @@ def cifar10_npz() -> Path:
                         "(.ci/run does)")
         pytest.skip("no CIFAR-10 copy: set BENCH_CIFAR10 to an .npz with x_train, y_train, x_test, y_test")
     return target
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A small stored result set (`stored_results`: records, cached poisons, a tiny dataset), built once per
+    module; tests write their reports elsewhere or only read it."""
+    import stored_results
+
+    return stored_results.build_under(tmp_path_factory.mktemp("stored"))

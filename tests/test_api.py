@@ -18,6 +18,7 @@ from bench.config import ConfigError
 from bench.grid import load_grid
 from bench.plugin_files import forget_plugin_files
 from bench.store import Store
+from broken_plugins import broken_defense
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"archs": ["tiny_cnn"], "recipe": {"preset": "cpu_smoke", "epochs": 1}, "config": {"tiny_cnn": {"width": 8}},
@@ -119,27 +120,7 @@ def test_more_seeds_resume_and_the_cells_are_a_grid_files(tmp_path, tiny_npz):
     assert {r.grid for r in Store(tmp_path / "results").records()} == {"evaluate"}
 
 
-BROKEN = '''
-from dataclasses import dataclass
-
-from bench.registry import register_defense
-from defenses.base import Defense
-
-
-@dataclass(frozen=True)
-class BrokenConfig:
-    pass
-
-
-@register_defense("broken")
-class Broken(Defense):
-    """Fails in every cell."""
-
-    Config = BrokenConfig
-
-    def augment(self, x, y):
-        raise RuntimeError("broken on purpose")
-'''
+BROKEN = broken_defense("broken", "augment(self, x, y)", "broken on purpose", "Fails in every cell.")
 
 
 def test_a_failed_cell_raises_after_the_others_ran_with_every_row(tmp_path, tiny_npz):

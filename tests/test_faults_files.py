@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import stored_results as sr
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    return sr.build_under(tmp_path_factory.mktemp("stored"))
 
 
 def report_files(folder: Path) -> dict[str, bytes]:

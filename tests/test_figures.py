@@ -16,11 +16,6 @@ FIGURES = ("accuracy_heatmap", "training_curves", "poison_gallery", "mi_by_depth
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    return sr.build_under(tmp_path_factory.mktemp("stored"))
-
-
-@pytest.fixture(scope="module")
 def report(stored, tmp_path_factory):
     store, records, grid = stored
     return write_report(records, tmp_path_factory.mktemp("report"), "g", grid.attacks, grid.defenses,

@@ -11,28 +11,10 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.grid import parse_grid, read_grid
 from bench.rehearse import Rehearsal, combinations, shrink
+from broken_plugins import broken_defense
 
-BROKEN = '''
-from dataclasses import dataclass
-
-from bench.registry import register_defense
-from defenses.base import Defense
-
-
-@dataclass(frozen=True)
-class BrokenConfig:
-    pass
-
-
-@register_defense("rehearsal_broken")
-class Broken(Defense):
-    """Fails in its set-level stage, as a crashing plugin would."""
-
-    Config = BrokenConfig
-
-    def prepare(self, images, labels):
-        raise RuntimeError("broken on purpose\\nsecond line")
-'''
+BROKEN = broken_defense("rehearsal_broken", "prepare(self, images, labels)", "broken on purpose\nsecond line",
+                        "Fails in its set-level stage, as a crashing plugin would.")
 
 
 def invoke(*args: str):

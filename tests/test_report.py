@@ -20,12 +20,6 @@ from bench.report import (TableLayout, caption, cell_text, index_labels, parse_f
 from bench.report.render import factor_label
 
 
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    """Built once for the module; tests write their reports elsewhere or only read it."""
-    return sr.build_under(tmp_path_factory.mktemp("stored"))
-
-
 def tables_only(stored, out, **kwargs):
     store, records, grid = stored
     return write_report(records, out, "t", grid.attacks, grid.defenses, arch_order=grid.archs, store=store,

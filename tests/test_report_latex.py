@@ -11,17 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import stored_results as sr
 from bench.figures import COLOURS, MARKERS, AttackStyle, heat_range, mi_by_attack
 from bench.registry import ARCHS, ATTACKS, DEFENSES, REGISTRIES
 from bench.report import BASELINE_ATTACKS, write_report
 from bench.report.render import COLUMN_CHARS, frame_to_latex, sentence
 from bench.report.write import displayed, file_word
-
-
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    return sr.build_under(tmp_path_factory.mktemp("stored"))
 
 
 @pytest.fixture(scope="module")

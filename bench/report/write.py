@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
@@ -20,7 +19,7 @@ from bench.config import ConfigError, comma_choices
 from bench.published import PublishedSource
 from bench.records import CellResult
 from bench.registry import ARCHS, ATTACKS, DEFENSES
-from bench.store import atomic_write_bytes
+from bench.store import atomic_write_bytes, remove_partial_files
 from bench.report import render
 from bench.report.tables import (BASELINE_ATTACKS, DEFAULT_TOLERANCE, EFFORT_GROUPS, METRICS, MI_METRICS, TableLayout, analysis_cells,
                                  compare_published, effort_cells, histories_frame, mi_setup, ordered, ratio_curves, ratio_tables,
@@ -71,19 +70,6 @@ def plugin_citations(df: pd.DataFrame) -> dict[tuple[str, str], Citation]:
 
 
 STALE_SECONDS = 60  # a partial file older than this is no report being written now: one a killed run left
-
-
-def remove_stale_partials(*folders: Path) -> None:
-    """Take away the partial files (`.<name>.*.tmp`, `bench.store.atomic_write_bytes`) a killed or failed report
-    left in `folders`: every report file is written beside its final name and renamed, so they are never read."""
-    now = time.time()
-    for folder in folders:
-        for partial in folder.glob(".*.tmp") if folder.is_dir() else ():
-            try:
-                if now - partial.stat().st_mtime > STALE_SECONDS:
-                    partial.unlink()
-            except OSError:  # gone already, or not ours to remove: it is never read either way
-                pass
 
 
 SHOWN_FACTORS = {"attack": ATTACKS, "defense": DEFENSES, "arch": ARCHS}
@@ -138,7 +124,8 @@ def write_report(records: Iterable[CellResult], out_dir: Path, name: str, attack
     records = [displayed(r) for r in records]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out_dir, out_dir / f"{name}_figures")
+    # Every report file is written beside its name and renamed: a partial one is what a killed report left.
+    remove_partial_files([out_dir], STALE_SECONDS)
     df = tidy(records)
     orders = {factor: [shown_name(factor, n) for n in order or []]
               for factor, order in (("attack", attack_order), ("defense", defense_order), ("arch", arch_order))}
