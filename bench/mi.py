@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
@@ -146,8 +147,9 @@ class CCAMI:
     correlations are biased far upward (at D / N = 0.1 every direction shows rho ~ 0.3-0.6 by
     chance), so the samples are split into `folds` seeded parts; on all but one, each side's
     covariance gets a ridge of `r * mean variance` and the top `components` canonical pairs are
-    fitted; on the part left out, each pair is scored by its own correlation; the parts are
-    averaged, and the ridge with the highest held-out MI is kept. Held-out scoring can only lose
+    fitted (fewer where the fitted cross-covariance has fewer nonzero singular values); on the part
+    left out, each pair is scored by its own correlation; the parts are averaged, and the ridge
+    with the highest held-out MI is kept. Held-out scoring can only lose
     what the fitted directions miss, so the estimate leans low, apart from about
     components / (2 N_scored) nats of chance correlation. Canonical correlations are capped at
     `max_correlation`, so identical sides give a large finite value instead of infinity.
@@ -183,13 +185,18 @@ class CCAMI:
         return max(scores, key=lambda pair: pair[0])
 
     def _held_out(self, fold: _Fold, ridge: float) -> float:
-        whiten_x, whiten_y = fold.x.whitener(ridge), fold.y.whitener(ridge)
-        if whiten_x is None or whiten_y is None:
+        x, y = fold.x, fold.y
+        if x.scale <= 0 or y.scale <= 0:
             return 0.0  # a constant side carries no information
-        cross = (fold.x.fit @ whiten_x).T @ (fold.y.fit @ whiten_y) / (len(fold.x.fit) - 1)
-        u, _, vt = np.linalg.svd(cross, full_matrices=False)
-        k = min(self.components, u.shape[1])
-        a, b = fold.x.score @ (whiten_x @ u[:, :k]), fold.y.score @ (whiten_y @ vt[:k].T)
+        # Whitened with (C + ridge * mean variance I)^(-1/2), the fitting parts' cross-covariance is
+        # basis_x diag(w_x) core diag(w_y) basis_y^T / (n - 1): its canonical pairs are the singular
+        # pairs of the small matrix `cross`, carried back through each side's whitened basis.
+        w_x, w_y = x.whitening(ridge), y.whitening(ridge)
+        cross = w_x[:, None] * fold.core * w_y[None, :] / (len(x.fit) - 1)
+        p, q = _top_singular_pairs(cross, self.components)
+        if not p.shape[1]:
+            return 0.0
+        a, b = x.score @ (w_x[:, None] * p), y.score @ (w_y[:, None] * q)
         # Each fitted pair scored by its own held-out correlation: under independence that adds
         # about k / (2 N_scored) nats, where the log-det of all k x k held-out correlations adds k^2 / (2 N).
         rho = np.minimum(np.abs(_pair_correlations(a, b)), self.max_correlation)
@@ -197,25 +204,56 @@ class CCAMI:
 
 
 class _Side:
-    """One side of a fold: centred on the fitting half's mean, with that half's covariance eigenbasis."""
+    """One side of a fold, centred on the fitting part's mean, in its covariance's eigenbasis.
+
+    Only the directions the fitting part spans are kept (at most min(N_fit, D)): the others hold
+    none of its variance, so they whiten to nothing that the cross-covariance or its canonical pairs
+    can see. With fewer images than feature dimensions (ResNet-50's 2,048 features of a few
+    thousand images) the basis comes from a QR factorisation of the images, D N^2 work, instead of
+    the D x D covariance's D^3.
+    """
 
     def __init__(self, fit: np.ndarray, score: np.ndarray):
         mean = fit.mean(axis=0)
-        self.fit, self.score = fit - mean, score - mean
-        cov = self.fit.T @ self.fit / (len(fit) - 1)
-        self.scale = np.trace(cov) / len(cov)
-        self.values, self.vectors = np.linalg.eigh(cov)
+        centred, scored = fit - mean, score - mean
+        n, d = centred.shape
+        self.scale = float(np.einsum("ij,ij->", centred, centred)) / ((n - 1) * d)  # mean variance, trace(C) / D
+        if n < d:
+            span, r = np.linalg.qr(centred.T)  # centred = r^T span^T, span's columns orthonormal (D x n)
+            values, rotation = np.linalg.eigh(r @ r.T)
+            self.fit, self.score = r.T @ rotation, (scored @ span) @ rotation
+        else:
+            values, basis = np.linalg.eigh(centred.T @ centred)
+            self.fit, self.score = centred @ basis, scored @ basis
+        self.values = np.maximum(values, 0) / (n - 1)  # the covariance's eigenvalues on the basis
 
-    def whitener(self, ridge: float) -> np.ndarray | None:
-        """(C + ridge * mean(diag C) I)^(-1/2); None where the side is constant."""
-        if self.scale <= 0:
-            return None
-        return (self.vectors / np.sqrt(np.maximum(self.values, 0) + ridge * self.scale)) @ self.vectors.T
+    def whitening(self, ridge: float) -> np.ndarray:
+        """The diagonal of (C + ridge * mean(diag C) I)^(-1/2) on this side's basis."""
+        return 1 / np.sqrt(self.values + ridge * self.scale)
 
 
 class _Fold:
     def __init__(self, x_fit, y_fit, x_score, y_score):
         self.x, self.y = _Side(x_fit, x_score), _Side(y_fit, y_score)
+        self.core = self.x.fit.T @ self.y.fit  # the fitting parts' cross-products on the two bases, every ridge's
+
+
+def _top_singular_pairs(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The left and right singular vectors of `m`'s k largest singular values, as columns, largest first.
+
+    From the eigenvectors of m m^T (LAPACK's subset eigensolver: a fraction of a full SVD's cost);
+    pairs whose singular value is numerically zero are left out, since they fit no correlation.
+    """
+    k = min(k, *m.shape)
+    if k == 0:
+        return np.zeros((m.shape[0], 0)), np.zeros((m.shape[1], 0))
+    rows = len(m)
+    squares, left = scipy.linalg.eigh(m @ m.T, subset_by_index=[rows - k, rows - 1], driver="evr")
+    squares, left = squares[::-1], left[:, ::-1]
+    values = np.sqrt(np.maximum(squares, 0))
+    keep = values > values[0] * RELATIVE_RANK_TOL if values[0] > 0 else np.zeros(k, dtype=bool)
+    left, values = left[:, keep], values[keep]
+    return left, (m.T @ left) / values
 
 
 def _pair_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
