@@ -182,6 +182,7 @@ class DVAE(Defense):
         steps = n // cfg.batch_size
         if steps == 0:
             log.warning("dvae: %d images are fewer than one batch of %d: stage %d trains no step", n, cfg.batch_size, stage + 1)
+            return model
         model.train()
         for epoch in range(cfg.epochs):
             order = torch.randperm(n, device=images.device)

@@ -1,4 +1,6 @@
 """D-VAE purification (defenses/dvae.py): config checks, the purified set, determinism, and that it acts."""
+import warnings
+
 import pytest
 import torch
 
@@ -55,3 +57,16 @@ def test_dvae_one_stage_subtracts_the_perturbation_without_reconstructing(tiny_s
 def test_dvae_cpu_preset_is_a_valid_shrunk_config():
     cfg = DEFENSES.config("dvae", DEFENSES.get("dvae").presets["cpu"])
     assert cfg.width < 64 and cfg.epochs < 60 and cfg.stages == 2
+
+
+def test_dvae_on_fewer_images_than_a_batch_says_it_trains_no_step_and_still_purifies(tiny_set, caplog):
+    """With fewer images than one batch a stage has nothing to train on: it says so once per stage, and
+    the set still comes back whole (purified by the untrained VAE), with no scheduler warning."""
+    few = {**SMALL, "batch_size": len(tiny_set.images) + 1}
+    with caplog.at_level("WARNING", logger="defenses.dvae"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's "lr_scheduler.step() before optimizer.step()" would raise here
+            out = DEFENSES.create("dvae", few).prepare(tiny_set.images, tiny_set.labels)
+    assert out.dtype == torch.uint8 and out.shape == tiny_set.images.shape
+    said = [r.getMessage() for r in caplog.records if "trains no step" in r.getMessage()]
+    assert len(said) == 2 and "stage 1" in said[0] and "stage 2" in said[1], said
