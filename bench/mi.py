@@ -149,9 +149,9 @@ class CCAMI:
     covariance gets a ridge of `r * mean variance` and the top `components` canonical pairs are
     fitted (fewer where the fitted cross-covariance has fewer nonzero singular values); on the part
     left out, each pair is scored by its own correlation; the parts are averaged, and the ridge
-    with the highest held-out MI is kept. Held-out scoring can only lose
-    what the fitted directions miss, so the estimate leans low, apart from about
-    components / (2 N_scored) nats of chance correlation. Canonical correlations are capped at
+    with the highest held-out MI is kept. Held-out scoring can only lose what the fitted directions
+    miss, so the estimate leans low, apart from about components / (2 N_scored) nats of chance
+    correlation. Canonical correlations are capped at
     `max_correlation`, so identical sides give a large finite value instead of infinity.
     """
 
@@ -206,9 +206,9 @@ class CCAMI:
 class _Side:
     """One side of a fold, centred on the fitting part's mean, in its covariance's eigenbasis.
 
-    Only the directions the fitting part spans are kept (at most min(N_fit, D)): the others hold
-    none of its variance, so they whiten to nothing that the cross-covariance or its canonical pairs
-    can see. With fewer images than feature dimensions (ResNet-50's 2,048 features of a few
+    The basis has min(N_fit, D) directions, which hold all of the fitting part's variance: the
+    directions outside it carry none, so the whitened cross-covariance and its canonical pairs have
+    no component there. With fewer images than feature dimensions (ResNet-50's 2,048 features of a few
     thousand images) the basis comes from a QR factorisation of the images, D N^2 work, instead of
     the D x D covariance's D^3.
     """
