@@ -92,11 +92,14 @@ def test_rehearse_runs_here_only():
 
 
 @pytest.mark.slow
-def test_the_paper_grid_rehearses_with_every_combination_passing(cifar10_npz, monkeypatch, tmp_path):
+@pytest.mark.parametrize("grid, combinations", [("paper", 13 * 13), ("depth", 19)])
+def test_the_paper_and_depth_grids_rehearse_with_every_combination_passing(grid, combinations, cifar10_npz,
+                                                                           monkeypatch, tmp_path):
+    """paper: every attack x defense; depth: every architecture (VGG-11 to ResNet-50) with the MI analysis."""
     monkeypatch.setenv("BENCH_CIFAR10", str(cifar10_npz))
     monkeypatch.chdir(tmp_path)  # so that the default results folder, were it written, would show here
-    done = invoke("run", "--grid", "paper", "--rehearse")
+    done = invoke("run", "--grid", grid, "--rehearse")
     lines = done.output.strip().splitlines()
     assert [line for line in lines if not line.startswith("passed  ")][1:-1] == []  # no FAILED line
-    assert sum(line.startswith("passed  ") for line in lines) == 13 * 13, done.output
+    assert sum(line.startswith("passed  ") for line in lines) == combinations, done.output
     assert done.exit_code == 0 and not Path("results").exists()
