@@ -42,7 +42,12 @@ from bench.config import require
 from bench.train import to_float  # images enter the model as they did in training
 
 MAX_IMAGES = 5000  # images per cell; at 5,000 samples GaussianMI is within 2% of the closed form at 8 dims (docs/reports.md)
-RELATIVE_RANK_TOL = 1e-6  # principal components below this fraction of the largest singular value are numerical zeros
+RELATIVE_RANK_TOL = 1e-6  # singular values below this fraction of the largest are numerical zeros
+
+
+def nonzero_singular_values(s: np.ndarray) -> np.ndarray:
+    """Mask of the singular values `s` (largest first) that are not numerical zeros; none if all are zero."""
+    return s > s[0] * RELATIVE_RANK_TOL if s.size and s[0] > 0 else np.zeros(s.shape, dtype=bool)
 
 
 def principal_components(x: np.ndarray, dims: int) -> np.ndarray:
@@ -54,7 +59,7 @@ def principal_components(x: np.ndarray, dims: int) -> np.ndarray:
     """
     centred = x - x.mean(axis=0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    keep = min(dims, int((s > s[0] * RELATIVE_RANK_TOL).sum())) if s.size and s[0] > 0 else 0
+    keep = min(dims, int(nonzero_singular_values(s).sum()))
     return u[:, :keep] * math.sqrt(len(x) - 1)
 
 
@@ -151,8 +156,8 @@ class CCAMI:
     left out, each pair is scored by its own correlation; the parts are averaged, and the ridge
     with the highest held-out MI is kept. Held-out scoring can only lose what the fitted directions
     miss, so the estimate leans low, apart from about components / (2 N_scored) nats of chance
-    correlation. Canonical correlations are capped at
-    `max_correlation`, so identical sides give a large finite value instead of infinity.
+    correlation. Canonical correlations are capped at `max_correlation`, so identical sides give a
+    large finite value instead of infinity.
     """
 
     components: int = 16  # canonical pairs scored on the held-out half
@@ -251,7 +256,7 @@ def _top_singular_pairs(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     squares, left = scipy.linalg.eigh(m @ m.T, subset_by_index=[rows - k, rows - 1], driver="evr")
     squares, left = squares[::-1], left[:, ::-1]
     values = np.sqrt(np.maximum(squares, 0))
-    keep = values > values[0] * RELATIVE_RANK_TOL if values[0] > 0 else np.zeros(k, dtype=bool)
+    keep = nonzero_singular_values(values)
     left, values = left[:, keep], values[keep]
     return left, (m.T @ left) / values
 
